@@ -1,0 +1,154 @@
+"""The public webhook endpoint: the SPEC's checklist, one call per check.
+
+Client identity was already checked in the TLS handshake (``sidecar.tls.holder``);
+nothing reaches this app from a client that is not admitted.  Then, for a POST:
+read the body (size limit, time limit) → verify the signature over the raw bytes →
+parse and check the envelope → normalize → hand to the ingest (spool or direct).
+A GET is Meta's verification handshake.  Nothing here is forwarded or stored unless
+every check before it passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from sidecar.app.responses import error_response
+from sidecar.checks.payload import parse_envelopes
+from sidecar.checks.signature import SignatureVerifier
+from sidecar.delivery.ingest import Ingest
+from sidecar.errors import (
+    BadPayload,
+    BodyTooLarge,
+    RequestRejected,
+    SidecarError,
+    SignatureInvalid,
+    Unavailable,
+)
+from sidecar.metrics import Metrics
+from sidecar.normalize import normalize
+from sidecar.secret import Secret
+
+__all__ = ["RequestSettings", "build_public_app", "MAX_CHALLENGE_LENGTH"]
+
+log = logging.getLogger("sidecar.request")
+
+MAX_CHALLENGE_LENGTH = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSettings:
+    """What a reload may change for requests (secrets, token, unknown-field policy)."""
+
+    verifier: SignatureVerifier
+    verify_token: Secret
+    unknown_fields: str
+
+
+class _BodyTimeout(SidecarError):
+    http_status = 408
+
+
+def build_public_app(
+    *,
+    path: str,
+    settings: Callable[[], RequestSettings],
+    ingest: Ingest,
+    metrics: Metrics,
+    max_body_bytes: int,
+    body_timeout_s: float,
+    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+) -> Starlette:
+    async def verify_subscription(request: Request) -> Response:
+        params = request.query_params
+        token = params.get("hub.verify_token")
+        expected = settings().verify_token.reveal().encode("utf-8")
+        token_ok = token is not None and hmac.compare_digest(token.encode("utf-8"), expected)
+        if params.get("hub.mode") != "subscribe" or not token_ok:
+            return _outcome(metrics, "verify_refused",
+                            PlainTextResponse("Forbidden", status_code=403))
+        challenge = params.get("hub.challenge")
+        if not challenge or len(challenge) > MAX_CHALLENGE_LENGTH:
+            return _outcome(metrics, "verify_bad_request", error_response(
+                BadPayload("hub.challenge missing or too long")))
+        return _outcome(metrics, "verified", PlainTextResponse(challenge))
+
+    async def receive_delivery(request: Request) -> Response:
+        received_at = clock()
+        try:
+            body = await _read_body(request, max_body_bytes, body_timeout_s)
+            current = settings()
+            try:
+                current.verifier.verify(body, request.headers.get("x-hub-signature-256"))
+            except SignatureInvalid:
+                metrics.signature_failures.inc()
+                raise
+            envelopes = parse_envelopes(body)
+            normalized = normalize(envelopes, received_at=received_at,
+                                   unknown_fields=current.unknown_fields)
+            await ingest.accept(normalized)
+        except ClientDisconnect:
+            metrics.requests.labels("client_disconnect").inc()
+            return Response(status_code=400)
+        except (BodyTooLarge, _BodyTimeout) as exc:
+            return _outcome(metrics, _outcome_name(exc), error_response(exc, close=True))
+        except (RequestRejected, Unavailable) as exc:
+            if isinstance(exc, Unavailable):
+                log.warning("delivery.unavailable", extra={"error": exc.message})
+            return _outcome(metrics, _outcome_name(exc), error_response(exc))
+        return _outcome(metrics, "accepted", JSONResponse(
+            {"status": "accepted", "events": len(normalized.events),
+             "quarantined": len(normalized.quarantined)}))
+
+    async def endpoint(request: Request) -> Response:
+        if request.method == "POST":
+            return await receive_delivery(request)
+        return await verify_subscription(request)
+
+    return Starlette(routes=[Route(path, endpoint, methods=["GET", "POST"])])
+
+
+async def _read_body(request: Request, max_body_bytes: int, timeout_s: float) -> bytes:
+    """The raw body, reading no further than the limit and for no longer than the timeout."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > max_body_bytes:
+                raise BodyTooLarge(f"body larger than {max_body_bytes} bytes")
+        except ValueError:
+            raise BadPayload("invalid Content-Length") from None
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_body_bytes:
+                    raise BodyTooLarge(f"body larger than {max_body_bytes} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise _BodyTimeout("request body not received in time") from None
+    return b"".join(chunks)
+
+
+def _outcome_name(exc: SidecarError) -> str:
+    return {
+        401: "bad_signature", 400: "bad_payload", 403: "forbidden", 408: "body_timeout",
+        413: "too_large", 503: "unavailable",
+    }.get(exc.http_status, "error")
+
+
+def _outcome(metrics: Metrics, outcome: str, response: Response) -> Response:
+    metrics.requests.labels(outcome).inc()
+    if response.status_code >= 400:
+        log.info("request.refused", extra={"outcome": outcome, "status": response.status_code})
+    return response

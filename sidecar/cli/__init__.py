@@ -1,0 +1,51 @@
+"""``sidecar`` command line: argparse, dispatch, and the one SidecarError → exit code catch.
+
+Each command lives in its own module exposing ``register(subparsers)``; the parser it
+adds sets ``func`` to a ``run(args) -> int``.  Commands parse, call the library, print
+and return an exit code; errors raised as ``SidecarError`` become one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from sidecar import __version__
+from sidecar.errors import SidecarError
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse prints usage + error and exits 2; we keep exit 2 but print one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sidecar.cli import certs, config_cmd, demo, send_test, serve, spool_cmd, subscriptions
+
+    parser = _Parser(prog="sidecar", description="WhatsApp webhook ingress sidecar")
+    parser.add_argument("--version", action="version", version=f"sidecar {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for module in (serve, config_cmd, certs, send_test, spool_cmd, subscriptions, demo):
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return int(args.func(args))
+    except SidecarError as exc:
+        sys.stderr.write(f"sidecar: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1

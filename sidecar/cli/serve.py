@@ -1,0 +1,36 @@
+"""``sidecar serve -c FILE``: run the proxy and the delivery worker."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from sidecar.config import load_config
+from sidecar.logs import setup_logging
+from sidecar.server import run_server
+
+__all__ = ["register", "run"]
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the webhook listener and the delivery worker",
+                       description="Run the public mTLS listener, the admin listener and the "
+                                   "delivery worker until SIGTERM. SIGHUP reloads certificates "
+                                   "and secrets.")
+    p.add_argument("-c", "--config", required=True, type=Path, help="config YAML file")
+    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                   help="event loop (auto: uvloop when installed)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    setup_logging(config.logging.level, config.logging.format)
+    try:
+        return run_server(args.config, loop=args.loop)
+    except OSError as exc:
+        # e.g. the port is taken: one line, no traceback.
+        sys.stderr.write(f"sidecar: error: cannot listen: {exc.strerror or exc}\n")
+        return 1

@@ -1,0 +1,227 @@
+"""``sidecar spool stats | list | replay | purge``: look into the spool and act on it.
+
+The operator's window on dead letters and quarantined changes.  Safe to run while the
+server is running: SQLite's WAL lets both use the file, and a replayed event is picked
+up by the running worker at its next poll.  A missing spool file is reported, never
+created, so a typo in ``-c`` does not leave an empty spool behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import datetime, timezone
+from typing import Any
+
+from sidecar.config import load_config
+from sidecar.errors import SpoolUnavailable, UsageError
+from sidecar.spool import QuarantineRow, Spool, SpoolRow, SpoolStats
+
+__all__ = ["register", "run", "parse_duration"]
+
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "spool", help="inspect and replay stored events",
+        description="Inspect the spool, replay dead or quarantined events, purge delivered ones.")
+    parser.set_defaults(func=run)
+    sub = parser.add_subparsers(dest="spool_command", metavar="SUBCOMMAND")
+    sub.required = True
+
+    stats = sub.add_parser("stats", help="counts by state and the oldest pending age")
+    _common(stats)
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.set_defaults(spool_func=_stats)
+
+    lst = sub.add_parser("list", help="list stored events (all, or dead) and quarantined changes")
+    _common(lst)
+    lst.add_argument("--dead", action="store_true", help="only dead-lettered events")
+    lst.add_argument("--quarantined", action="store_true", help="quarantined changes")
+    lst.add_argument("--json", action="store_true", help="print JSON")
+    lst.add_argument("--limit", type=_positive_int, default=100, metavar="N",
+                     help="at most N rows of each kind (default 100)")
+    lst.set_defaults(spool_func=_list)
+
+    replay = sub.add_parser(
+        "replay", help="requeue dead events / re-admit quarantined changes",
+        description="Requeue dead events (attempts reset) and re-admit quarantined changes "
+                    "(re-checked against their schema unless --force). Exit 1 unless every "
+                    "given id was replayed.")
+    _common(replay)
+    replay.add_argument("ids", nargs="*", metavar="ID", help="event or quarantined change id")
+    replay.add_argument("--all-dead", action="store_true", help="requeue every dead event")
+    replay.add_argument("--force", action="store_true",
+                        help="skip the schema re-check; resend delivered events")
+    replay.set_defaults(spool_func=_replay)
+
+    purge = sub.add_parser(
+        "purge", help="delete delivered events (dedup is kept)",
+        description="Delete events delivered longer ago than DURATION. Their ids keep "
+                    "blocking repeats until delivery.dedup_retention_s has passed.")
+    _common(purge)
+    purge.add_argument("--delivered-before", required=True, metavar="DURATION",
+                       help="age such as 7d, 12h, 30m, 3600s or 3600 (seconds)")
+    purge.set_defaults(spool_func=_purge)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", required=True, metavar="FILE", help="config file")
+
+
+def run(args: argparse.Namespace) -> int:
+    func: Callable[[Spool, argparse.Namespace], int] = args.spool_func
+    if func is _purge:
+        parse_duration(args.delivered_before)  # a usage error before touching anything
+    if func is _replay and bool(args.ids) == bool(args.all_dead):
+        raise UsageError("spool replay: give event ids or --all-dead (not both)")
+    spool = _open_spool(args.config)
+    try:
+        return func(spool, args)
+    finally:
+        spool.close()
+
+
+def _open_spool(config_path: str) -> Spool:
+    delivery = load_config(config_path).delivery
+    if not delivery.spool_path.is_file():
+        raise SpoolUnavailable(f"spool file {delivery.spool_path} does not exist")
+    return Spool(delivery.spool_path, max_spool_events=delivery.max_spool_events,
+                 dedup_retention_s=delivery.dedup_retention_s)
+
+
+def parse_duration(text: str) -> float:
+    """``7d``, ``12h``, ``30m``, ``3600s``, ``3600`` → seconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise UsageError(f"bad duration {text!r}: use e.g. 7d, 12h, 30m, 3600s or 3600")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+# ---------------------------------------------------------------------- commands
+
+def _stats(spool: Spool, args: argparse.Namespace) -> int:
+    stats = spool.stats()
+    if args.json:
+        _print_json(asdict(stats))
+    else:
+        print(_format_stats(stats))
+    return 0
+
+
+def _format_stats(s: SpoolStats) -> str:
+    age = "-" if s.oldest_pending_age_s is None else _format_age(s.oldest_pending_age_s)
+    rows = [("pending", s.pending), ("in flight", s.in_flight), ("delivered", s.delivered),
+            ("dead", s.dead), ("quarantined", s.quarantined), ("oldest pending age", age)]
+    return "\n".join(f"{name:<20}{value}" for name, value in rows)
+
+
+def _list(spool: Spool, args: argparse.Namespace) -> int:
+    want_events = args.dead or not args.quarantined
+    events = spool.list_events(state="dead" if args.dead else None, limit=args.limit) \
+        if want_events else None
+    quarantined = spool.list_quarantined(limit=args.limit) if args.quarantined else None
+    if args.json:
+        out: dict[str, Any] = {}
+        if events is not None:
+            out["events"] = [asdict(r) for r in events]
+        if quarantined is not None:
+            out["quarantined"] = [asdict(r) for r in quarantined]
+        _print_json(out)
+        return 0
+    if events is not None:
+        _print_table(["ID", "TYPE", "STATE", "ATTEMPTS", "RECEIVED", "NEXT ATTEMPT", "LAST ERROR"],
+                     [_event_cells(r) for r in events])
+    if quarantined is not None:
+        if events is not None:
+            print()
+        _print_table(["ID", "WABA", "FIELD", "RECEIVED", "REPLAYED", "REASON"],
+                     [_quarantine_cells(r) for r in quarantined])
+    return 0
+
+
+def _event_cells(r: SpoolRow) -> list[str]:
+    return [r.id, r.type, r.state, str(r.attempts), _format_time(r.received_at),
+            _format_time(r.next_attempt_at) if r.state == "pending" else "-",
+            r.last_error or "-"]
+
+
+def _quarantine_cells(r: QuarantineRow) -> list[str]:
+    return [r.id, r.waba_id, r.field, _format_time(r.received_at), _format_time(r.replayed_at),
+            r.reason]
+
+
+def _replay(spool: Spool, args: argparse.Namespace) -> int:
+    if args.all_dead:
+        print(f"replayed {spool.replay_all_dead()} dead events")
+        return 0
+    result = spool.replay(args.ids, force=args.force)
+    for id_ in result.replayed:
+        print(f"replayed {id_}")
+    if result.events_added:
+        print(f"{result.events_added} events added from quarantined changes")
+    for id_, why in result.skipped.items():
+        print(f"skipped {id_}: {why}")
+    for id_, why in result.still_invalid.items():
+        print(f"still invalid {id_}: {why} (use --force to replay anyway)")
+    for id_ in result.not_found:
+        print(f"not found {id_}")
+    return 0 if result.is_complete else 1
+
+
+def _purge(spool: Spool, args: argparse.Namespace) -> int:
+    age_s = parse_duration(args.delivered_before)
+    purged = spool.purge(delivered_before=time.time() - age_s)
+    print(f"purged {purged} delivered events")
+    return 0
+
+
+# ---------------------------------------------------------------------- output
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    for row in (header, *rows):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def _format_time(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _format_age(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes}m"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"

@@ -1,0 +1,71 @@
+"""What happens to a verified, normalized delivery before Meta gets its answer.
+
+Two implementations of one small interface, chosen by ``delivery.mode``:
+
+* ``SpoolIngest`` (default): commit the events to the spool (group commit), wake the
+  delivery worker, answer.  Meta's 200 means "durably stored".
+* ``DirectIngest``: forward synchronously; Meta's 200 means "the upstream said 2xx".
+  The spool file still records delivered ids (dedup) and quarantined changes.
+
+Either raises an ``Unavailable`` error, which the app turns into a 503 so Meta retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from sidecar.delivery.upstream import UpstreamClient
+from sidecar.metrics import Metrics
+from sidecar.normalize import Normalized
+from sidecar.spool import Spool, SpoolWriter
+
+__all__ = ["Ingest", "SpoolIngest", "DirectIngest"]
+
+
+class Ingest(Protocol):
+    async def accept(self, normalized: Normalized) -> None: ...
+
+
+class _Wakeable(Protocol):
+    def wake(self) -> None: ...
+
+
+class SpoolIngest:
+    def __init__(self, writer: SpoolWriter, worker: _Wakeable, metrics: Metrics) -> None:
+        self._writer = writer
+        self._worker = worker
+        self._metrics = metrics
+
+    async def accept(self, normalized: Normalized) -> None:
+        if not normalized.events and not normalized.quarantined:
+            return
+        result = await self._writer.add(normalized.events, normalized.quarantined)
+        self._metrics.events_spooled.inc(len(result.stored))
+        self._metrics.events_duplicate.inc(result.duplicates)
+        self._metrics.events_quarantined.inc(result.quarantined)
+        if result.stored:
+            self._worker.wake()
+
+
+class DirectIngest:
+    def __init__(self, spool: Spool, upstream: UpstreamClient, *, batch_max: int,
+                 metrics: Metrics) -> None:
+        self._spool = spool
+        self._upstream = upstream
+        self._batch_max = batch_max
+        self._metrics = metrics
+
+    async def accept(self, normalized: Normalized) -> None:
+        events = normalized.events
+        if events:
+            new_ids = await asyncio.to_thread(self._spool.filter_new, [e.id for e in events])
+            fresh = [e for e in events if e.id in new_ids]
+            self._metrics.events_duplicate.inc(len(events) - len(fresh))
+            for start in range(0, len(fresh), self._batch_max):
+                group = fresh[start:start + self._batch_max]
+                await self._upstream.send(group, as_array=self._batch_max > 1)
+            events = fresh
+        await asyncio.to_thread(self._spool.record_delivered, events, normalized.quarantined)
+        self._metrics.events_delivered.inc(len(events))
+        self._metrics.events_quarantined.inc(len(normalized.quarantined))

@@ -1,0 +1,51 @@
+"""Standard Webhooks signature headers for what we send upstream.
+
+    webhook-id:        the event (or batch) id
+    webhook-timestamp: unix seconds
+    webhook-signature: v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>
+
+The key is the base64-decoded part after ``whsec_`` when the secret has that prefix
+(what Standard Webhooks libraries expect), else the secret's UTF-8 bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+
+from sidecar.errors import ConfigError
+from sidecar.secret import Secret
+
+__all__ = ["Signer", "signing_key"]
+
+
+def signing_key(secret: Secret) -> bytes:
+    raw = secret.reveal()
+    if raw.startswith("whsec_"):
+        try:
+            return base64.b64decode(raw[len("whsec_"):], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ConfigError(
+                "config key 'upstream.signing_secret': a whsec_ secret must be base64 after the prefix"
+            ) from exc
+    return raw.encode("utf-8")
+
+
+class Signer:
+    """Signs bodies with one key, decoded once."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, secret: Secret) -> None:
+        self._key = signing_key(secret)
+
+    def headers(self, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+        signed = f"{msg_id}.{timestamp}.".encode() + body
+        mac = hmac.new(self._key, signed, hashlib.sha256).digest()
+        return {
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": "v1," + base64.b64encode(mac).decode("ascii"),
+        }

@@ -1,0 +1,89 @@
+"""POST normalized events to the internal upstream.
+
+One shared ``httpx.AsyncClient`` per process.  Its pool is kept small on purpose:
+httpcore scans every pooled connection on each request, so a large idle pool costs CPU
+on every send.  Any 2xx is success; anything else, a timeout or a transport error
+becomes ``UpstreamUnavailable`` (with the status and ``Retry-After`` when there are
+some), which the caller turns into a retry (spool) or a 503 to Meta (direct).
+The upstream's response body is never read into an error or a log.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+from sidecar.delivery.signing import Signer
+from sidecar.errors import UpstreamUnavailable
+from sidecar.events import Event, batch_id, encode_events
+from sidecar.secret import Secret
+
+__all__ = ["UpstreamClient", "parse_retry_after"]
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+class UpstreamClient:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float,
+        signing_secret: Secret | None,
+        max_connections: int = 8,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.url = url
+        self._signer = Signer(signing_secret) if signing_secret is not None else None
+        self._clock = clock
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            transport=transport,
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    async def send(self, events: Sequence[Event], *, as_array: bool) -> None:
+        """Deliver ``events`` in one request; raise ``UpstreamUnavailable`` unless 2xx."""
+        events = list(events)
+        body = encode_events(events, as_array=as_array)
+        headers = {"content-type": "application/json"}
+        if self._signer is not None:
+            msg_id = batch_id([e.id for e in events]) if as_array else events[0].id
+            headers.update(self._signer.headers(msg_id, int(self._clock()), body))
+        try:
+            response = await self._client.post(self.url, content=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise UpstreamUnavailable("upstream timed out") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable(f"upstream unreachable: {type(exc).__name__}") from exc
+        if not 200 <= response.status_code < 300:
+            raise UpstreamUnavailable(
+                f"upstream answered {response.status_code}",
+                status=response.status_code,
+                retry_after_s=parse_retry_after(response.headers.get("retry-after"), self._clock()),
+            )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

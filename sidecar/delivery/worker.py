@@ -1,0 +1,244 @@
+"""Move spooled events to the upstream: claim → send → ack / retry / dead.
+
+Why it looks like this:
+
+* Claims are leases.  A claimed event is ``in_flight`` until ``lease_until``; if the
+  process dies mid-send (SIGKILL, power cut) ``Spool.recover`` puts it back to pending
+  at the next start or lease period, so nothing is lost (at-least-once).
+* A pipeline, not rounds.  Up to ``max_in_flight`` sends run at once, each carrying up to
+  ``batch_max`` events; as soon as one finishes the loop claims more, so one slow send
+  does not hold the others back.  ``wake()`` (called after each spool add) starts
+  delivery at once; the poll interval only picks up retries coming due.
+* Backoff is exponential with "equal jitter" (half fixed, half random), so retries of
+  many events spread out without ever retrying sooner than half the nominal delay.
+  A ``Retry-After`` from the upstream is a lower bound, capped at ``backoff_max_s``.
+* Clock and random source are parameters, so tests compute exact delays.
+* SQLite calls run in a thread (``asyncio.to_thread``) and never block the event loop.
+
+Logs carry fixed event names with facts in ``extra``; bodies are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+
+from sidecar.delivery.upstream import UpstreamClient
+from sidecar.errors import SpoolUnavailable, UpstreamUnavailable
+from sidecar.metrics import Metrics
+from sidecar.spool import Spool, SpooledEvent
+
+__all__ = ["DeliveryWorker"]
+
+log = logging.getLogger("sidecar.delivery")
+
+_MAX_EXPONENT = 62  # 2**62 * any sane initial delay is far past any backoff_max_s
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        spool: Spool,
+        upstream: UpstreamClient,
+        *,
+        batch_max: int,
+        max_in_flight: int,
+        max_attempts: int,
+        max_age_s: float,
+        backoff_initial_s: float,
+        backoff_max_s: float,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        poll_interval_s: float = 0.5,
+        lease_s: float = 60.0,
+        drain_timeout_s: float = 5.0,
+    ) -> None:
+        if batch_max < 1 or max_in_flight < 1 or max_attempts < 1:
+            raise ValueError("batch_max, max_in_flight and max_attempts must be >= 1")
+        self._spool = spool
+        self._upstream = upstream
+        self.batch_max = batch_max
+        self.max_in_flight = max_in_flight
+        self.max_attempts = max_attempts
+        self.max_age_s = max_age_s
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.lease_s = lease_s
+        self.poll_interval_s = poll_interval_s
+        self.drain_timeout_s = drain_timeout_s
+        self._metrics = metrics
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()
+        self._wakeup = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sending: dict[asyncio.Task[None], list[str]] = {}
+
+    # ------------------------------------------------------------------ public
+
+    def wake(self) -> None:
+        """Deliver now rather than at the next poll.  Safe from any thread."""
+        loop = self._loop
+        if loop is not None and not _on_loop(loop):
+            loop.call_soon_threadsafe(self._wakeup.set)
+        else:
+            self._wakeup.set()
+
+    def next_delay(self, attempts: int, retry_after_s: float | None) -> float:
+        """Seconds before the next try after the ``attempts``-th failed one (1-based)."""
+        exponent = min(max(attempts, 1) - 1, _MAX_EXPONENT)
+        base = min(self.backoff_max_s, self.backoff_initial_s * 2.0 ** exponent)
+        delay = base / 2 + self._rng.uniform(0, base / 2)
+        if retry_after_s is not None:
+            delay = max(delay, min(retry_after_s, self.backoff_max_s))
+        return delay
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set; then finish sends in progress (bounded)."""
+        self._loop = asyncio.get_running_loop()
+        next_recover = 0.0
+        try:
+            while not stop.is_set():
+                if time.monotonic() >= next_recover:
+                    await self._recover()
+                    next_recover = time.monotonic() + self.lease_s
+                free = self.max_in_flight - len(self._sending)
+                if free > 0:
+                    for group in _chunks(await self._claim(free), self.batch_max):
+                        self._start_send(group)
+                await self._idle(stop, has_free_slot=len(self._sending) < self.max_in_flight)
+        finally:
+            await self._drain()
+
+    # ------------------------------------------------------------------ loop steps
+
+    async def _recover(self) -> None:
+        try:
+            n = await asyncio.to_thread(self._spool.recover)
+        except SpoolUnavailable as exc:
+            log.error("delivery.spool_error", extra={"op": "recover", "error": str(exc)})
+            return
+        if n:
+            log.warning("delivery.recovered", extra={"events": n})
+
+    async def _claim(self, free_slots: int) -> list[SpooledEvent]:
+        self._wakeup.clear()  # anything added from here on wakes the next idle
+        try:
+            claimed, depth = await asyncio.to_thread(self._claim_sync, free_slots)
+        except SpoolUnavailable as exc:
+            log.error("delivery.spool_error", extra={"op": "claim", "error": str(exc)})
+            return []
+        self._metrics.spool_depth.set(depth)
+        return claimed
+
+    def _claim_sync(self, free_slots: int) -> tuple[list[SpooledEvent], int]:
+        claimed = self._spool.claim(free_slots * self.batch_max, lease_s=self.lease_s)
+        return claimed, self._spool.depth()
+
+    async def _idle(self, stop: asyncio.Event, *, has_free_slot: bool) -> None:
+        """Wait for a stop, a send to finish, the poll interval or (with a free slot)
+        a wake-up.  A claim that filled every slot waits for a send to finish."""
+        waiters = {asyncio.ensure_future(stop.wait())}
+        if has_free_slot:
+            waiters.add(asyncio.ensure_future(self._wakeup.wait()))
+        try:
+            await asyncio.wait(waiters | set(self._sending), timeout=self.poll_interval_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    def _start_send(self, group: list[SpooledEvent]) -> None:
+        task = asyncio.create_task(self._deliver(group))
+        self._sending[task] = [s.event.id for s in group]
+        task.add_done_callback(self._sending.pop)
+
+    async def _drain(self) -> None:
+        """Let sends in progress finish (bounded); give the rest of their events back."""
+        if not self._sending:
+            return
+        tasks = set(self._sending)
+        try:
+            _, still = await asyncio.wait(tasks, timeout=self.drain_timeout_s)
+        except asyncio.CancelledError:
+            still = {t for t in tasks if not t.done()}
+            self._abandon(still)
+            raise
+        self._abandon(still)
+
+    def _abandon(self, tasks: set[asyncio.Task[None]]) -> None:
+        ids = [i for t in tasks for i in self._sending.get(t, [])]
+        for task in tasks:
+            task.cancel()
+        if not ids:
+            return
+        log.warning("delivery.abandoned", extra={"events": len(ids)})
+        try:  # at shutdown; a short blocking call is fine here
+            self._spool.release(ids)
+        except SpoolUnavailable as exc:  # the lease expires and recover() requeues them
+            log.error("delivery.spool_error", extra={"op": "release", "error": str(exc)})
+
+    # ------------------------------------------------------------------ one send
+
+    async def _deliver(self, group: list[SpooledEvent]) -> None:
+        events = [s.event for s in group]
+        started = time.monotonic()
+        try:
+            await self._upstream.send(events, as_array=self.batch_max > 1)
+        except UpstreamUnavailable as exc:
+            self._metrics.upstream_request_seconds.observe(time.monotonic() - started)
+            await self._settle(self._failed, group, exc)
+            return
+        self._metrics.upstream_request_seconds.observe(time.monotonic() - started)
+        await self._settle(self._delivered, group, None)
+
+    async def _settle(self, how: Callable[[list[SpooledEvent], UpstreamUnavailable | None], None],
+                      group: list[SpooledEvent], exc: UpstreamUnavailable | None) -> None:
+        try:
+            await asyncio.to_thread(how, group, exc)
+        except SpoolUnavailable as err:  # leases expire; recover() requeues them
+            log.error("delivery.spool_error",
+                      extra={"op": how.__name__.lstrip("_"), "error": str(err),
+                             "events": len(group)})
+
+    def _delivered(self, group: list[SpooledEvent], _: UpstreamUnavailable | None) -> None:
+        self._spool.ack([s.event.id for s in group])
+        now = self._clock()
+        self._metrics.events_delivered.inc(len(group))
+        for s in group:
+            self._metrics.delivery_latency.observe(max(0.0, now - s.received_at))
+        log.debug("delivery.delivered", extra={"events": len(group)})
+
+    def _failed(self, group: list[SpooledEvent], exc: UpstreamUnavailable | None) -> None:
+        assert exc is not None
+        now = self._clock()
+        error = str(exc)
+        for s in group:
+            attempt = s.attempts + 1
+            if attempt >= self.max_attempts or now - s.received_at >= self.max_age_s:
+                self._spool.dead(s.event.id, error=error)
+                self._metrics.events_dead.inc()
+                log.error("delivery.dead", extra={
+                    "event_id": s.event.id, "attempt": attempt, "status": exc.status,
+                    "error": error})
+                continue
+            delay = self.next_delay(attempt, exc.retry_after_s)
+            self._spool.retry(s.event.id, next_attempt_at=now + delay, error=error)
+            self._metrics.events_retried.inc()
+            log.warning("delivery.retry", extra={
+                "event_id": s.event.id, "attempt": attempt, "status": exc.status,
+                "delay_s": round(delay, 3), "error": error})
+
+
+def _chunks(items: Sequence[SpooledEvent], size: int) -> list[list[SpooledEvent]]:
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False

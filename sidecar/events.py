@@ -1,0 +1,113 @@
+"""The normalized event the upstream receives, and its content-derived id.
+
+Ids are derived from content only, so every sidecar instance (and every retry of the
+same delivery from Meta) computes the same id for the same change; the spool and the
+upstream deduplicate on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+__all__ = [
+    "JSONValue",
+    "Event",
+    "message_event_id",
+    "status_event_id",
+    "content_event_id",
+    "batch_id",
+    "canonical_json",
+    "format_time",
+    "encode_events",
+]
+
+JSONValue = Any  # raw JSON: dict / list / str / int / float / bool / None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: str
+    type: str
+    field: str
+    waba_id: str
+    phone_number_id: str | None
+    occurred_at: str
+    received_at: str
+    data: dict[str, JSONValue] = field(hash=False, compare=True)
+
+    def to_dict(self) -> dict[str, JSONValue]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "field": self.field,
+            "waba_id": self.waba_id,
+            "phone_number_id": self.phone_number_id,
+            "occurred_at": self.occurred_at,
+            "received_at": self.received_at,
+            "data": self.data,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, JSONValue]) -> Event:
+        return cls(
+            id=d["id"],
+            type=d["type"],
+            field=d["field"],
+            waba_id=d["waba_id"],
+            phone_number_id=d["phone_number_id"],
+            occurred_at=d["occurred_at"],
+            received_at=d["received_at"],
+            data=d["data"],
+        )
+
+
+def canonical_json(value: JSONValue) -> str:
+    """One text per JSON value: sorted keys, no whitespace, UTF-8 kept as is."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _digest(*parts: str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")  # a separator that cannot occur inside the parts' encodings
+    return "evt_" + h.hexdigest()[:32]
+
+
+def message_event_id(wamid: str) -> str:
+    return _digest("message", wamid)
+
+
+def status_event_id(wamid: str, status: str, timestamp: str) -> str:
+    return _digest("status", wamid, status, timestamp)
+
+
+def content_event_id(waba_id: str, field: str, entry_time: int | None, value: JSONValue) -> str:
+    return _digest("change", waba_id, field, "" if entry_time is None else str(entry_time),
+                   canonical_json(value))
+
+
+def batch_id(event_ids: list[str]) -> str:
+    """The ``webhook-id`` of a batch: derived from its events, so a retry reuses it."""
+    return "batch_" + _digest("batch", *event_ids)[4:]
+
+
+def format_time(moment: datetime, *, millis: bool = False) -> str:
+    moment = moment.astimezone(timezone.utc)
+    if millis:
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def encode_events(events: list[Event], *, as_array: bool) -> bytes:
+    """The body sent upstream: one event object, or a JSON array of them."""
+    if as_array:
+        payload: JSONValue = [e.to_dict() for e in events]
+    else:
+        (only,) = events
+        payload = only.to_dict()
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

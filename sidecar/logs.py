@@ -1,0 +1,57 @@
+"""Logging setup: one JSON (or text) formatter on stderr, set up by the CLI.
+
+Messages are fixed event names (``delivery.retry``); facts go in ``extra=`` fields.
+Nothing logged here ever includes a body, a secret or a signature header; the one
+thing that could carry a secret in a URL, ``hub.verify_token``, is redacted by
+``redact_query``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import datetime, timezone
+
+__all__ = ["setup_logging", "redact_query", "JSONFormatter"]
+
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+_TOKEN_IN_QUERY = re.compile(r"(hub\.verify_token=)[^&]*", re.IGNORECASE)
+
+
+def redact_query(query: str) -> str:
+    return _TOKEN_IN_QUERY.sub(r"\1***", query)
+
+
+class JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(
+                timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info and record.levelno >= logging.ERROR:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        extras = " ".join(f"{k}={v}" for k, v in record.__dict__.items()
+                          if k not in _STANDARD and not k.startswith("_"))
+        base = f"{record.levelname.lower():7} {record.name}: {record.getMessage()}"
+        return f"{base} {extras}".rstrip()
+
+
+def setup_logging(level: str = "info", fmt: str = "json") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JSONFormatter() if fmt == "json" else _TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

@@ -1,0 +1,69 @@
+"""Prometheus handles, built once per process and passed to whoever records.
+
+A private ``CollectorRegistry`` (not the global default) so tests and several apps in
+one process never collide.  Names follow Prometheus conventions (``_total``,
+``_seconds``).  Nothing here ever records a secret or a request body.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "sidecar_requests_total", "Requests on the public listener by outcome.",
+            ["outcome"], registry=r)
+        self.handshake_failures = Counter(
+            "sidecar_tls_handshake_failures_total",
+            "TLS handshakes refused (no/untrusted client certificate, name not allowed, ...).",
+            ["reason"], registry=r)
+        self.signature_failures = Counter(
+            "sidecar_signature_failures_total", "POSTs refused for a bad or missing signature.",
+            registry=r)
+        self.events_spooled = Counter(
+            "sidecar_events_spooled_total", "Events durably stored.", registry=r)
+        self.events_duplicate = Counter(
+            "sidecar_events_duplicate_total", "Events dropped as repeats of a stored id.",
+            registry=r)
+        self.events_quarantined = Counter(
+            "sidecar_events_quarantined_total", "Changes quarantined for breaking their schema.",
+            registry=r)
+        self.events_delivered = Counter(
+            "sidecar_events_delivered_total", "Events the upstream accepted (2xx).", registry=r)
+        self.events_retried = Counter(
+            "sidecar_events_retried_total", "Delivery attempts that failed and were rescheduled.",
+            registry=r)
+        self.events_dead = Counter(
+            "sidecar_events_dead_total", "Events moved to dead letters.", registry=r)
+        self.delivery_latency = Histogram(
+            "sidecar_delivery_latency_seconds",
+            "From receipt to the upstream's 2xx, per event.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+            registry=r)
+        self.upstream_request_seconds = Histogram(
+            "sidecar_upstream_request_seconds", "Duration of one request to the upstream.",
+            registry=r)
+        self.spool_depth = Gauge(
+            "sidecar_spool_depth", "Events stored and not yet delivered or dead.", registry=r)
+        self.cert_expiry_seconds = Gauge(
+            "sidecar_certificate_expiry_seconds",
+            "Seconds until each loaded certificate expires (negative once expired).",
+            ["role", "subject", "file"], registry=r)
+        self.tls_reloads = Counter(
+            "sidecar_tls_reloads_total", "TLS material reloads by result.", ["result"],
+            registry=r)
+        self.config_reloads = Counter(
+            "sidecar_config_reloads_total", "Config (names, secrets, client_auth) reloads.",
+            ["result"], registry=r)
+        self.client_auth_optional = Gauge(
+            "sidecar_client_auth_optional",
+            "1 while tls.client_auth is 'optional' (onboarding): deliveries admitted on the "
+            "signature alone.", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

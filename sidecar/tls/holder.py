@@ -1,0 +1,140 @@
+"""The live TLS state of the public listener, and its validated hot reload.
+
+Hypercorn gets one *listener* context for its whole life.  Two hooks on it make the
+state reloadable and the identity check part of the handshake:
+
+* ``sni_callback`` runs at ClientHello (with or without SNI) and switches the
+  connection to the current context (``SSL_set_SSL_CTX``): new server certificate,
+  new client-CA store.  A CA dropped from the config is therefore no longer trusted.
+* ``sslobject_class`` is a ``ssl.SSLObject`` subclass whose ``do_handshake`` — once
+  OpenSSL has verified the chain — checks the client identity against the current
+  policy and refuses the handshake when it is not allowed, before any HTTP byte is read.
+
+The listener's ``verify_mode`` is ``CERT_OPTIONAL`` (OpenSSL still verifies any
+certificate presented and fails the handshake if it does not chain); whether a
+certificate is *required* is decided per handshake from the current state, so
+``tls.client_auth`` can change on reload without a restart.
+
+``reload()`` follows ghostunnel: build a complete new ``TLSState``, validate it, then
+swap one attribute.  On failure the old state keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sidecar.config import TLSConfig
+from sidecar.tls.identity import IdentityPolicy
+from sidecar.tls.material import TLSMaterial, build_context, load_material
+
+__all__ = ["TLSState", "TLSHolder", "HandshakeRefused"]
+
+log = logging.getLogger("sidecar.tls")
+
+
+class HandshakeRefused(ssl.SSLCertVerificationError):
+    """Raised inside the handshake when the client identity is not admitted."""
+
+
+@dataclass(frozen=True, slots=True)
+class TLSState:
+    material: TLSMaterial
+    context: ssl.SSLContext
+    policy: IdentityPolicy
+    require_client_cert: bool
+    generation: int
+
+
+class TLSHolder:
+    def __init__(
+        self,
+        tls: TLSConfig,
+        *,
+        on_refused: Callable[[str], None] | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    ) -> None:
+        self._now = now
+        self._on_refused = on_refused or (lambda reason: None)
+        # The constructor validates once: broken material fails at startup, not later.
+        self.state = self._build(tls, generation=1)
+
+    def _build(self, tls: TLSConfig, *, generation: int) -> TLSState:
+        material = load_material(tls, now=self._now())
+        require = tls.client_auth == "required"
+        return TLSState(
+            material=material,
+            context=build_context(material, require_client_cert=require),
+            policy=IdentityPolicy(tls.allowed_client_names),
+            require_client_cert=require,
+            generation=generation,
+        )
+
+    def reload(self, tls: TLSConfig) -> bool:
+        """Swap in new material/policy if anything changed.  Returns True when swapped.
+
+        Raises ``TLSMaterialError`` (old state kept) when the new material is invalid.
+        """
+        old = self.state
+        new = self._build(tls, generation=old.generation + 1)
+        if (new.material.digest == old.material.digest and new.policy.allowed_names
+                == old.policy.allowed_names and new.require_client_cert == old.require_client_cert):
+            return False
+        self.state = new
+        return True
+
+    # ------------------------------------------------------------------ listener
+
+    def listener_context(self) -> ssl.SSLContext:
+        """The context handed to the server once; every handshake reads ``self.state``."""
+        ctx = build_context(self.state.material, require_client_cert=False)
+        ctx.sni_callback = self._use_current_context
+        ctx.sslobject_class = self._sslobject_class()
+        return ctx
+
+    def _use_current_context(self, sslobj: ssl.SSLObject, server_name: str | None,
+                             listener: ssl.SSLContext) -> None:
+        sslobj.context = self.state.context
+        return None
+
+    def _sslobject_class(self) -> type[ssl.SSLObject]:
+        holder = self
+
+        class IdentityCheckedSSLObject(ssl.SSLObject):
+            def do_handshake(self) -> None:
+                try:
+                    super().do_handshake()
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    raise
+                except ssl.SSLError as exc:
+                    holder._on_refused(_reason(exc))
+                    raise
+                holder.check_peer(self)
+
+        return IdentityCheckedSSLObject
+
+    def check_peer(self, sslobj: ssl.SSLObject) -> None:
+        state = self.state
+        peer = sslobj.getpeercert()
+        if not peer:
+            if state.require_client_cert:
+                self._on_refused("no_certificate")
+                raise HandshakeRefused("client certificate required")
+            return
+        if not state.policy.allows(peer):
+            self._on_refused("name_not_allowed")
+            raise HandshakeRefused("client certificate name not allowed")
+
+
+def _reason(exc: ssl.SSLError) -> str:
+    text = (exc.reason or str(exc)).upper()
+    if "PEER_DID_NOT_RETURN_A_CERTIFICATE" in text or "CERTIFICATE_REQUIRED" in text:
+        return "no_certificate"
+    if "CERTIFICATE_VERIFY_FAILED" in text or "UNKNOWN_CA" in text or "BAD_CERTIFICATE" in text:
+        return "untrusted_certificate"
+    if "VERSION" in text or "PROTOCOL" in text:
+        return "protocol"
+    return "other"
