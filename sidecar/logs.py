@@ -55,3 +55,5 @@ def setup_logging(level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx logs every request at INFO: noise on the delivery path, and URLs are ours to log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -190,19 +190,21 @@ class DeliveryWorker:
             await self._upstream.send(events, as_array=self.batch_max > 1)
         except UpstreamUnavailable as exc:
             self._metrics.upstream_request_seconds.observe(time.monotonic() - started)
-            await self._settle(self._failed, group, exc)
+            await self._settle("fail", self._failed, group, exc)
             return
         self._metrics.upstream_request_seconds.observe(time.monotonic() - started)
-        await self._settle(self._delivered, group, None)
+        await self._settle("ack", self._delivered, group, None)
 
-    async def _settle(self, how: Callable[[list[SpooledEvent], UpstreamUnavailable | None], None],
+    async def _settle(self, op: str,
+                      how: Callable[[list[SpooledEvent], UpstreamUnavailable | None], None],
                       group: list[SpooledEvent], exc: UpstreamUnavailable | None) -> None:
+        """Record the outcome (in a thread: SQLite); a spool failure is logged, and the
+        lease's expiry later requeues the events, so nothing is lost."""
         try:
             await asyncio.to_thread(how, group, exc)
-        except SpoolUnavailable as err:  # leases expire; recover() requeues them
+        except SpoolUnavailable as err:
             log.error("delivery.spool_error",
-                      extra={"op": how.__name__.lstrip("_"), "error": str(err),
-                             "events": len(group)})
+                      extra={"op": op, "error": str(err), "events": len(group)})
 
     def _delivered(self, group: list[SpooledEvent], _: UpstreamUnavailable | None) -> None:
         self._spool.ack([s.event.id for s in group])

@@ -1,0 +1,229 @@
+"""Real-process fixtures: trustme certificates, free ports, a real upstream, and the
+real ``python -m sidecar serve`` started per test and stopped by PID in a finalizer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trustme
+
+from sidecar.checks.signature import sign
+from sidecar.secret import Secret
+from sidecar.sink import RecordingSink
+
+META_CN = "client.webhooks.fbclientcerts.com"
+APP_SECRET = "test-app-secret-\u00e9"  # non-ASCII on purpose
+APP_SECRET_2 = "second-app-secret"
+VERIFY_TOKEN = "test-verify-token"
+SIGNING_SECRET = "test-signing-secret"
+
+pytest_plugins: list[str] = []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class PKI:
+    """Server CA + server cert, Meta's client CA + client certs, and a rogue CA."""
+
+    dir: Path
+    server_ca: trustme.CA = field(default_factory=trustme.CA)
+    client_ca: trustme.CA = field(default_factory=trustme.CA)
+    rogue_ca: trustme.CA = field(default_factory=trustme.CA)
+
+    def __post_init__(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        server = self.server_ca.issue_cert("127.0.0.1", "localhost")
+        server.cert_chain_pems[0].write_to_path(str(self.dir / "server.pem"))
+        for extra in server.cert_chain_pems[1:]:
+            extra.write_to_path(str(self.dir / "server.pem"), append=True)
+        server.private_key_pem.write_to_path(str(self.dir / "server.key"))
+        self.server_ca.cert_pem.write_to_path(str(self.dir / "server-ca.pem"))
+        self.client_ca.cert_pem.write_to_path(str(self.dir / "client-ca.pem"))
+        self.meta_client = self.client_pair("meta", self.client_ca, common_name=META_CN)
+        self.other_name_client = self.client_pair("other", self.client_ca,
+                                                  common_name="evil.example.com")
+        self.rogue_client = self.client_pair("rogue", self.rogue_ca, common_name=META_CN)
+
+    def client_pair(self, name: str, ca: trustme.CA, *identities: str, **kw: Any) -> Path:
+        cert = ca.issue_cert(*identities, **kw)
+        path = self.dir / f"client-{name}.pem"
+        cert.private_key_and_cert_chain_pem.write_to_path(str(path))
+        return path
+
+    def client_context(self, client_pem: Path | None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.dir / "server-ca.pem"))
+        if client_pem is not None:
+            ctx.load_cert_chain(str(client_pem))
+        return ctx
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> PKI:
+    return PKI(tmp_path / "certs")
+
+
+@pytest.fixture
+def sink() -> Iterator[RecordingSink]:
+    s = RecordingSink(signing_secret=Secret(SIGNING_SECRET)).start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+class SidecarProcess:
+    def __init__(self, config_path: Path, port: int, admin_port: int, pki: PKI, path: str,
+                 log_path: Path, loop: str) -> None:
+        self.config_path = config_path
+        self.port = port
+        self.admin_port = admin_port
+        self.pki = pki
+        self.path = path
+        self.log_path = log_path
+        self.loop = loop
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}{self.path}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def start(self, *, wait: bool = True) -> SidecarProcess:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "serve", "-c", str(self.config_path),
+             "--loop", self.loop],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        delay = 0.02
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"sidecar exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.admin_url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(delay)
+            delay = min(delay * 2, 0.3)
+        raise AssertionError(f"sidecar not ready in {timeout_s}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def send_signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return int(self.proc.returncode)
+
+    # ------------------------------------------------------------------ clients
+
+    def client(self, client_pem: Path | None = "meta", **kw: Any) -> httpx.Client:  # type: ignore[assignment]
+        pem = self.pki.meta_client if client_pem == "meta" else client_pem
+        return httpx.Client(verify=self.pki.client_context(pem), timeout=10, trust_env=False, **kw)
+
+    def post(self, body: bytes, *, secret: str = APP_SECRET, client_pem: Any = "meta",
+             headers: dict[str, str] | None = None) -> httpx.Response:
+        h = {"content-type": "application/json", "x-hub-signature-256": sign(Secret(secret), body)}
+        h.update(headers or {})
+        with self.client(client_pem) as c:
+            return c.post(self.url, content=body, headers=h)
+
+    def metrics(self) -> str:
+        return httpx.get(self.admin_url + "/metrics", timeout=5).text
+
+
+def write_config(folder: Path, *, port: int, admin_port: int, upstream_url: str,
+                 spool_path: Path, extra: str = "", mode: str = "spool",
+                 client_auth: str = "required", tls_extra: str = "",
+                 secrets: tuple[str, ...] = ("${TEST_APP_SECRET}",)) -> Path:
+    config = folder / "sidecar.yaml"
+    secret_list = ", ".join(f'"{s}"' for s in secrets)
+    config.write_text(f"""\
+listen: {{host: 127.0.0.1, port: {port}, path: /webhooks/whatsapp}}
+tls:
+  cert_file: certs/server.pem
+  key_file: certs/server.key
+  client_ca_files: [certs/client-ca.pem]
+  allowed_client_names: [{META_CN}]
+  client_auth: {client_auth}
+  reload_interval_s: 0.5
+{tls_extra}meta:
+  app_secrets: [{secret_list}]
+  verify_token: "{VERIFY_TOKEN}"
+upstream:
+  url: {upstream_url}
+  timeout_s: 2
+  signing_secret: "{SIGNING_SECRET}"
+delivery:
+  mode: {mode}
+  spool_path: {spool_path}
+  backoff_initial_s: 0.05
+  backoff_max_s: 0.5
+admin: {{host: 127.0.0.1, port: {admin_port}}}
+logging: {{level: info, format: json}}
+{extra}""", encoding="utf-8")
+    return config
+
+
+@pytest.fixture
+def start_sidecar(tmp_path: Path, pki: PKI, sink: RecordingSink,
+                  monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    monkeypatch.setenv("TEST_APP_SECRET", APP_SECRET)
+    started: list[SidecarProcess] = []
+
+    def _start(*, loop: str = "asyncio", upstream_url: str | None = None, wait: bool = True,
+               **kw: Any) -> SidecarProcess:
+        port, admin_port = free_port(), free_port()
+        config = write_config(tmp_path, port=port, admin_port=admin_port,
+                              upstream_url=upstream_url or sink.url,
+                              spool_path=tmp_path / "var" / "spool.db", **kw)
+        proc = SidecarProcess(config, port, admin_port, pki, "/webhooks/whatsapp",
+                              tmp_path / "sidecar.log", loop)
+        started.append(proc)
+        return proc.start(wait=wait)
+
+    try:
+        yield _start
+    finally:
+        for proc in started:
+            proc.stop()

@@ -1,0 +1,116 @@
+"""Deliveries crossing the whole path: mTLS → signature → schema → normalize → upstream."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+
+import pytest
+
+from conftest import SIGNING_SECRET, free_port
+from sidecar.samples import META_DOC_EXAMPLE, SAMPLE_FIELDS, sample_delivery, sample_status_delivery
+
+
+@pytest.mark.parametrize("mode", ["spool", "direct"])
+def test_every_known_field_arrives_normalized_and_signed(start_sidecar, sink, mode):
+    sidecar = start_sidecar(mode=mode)
+    for field in SAMPLE_FIELDS:
+        r = sidecar.post(json.dumps(sample_delivery(field, unique=mode)).encode())
+        assert r.status_code == 200, (field, r.text)
+    events = sink.wait_for(len(SAMPLE_FIELDS), timeout_s=10)
+    by_field = {e["field"]: e for e in events}
+    assert set(by_field) == set(SAMPLE_FIELDS)
+    msg = by_field["messages"]
+    assert msg["type"] == "whatsapp.message" and msg["id"].startswith("evt_")
+    assert msg["data"]["metadata"]["phone_number_id"] == msg["phone_number_id"]
+    assert msg["data"]["contact"]["wa_id"] == msg["data"]["from"]
+    for field in SAMPLE_FIELDS:
+        if field != "messages":
+            assert by_field[field]["type"] == f"whatsapp.{field}"
+    # Standard Webhooks signature, recomputed here independently of the sidecar's code.
+    for request in sink.requests:
+        h = request.headers
+        signed = f"{h['webhook-id']}.{h['webhook-timestamp']}.".encode() + request.body
+        mac = hmac.new(SIGNING_SECRET.encode(), signed, hashlib.sha256).digest()
+        assert h["webhook-signature"] == "v1," + base64.b64encode(mac).decode()
+        assert h["webhook-id"] == json.loads(request.body)["id"]
+
+
+def test_meta_documentation_example_array_is_accepted(start_sidecar, sink):
+    sidecar = start_sidecar()
+    r = sidecar.post(json.dumps(META_DOC_EXAMPLE).encode())
+    assert r.status_code == 200
+    (event,) = sink.wait_for(1, timeout_s=5)
+    assert event["type"] == "whatsapp.message"
+    assert event["data"]["text"]["body"] == "Does it come in another color?"
+
+
+def test_statuses_split_with_deterministic_ids(start_sidecar, sink):
+    sidecar = start_sidecar()
+    delivery = sample_status_delivery(unique="split")
+    value = delivery["entry"][0]["changes"][0]["value"]
+    extra = dict(value["statuses"][0], status="read")
+    value["statuses"].append(extra)
+    body = json.dumps(delivery).encode()
+    assert sidecar.post(body).status_code == 200
+    events = sink.wait_for(len(value["statuses"]), timeout_s=5)
+    assert [e["type"] for e in events] == ["whatsapp.status"] * len(value["statuses"])
+    assert len({e["id"] for e in events}) == len(events)
+    # Meta redelivers the same body: same ids, nothing forwarded twice.
+    assert sidecar.post(body).status_code == 200
+    sink.wait_for(len(events) + 1, timeout_s=1)
+    assert len(sink.delivered()) == len(events)
+
+
+def test_unknown_field_is_forwarded_as_is(start_sidecar, sink):
+    sidecar = start_sidecar()
+    value = {"anything": [1, 2, {"nested": True}], "new_key": "kept"}
+    body = json.dumps({"object": "whatsapp_business_account", "entry": [
+        {"id": "123", "time": 1751247548, "changes": [{"field": "brand_new_field", "value": value}]}
+    ]}).encode()
+    assert sidecar.post(body).status_code == 200
+    (event,) = sink.wait_for(1, timeout_s=5)
+    assert event["type"] == "whatsapp.brand_new_field" and event["data"] == value
+    assert event["occurred_at"] == "2025-06-30T01:39:08Z"
+
+
+def test_unknown_keys_inside_known_value_are_kept(start_sidecar, sink):
+    sidecar = start_sidecar()
+    delivery = sample_delivery("account_update", unique="keys")
+    delivery["entry"][0]["changes"][0]["value"]["future_key"] = {"x": 1}
+    assert sidecar.post(json.dumps(delivery).encode()).status_code == 200
+    (event,) = sink.wait_for(1, timeout_s=5)
+    assert event["data"]["future_key"] == {"x": 1}
+
+
+def test_direct_mode_upstream_down_is_503_and_retry_succeeds(start_sidecar, sink):
+    sidecar = start_sidecar(mode="direct", upstream_url=f"http://127.0.0.1:{free_port()}/events",
+                            wait=False)
+    # /readyz is 503 in direct mode while the upstream refuses connections.
+    import httpx, time
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(sidecar.admin_url + "/readyz", timeout=1)
+            if r.status_code == 503:
+                assert "upstream" in r.json()["failing"]
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    body = json.dumps(sample_delivery("messages", unique="down")).encode()
+    r = sidecar.post(body)
+    assert r.status_code == 503
+    assert "127.0.0.1" not in r.text
+
+
+def test_direct_mode_upstream_500_is_503_without_leaking_its_body(start_sidecar, sink):
+    sidecar = start_sidecar(mode="direct")
+    sink.status = 500
+    body = json.dumps(sample_delivery("messages", unique="500")).encode()
+    r = sidecar.post(body)
+    assert r.status_code == 503 and "sink says no" not in r.text
+    sink.status = 200
+    assert sidecar.post(body).status_code == 200  # Meta's retry goes through
+    assert len(sink.delivered()) == 1

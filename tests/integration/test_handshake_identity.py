@@ -1,0 +1,63 @@
+"""Client-certificate admission happens in the TLS handshake, on every supported loop."""
+
+from __future__ import annotations
+
+import ssl
+
+import httpx
+import pytest
+
+from conftest import META_CN
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_only_meta_certificate_from_trusted_ca_is_admitted(start_sidecar, sink, loop):
+    sidecar = start_sidecar(loop=loop)
+    pki = sidecar.pki
+
+    with sidecar.client() as c:
+        ok = c.get(sidecar.url, params={"hub.mode": "subscribe", "hub.verify_token":
+                                        "test-verify-token", "hub.challenge": "42"})
+    assert ok.status_code == 200 and ok.text == "42"
+
+    refused = {
+        "no client certificate": None,
+        "untrusted CA, Meta's CN": pki.rogue_client,
+        "trusted CA, other name": pki.other_name_client,
+    }
+    for label, pem in refused.items():
+        with pytest.raises((httpx.ReadError, httpx.ConnectError, httpx.RemoteProtocolError),
+                           ) as info:
+            with sidecar.client(pem) as c:
+                c.get(sidecar.url, params={"hub.mode": "subscribe",
+                                           "hub.verify_token": "test-verify-token",
+                                           "hub.challenge": "42"})
+        assert info.value is not None, label
+
+    metrics = sidecar.metrics()
+    assert 'sidecar_tls_handshake_failures_total{reason="name_not_allowed"} 1.0' in metrics
+    assert 'sidecar_tls_handshake_failures_total{reason="no_certificate"} 1.0' in metrics
+    assert sink.requests == []
+
+
+def test_dns_san_matches_when_cn_differs(start_sidecar, pki):
+    sidecar = start_sidecar()
+    san_only = pki.client_pair("san", pki.client_ca, META_CN, common_name="something-else")
+    with sidecar.client(san_only) as c:
+        r = c.get(sidecar.url, params={"hub.mode": "subscribe",
+                                       "hub.verify_token": "test-verify-token",
+                                       "hub.challenge": "7"})
+    assert r.status_code == 200
+
+
+def test_tls_1_1_is_refused(start_sidecar, pki):
+    sidecar = start_sidecar()
+    ctx = pki.client_context(pki.meta_client)
+    try:
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    except (ValueError, ssl.SSLError):
+        pytest.skip("this OpenSSL cannot even offer TLS 1.1")
+    with pytest.raises((httpx.ConnectError, httpx.ReadError)):
+        with httpx.Client(verify=ctx, timeout=5) as c:
+            c.get(sidecar.url)

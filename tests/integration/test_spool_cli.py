@@ -1,0 +1,209 @@
+"""``sidecar spool …`` run in-process through ``sidecar.cli.main`` against a real spool
+file filled through ``Spool``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from sidecar.cli import main
+from sidecar.cli.spool_cmd import parse_duration
+from sidecar.errors import UsageError
+from sidecar.events import Event, content_event_id
+from sidecar.normalize import QuarantinedChange
+from sidecar.spool import Spool
+
+
+def make_event(n: int) -> Event:
+    return Event(id=f"evt_{n}", type="whatsapp.account_update", field="account_update",
+                 waba_id="waba1", phone_number_id=None, occurred_at="2027-01-15T08:00:00Z",
+                 received_at="2027-01-15T08:00:00.000Z", data={"event": "VERIFIED_ACCOUNT", "n": n})
+
+
+def make_quarantined(value: dict[str, object]) -> QuarantinedChange:
+    return QuarantinedChange(id=content_event_id("waba1", "account_update", 1700000000, value),
+                             waba_id="waba1", field="account_update", entry_time=1700000000,
+                             reason="event is required", value=value)
+
+
+BAD = make_quarantined({"no_event": True})
+NOW_VALID = make_quarantined({"event": "VERIFIED_ACCOUNT", "later": 1})
+
+
+def write_config(folder: Path, spool_path: Path) -> Path:
+    path = folder / "sidecar.yaml"
+    path.write_text(f"""
+tls:
+  cert_file: server.pem
+  key_file: server.key
+  client_ca_files: [meta-ca.pem]
+meta:
+  app_secrets: ["app-secret"]
+  verify_token: "verify-token"
+upstream:
+  url: http://127.0.0.1:9/events
+delivery:
+  spool_path: {spool_path}
+  dedup_retention_s: 86400
+""", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def spool_path(tmp_path: Path) -> Path:
+    return tmp_path / "var" / "spool.db"
+
+
+@pytest.fixture
+def config(tmp_path: Path, spool_path: Path) -> str:
+    return str(write_config(tmp_path, spool_path))
+
+
+@pytest.fixture
+def filled(spool_path: Path) -> Spool:
+    """4 events: evt_0 delivered, evt_1 and evt_2 dead, evt_3 pending; 2 quarantined."""
+    spool = Spool(spool_path)
+    spool.add_many([([make_event(i) for i in range(4)], [BAD, NOW_VALID])])
+    spool.claim(3, lease_s=30)
+    spool.ack(["evt_0"])
+    spool.dead("evt_1", error="upstream answered 500")
+    spool.dead("evt_2", error="upstream answered 502")
+    yield spool
+    spool.close()
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["spool", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_stats_json(capsys: pytest.CaptureFixture[str], config: str, filled: Spool) -> None:
+    code, out, _ = run_cli(capsys, "stats", "-c", config, "--json")
+    assert code == 0
+    stats = json.loads(out)
+    assert {k: stats[k] for k in ("pending", "in_flight", "delivered", "dead", "quarantined")} \
+        == {"pending": 1, "in_flight": 0, "delivered": 1, "dead": 2, "quarantined": 2}
+    assert stats["oldest_pending_age_s"] >= 0
+
+
+def test_stats_text(capsys: pytest.CaptureFixture[str], config: str, filled: Spool) -> None:
+    code, out, _ = run_cli(capsys, "stats", "-c", config)
+    assert code == 0
+    lines = dict(line.rsplit(None, 1) for line in out.splitlines())
+    assert lines["dead"] == "2" and lines["in flight"] == "0" and lines["quarantined"] == "2"
+
+
+def test_list_dead(capsys: pytest.CaptureFixture[str], config: str, filled: Spool) -> None:
+    code, out, _ = run_cli(capsys, "list", "-c", config, "--dead")
+    assert code == 0
+    assert "evt_1" in out and "evt_2" in out and "upstream answered 502" in out
+    assert "evt_0" not in out and "evt_3" not in out
+
+
+def test_list_json_events_and_quarantined(capsys: pytest.CaptureFixture[str], config: str,
+                                          filled: Spool) -> None:
+    code, out, _ = run_cli(capsys, "list", "-c", config, "--dead", "--quarantined", "--json")
+    assert code == 0
+    listed = json.loads(out)
+    assert [e["id"] for e in listed["events"]] == ["evt_1", "evt_2"]
+    assert listed["events"][0]["type"] == "whatsapp.account_update"
+    assert {q["id"] for q in listed["quarantined"]} == {BAD.id, NOW_VALID.id}
+
+
+def test_list_limit(capsys: pytest.CaptureFixture[str], config: str, filled: Spool) -> None:
+    code, out, _ = run_cli(capsys, "list", "-c", config, "--json", "--limit", "2")
+    assert code == 0 and len(json.loads(out)["events"]) == 2
+
+
+def test_replay_dead_and_quarantined(capsys: pytest.CaptureFixture[str], config: str,
+                                     filled: Spool) -> None:
+    code, out, _ = run_cli(capsys, "replay", "-c", config, "evt_1", NOW_VALID.id)
+    assert code == 0
+    assert "replayed evt_1" in out and f"replayed {NOW_VALID.id}" in out
+    stats = filled.stats()
+    assert (stats.pending, stats.dead, stats.quarantined) == (3, 1, 1)
+
+
+def test_replay_reports_unknown_and_still_invalid(capsys: pytest.CaptureFixture[str],
+                                                  config: str, filled: Spool) -> None:
+    code, out, _ = run_cli(capsys, "replay", "-c", config, "evt_2", "evt_missing", BAD.id)
+    assert code == 1
+    assert "replayed evt_2" in out
+    assert "not found evt_missing" in out
+    assert f"still invalid {BAD.id}: event is required" in out
+    assert filled.stats().dead == 1
+
+
+def test_replay_all_dead(capsys: pytest.CaptureFixture[str], config: str, filled: Spool) -> None:
+    code, out, _ = run_cli(capsys, "replay", "-c", config, "--all-dead")
+    assert code == 0 and "replayed 2 dead events" in out
+    assert filled.stats().dead == 0
+
+
+def test_replay_needs_ids_or_all_dead(capsys: pytest.CaptureFixture[str], config: str,
+                                      filled: Spool) -> None:
+    code, _, err = run_cli(capsys, "replay", "-c", config)
+    assert code == 2 and err.count("\n") == 1
+
+
+def test_purge(capsys: pytest.CaptureFixture[str], config: str, filled: Spool) -> None:
+    code, out, _ = run_cli(capsys, "purge", "-c", config, "--delivered-before", "0s")
+    assert code == 0 and "purged 1 delivered events" in out
+    assert filled.stats().delivered == 0
+    assert filled.filter_new(["evt_0"]) == set()  # dedup survives the purge
+
+
+def test_purge_keeps_recent(capsys: pytest.CaptureFixture[str], config: str,
+                            filled: Spool) -> None:
+    code, out, _ = run_cli(capsys, "purge", "-c", config, "--delivered-before", "7d")
+    assert code == 0 and "purged 0 delivered events" in out
+
+
+def test_purge_bad_duration_is_a_usage_error(capsys: pytest.CaptureFixture[str], config: str,
+                                             filled: Spool) -> None:
+    code, _, err = run_cli(capsys, "purge", "-c", config, "--delivered-before", "soon")
+    assert code == 2
+    assert err.startswith("sidecar: error: bad duration") and err.count("\n") == 1
+
+
+def test_missing_spool_file_is_reported_not_created(capsys: pytest.CaptureFixture[str],
+                                                    config: str, spool_path: Path) -> None:
+    code, out, err = run_cli(capsys, "stats", "-c", config)
+    assert code == 1 and out == ""
+    assert "does not exist" in err and err.count("\n") == 1
+    assert not spool_path.exists()
+
+
+def test_missing_config_is_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run_cli(capsys, "stats", "-c", str(tmp_path / "nope.yaml"))
+    assert code == 2 and err.count("\n") == 1
+
+
+def test_config_is_required(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, _ = run_cli(capsys, "stats")
+    assert code == 2
+
+
+@pytest.mark.parametrize("text, seconds", [("7d", 604800), ("12h", 43200), ("30m", 1800),
+                                           ("3600s", 3600), ("3600", 3600), ("1.5h", 5400)])
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "d", "-1d", "7y", "1 2"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_duration(text)
+
+
+def test_spool_is_usable_while_another_connection_holds_it(capsys: pytest.CaptureFixture[str],
+                                                           config: str, filled: Spool) -> None:
+    # The server keeps its Spool open while an operator runs the CLI (WAL).
+    started = time.monotonic()
+    code, _, _ = run_cli(capsys, "replay", "-c", config, "evt_1")
+    assert code == 0 and time.monotonic() - started < 5
+    assert filled.stats().pending == 2
