@@ -1,0 +1,210 @@
+"""Certificate lifecycle on a running server: rotation, CA removal, broken renewals, SIGHUP,
+and the onboarding switch from client_auth optional to required — all without a restart."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import ssl
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+import trustme
+
+from conftest import META_CN, VERIFY_TOKEN
+
+PARAMS = {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "9"}
+
+
+def _replace(dst: Path, data: bytes) -> None:
+    tmp = dst.with_name(dst.name + ".new")
+    tmp.write_bytes(data)
+    os.replace(tmp, dst)
+
+
+def _served_ca_client(ca: trustme.CA, client_pem: Path) -> httpx.Client:
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    ctx.load_cert_chain(str(client_pem))
+    return httpx.Client(verify=ctx, timeout=5, trust_env=False)
+
+
+def _wait_until(predicate, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.3)
+    return False
+
+
+def _accepted(client_factory) -> bool:
+    try:
+        with client_factory() as c:
+            return c.get(URL[0], params=PARAMS).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+URL: list[str] = [""]
+
+
+def test_server_cert_rotates_under_continuous_requests(start_sidecar, pki):
+    sidecar = start_sidecar()
+    URL[0] = sidecar.url
+    new_ca = trustme.CA()
+    new_server = new_ca.issue_cert("127.0.0.1", "localhost")
+    failures: list[str] = []
+    done = threading.Event()
+    count = [0]
+
+    def hammer() -> None:
+        # Trusts both server CAs: every request must succeed across the swap.
+        ctx = pki.client_context(pki.meta_client)
+        new_ca.configure_trust(ctx)
+        with httpx.Client(verify=ctx, timeout=5, trust_env=False,
+                          limits=httpx.Limits(max_keepalive_connections=0)) as c:
+            while not done.is_set():
+                try:
+                    r = c.get(sidecar.url, params=PARAMS)
+                    if r.status_code != 200:
+                        failures.append(str(r.status_code))
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+                count[0] += 1
+
+    t = threading.Thread(target=hammer)
+    t.start()
+    try:
+        time.sleep(0.3)
+        _replace(pki.dir / "server.key", new_server.private_key_pem.bytes())
+        _replace(pki.dir / "server.pem", b"".join(p.bytes() for p in new_server.cert_chain_pems))
+        # A client trusting only the new server CA gets in after the reload.
+        assert _wait_until(lambda: _accepted(lambda: _served_ca_client(new_ca, pki.meta_client)))
+        time.sleep(0.3)
+    finally:
+        done.set()
+        t.join(10)
+    assert failures == [] and count[0] > 10
+    assert 'sidecar_tls_reloads_total{result="success"}' in sidecar.metrics()
+
+
+def test_replaced_client_ca_is_no_longer_trusted(start_sidecar, pki):
+    sidecar = start_sidecar()
+    URL[0] = sidecar.url
+    old_client = lambda: sidecar.client(pki.meta_client)  # noqa: E731
+    assert _accepted(old_client)
+    with sidecar.client(pki.meta_client) as kept_alive:  # a connection opened before the swap
+        assert kept_alive.get(sidecar.url, params=PARAMS).status_code == 200
+        new_ca = trustme.CA()
+        new_client = pki.client_pair("new", new_ca, common_name=META_CN)
+        _replace(pki.dir / "client-ca.pem", new_ca.cert_pem.bytes())
+        assert _wait_until(lambda: _accepted(lambda: sidecar.client(new_client)))
+        assert not _accepted(old_client)
+        # Open connections are not dropped by a reload.
+        assert kept_alive.get(sidecar.url, params=PARAMS).status_code == 200
+
+
+def test_broken_renewal_keeps_the_old_pair_serving(start_sidecar, pki):
+    sidecar = start_sidecar()
+    URL[0] = sidecar.url
+    other = trustme.CA().issue_cert("127.0.0.1")
+    # A key that does not match the certificate on disk.
+    _replace(pki.dir / "server.key", other.private_key_pem.bytes())
+    assert _wait_until(lambda: 'sidecar_tls_reloads_total{result="failure"}' in sidecar.metrics())
+    assert _accepted(lambda: sidecar.client(pki.meta_client))
+    assert "tls.reload_failed" in sidecar.log() and "does not match" in sidecar.log()
+    # Garbage in the certificate file: same.
+    _replace(pki.dir / "server.pem", b"-----BEGIN CERTIFICATE-----\nnope\n")
+    time.sleep(1.2)
+    assert _accepted(lambda: sidecar.client(pki.meta_client))
+
+
+def test_sighup_reloads_at_once(start_sidecar, pki, tmp_path):
+    sidecar = start_sidecar()
+    URL[0] = sidecar.url
+    # Make the interval long, so only SIGHUP can explain a quick reload.
+    cfg = sidecar.config_path.read_text().replace("reload_interval_s: 0.5", "reload_interval_s: 3600")
+    sidecar.config_path.write_text(cfg)
+    sidecar.stop()
+    sidecar.start()
+    new_ca = trustme.CA()
+    new_client = pki.client_pair("hup", new_ca, common_name=META_CN)
+    _replace(pki.dir / "client-ca.pem", new_ca.cert_pem.bytes())
+    time.sleep(0.5)
+    assert not _accepted(lambda: sidecar.client(new_client))
+    sidecar.send_signal(signal.SIGHUP)
+    assert _wait_until(lambda: _accepted(lambda: sidecar.client(new_client)), timeout_s=3)
+
+
+@pytest.mark.parametrize("case", ["expired", "not_yet_valid"])
+def test_client_certificate_outside_validity_is_refused(start_sidecar, pki, case):
+    sidecar = start_sidecar()
+    URL[0] = sidecar.url
+    now = datetime.now(timezone.utc)
+    window = {"expired": (now - timedelta(days=10), now - timedelta(days=1)),
+              "not_yet_valid": (now + timedelta(days=1), now + timedelta(days=10))}[case]
+    pem = pki.client_pair(case, pki.client_ca, common_name=META_CN,
+                          not_before=window[0], not_after=window[1])
+    assert not _accepted(lambda: sidecar.client(pem))
+    assert _accepted(lambda: sidecar.client(pki.meta_client))
+
+
+def test_onboarding_optional_then_required_without_restart(start_sidecar, pki, sink):
+    import json
+
+    from sidecar.samples import sample_delivery
+
+    sidecar = start_sidecar(client_auth="optional")
+    URL[0] = sidecar.url
+    assert "tls.client_auth_optional" in sidecar.log()
+    assert "sidecar_client_auth_optional 1.0" in sidecar.metrics()
+    # Meta's first verification GET arrives without a client certificate.
+    assert _accepted(lambda: sidecar.client(None))
+    # ... and so may signed deliveries, admitted on the signature alone.
+    body = json.dumps(sample_delivery("messages", unique="onboarding")).encode()
+    assert sidecar.post(body, client_pem=None).status_code == 200
+    assert sidecar.post(body, client_pem=None, secret="wrong").status_code == 401
+    # A presented certificate must still carry an allowed name.
+    assert not _accepted(lambda: sidecar.client(pki.other_name_client))
+
+    pid = sidecar.proc.pid
+    cfg = sidecar.config_path.read_text().replace("client_auth: optional", "client_auth: required")
+    sidecar.config_path.write_text(cfg)
+    sidecar.send_signal(signal.SIGHUP)
+    assert _wait_until(lambda: not _accepted(lambda: sidecar.client(None)), timeout_s=5)
+    assert _accepted(lambda: sidecar.client(pki.meta_client))
+    assert sidecar.proc.pid == pid and sidecar.proc.poll() is None
+    assert "sidecar_client_auth_optional 0.0" in sidecar.metrics()
+
+
+def test_app_secret_rotates_by_config_reload(start_sidecar, pki, sink):
+    import json
+
+    from sidecar.samples import sample_delivery
+
+    sidecar = start_sidecar()
+    body = json.dumps(sample_delivery("security", unique="rotate")).encode()
+    assert sidecar.post(body, secret="brand-new-secret").status_code == 401
+    cfg = sidecar.config_path.read_text().replace(
+        'app_secrets: ["${TEST_APP_SECRET}"]', 'app_secrets: ["${TEST_APP_SECRET}", "brand-new-secret"]')
+    sidecar.config_path.write_text(cfg)
+    sidecar.send_signal(signal.SIGHUP)
+    assert _wait_until(lambda: sidecar.post(body, secret="brand-new-secret").status_code == 200)
+
+
+def test_broken_config_on_reload_keeps_serving(start_sidecar, pki):
+    sidecar = start_sidecar()
+    URL[0] = sidecar.url
+    sidecar.config_path.write_text(sidecar.config_path.read_text() + "\nbogus_key: 1\n")
+    sidecar.send_signal(signal.SIGHUP)
+    assert _wait_until(lambda: "config.reload_failed" in sidecar.log())
+    assert _accepted(lambda: sidecar.client(pki.meta_client))
+    assert "bogus_key" in sidecar.log()
