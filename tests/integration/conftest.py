@@ -29,7 +29,6 @@ APP_SECRET_2 = "second-app-secret"
 VERIFY_TOKEN = "test-verify-token"
 SIGNING_SECRET = "test-signing-secret"
 
-pytest_plugins: list[str] = []
 
 
 def free_port() -> int:
