@@ -1,0 +1,23 @@
+# whatsapp-webhook sidecar: non-root, read-only root filesystem friendly.
+#   docker build -t whatsapp-sidecar .
+#   docker run --read-only -v $PWD/config:/etc/sidecar:ro -v $PWD/certs:/etc/sidecar/certs:ro \
+#     -v sidecar-spool:/var/lib/sidecar -e META_APP_SECRET -e META_VERIFY_TOKEN \
+#     -p 8443:8443 whatsapp-sidecar
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY sidecar ./sidecar
+RUN pip install --no-cache-dir --prefix=/install .
+
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+COPY --from=build /install /usr/local
+RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin sidecar \
+ && mkdir -p /var/lib/sidecar /etc/sidecar \
+ && chown sidecar /var/lib/sidecar
+USER 10001
+# Spool (delivery.spool_path) lives on this volume; everything else can be read-only.
+VOLUME ["/var/lib/sidecar"]
+EXPOSE 8443 9090
+ENTRYPOINT ["sidecar"]
+CMD ["serve", "-c", "/etc/sidecar/sidecar.yaml"]
