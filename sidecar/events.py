@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -37,7 +37,7 @@ class Event:
     phone_number_id: str | None
     occurred_at: str
     received_at: str
-    data: dict[str, JSONValue] = field(hash=False, compare=True)
+    data: dict[str, JSONValue]
 
     def to_dict(self) -> dict[str, JSONValue]:
         return {

@@ -38,6 +38,8 @@ __all__ = ["Server", "run_server"]
 
 log = logging.getLogger("sidecar.server")
 
+HOUSEKEEPING_INTERVAL_S = 3600.0
+
 
 class _ListenerConfig(HypercornConfig):
     """Hypercorn config whose SSL context is ours (reloadable, identity-checking)."""
@@ -120,6 +122,22 @@ class Server:
             self.reload_event.clear()
             await asyncio.to_thread(self.reload)
 
+    async def _housekeeping(self) -> None:
+        """Drop delivered events once they no longer serve dedup, so the file stays bounded."""
+        while not self.stop_event.is_set():
+            cutoff = time.time() - self.config.delivery.dedup_retention_s
+            try:
+                purged = await asyncio.to_thread(self.spool.purge, delivered_before=cutoff)
+            except SidecarError as exc:
+                log.error("spool.purge_failed", extra={"error": exc.message})
+            else:
+                if purged:
+                    log.info("spool.purged", extra={"events": purged})
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), HOUSEKEEPING_INTERVAL_S)
+            except TimeoutError:
+                pass
+
     # --------------------------------------------------------------- readiness
 
     async def _refresh_gauges(self, now: datetime) -> None:
@@ -190,7 +208,9 @@ class Server:
                 self.spool, upstream, batch_max=c.upstream.batch_max,
                 max_in_flight=c.upstream.max_in_flight, max_attempts=c.delivery.max_attempts,
                 max_age_s=c.delivery.max_age_s, backoff_initial_s=c.delivery.backoff_initial_s,
-                backoff_max_s=c.delivery.backoff_max_s, metrics=self.metrics)
+                backoff_max_s=c.delivery.backoff_max_s, metrics=self.metrics,
+                # An in-flight claim outlives any single send; a crash frees it after this.
+                lease_s=max(30.0, 3 * c.upstream.timeout_s))
             writer = SpoolWriter(self.spool)
             writer.start()
             ingest = SpoolIngest(writer, worker, self.metrics)
@@ -216,13 +236,19 @@ class Server:
             "listen": public_cfg.bind[0], "admin": admin_cfg.bind[0], "path": c.listen.path,
             "mode": c.delivery.mode, "client_auth": c.tls.client_auth})
         reloader = asyncio.create_task(self._reloader())
+        housekeeping = asyncio.create_task(self._housekeeping())
         try:
-            tasks = [hypercorn_serve(public_app, public_cfg, shutdown_trigger=self.stop_event.wait),
-                     hypercorn_serve(admin_app, admin_cfg, shutdown_trigger=self.stop_event.wait)]
+            # Starlette is an ASGI app; Hypercorn's stricter protocol types don't see that.
+            tasks = [
+                hypercorn_serve(public_app, public_cfg,  # type: ignore[arg-type]
+                                shutdown_trigger=self.stop_event.wait),
+                hypercorn_serve(admin_app, admin_cfg,  # type: ignore[arg-type]
+                                shutdown_trigger=self.stop_event.wait)]
             await asyncio.gather(*tasks)
         finally:
             # Public listener drained: no request can add to the spool any more.
             reloader.cancel()
+            housekeeping.cancel()
             if worker_task is not None and worker_stop is not None:
                 worker_stop.set()
                 try:

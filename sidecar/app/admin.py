@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timezone
 
 from starlette.applications import Starlette
@@ -24,7 +24,7 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 def build_admin_app(
     *,
     metrics: Metrics,
-    checks: dict[str, ReadinessCheck],
+    checks: Mapping[str, ReadinessCheck],
     refresh_gauges: Callable[[datetime], Awaitable[None]],
 ) -> Starlette:
     async def healthz(request: Request) -> Response:

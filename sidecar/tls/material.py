@@ -21,7 +21,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, ed448, rsa
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from sidecar.config import TLSConfig
 from sidecar.errors import TLSMaterialError
@@ -99,13 +99,13 @@ def key_matches(key: object, cert: x509.Certificate) -> bool:
 def cert_facts(cert: x509.Certificate, file: Path | str) -> CertFacts:
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     try:
-        san_ext = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
-        sans = tuple(f"DNS:{n}" for n in san_ext.value.get_values_for_type(x509.DNSName)) + \
-            tuple(f"IP:{n}" for n in san_ext.value.get_values_for_type(x509.IPAddress))
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        sans = tuple(f"DNS:{n}" for n in san.get_values_for_type(x509.DNSName)) + \
+            tuple(f"IP:{n}" for n in san.get_values_for_type(x509.IPAddress))
     except x509.ExtensionNotFound:
         sans = ()
     try:
-        is_ca = bool(cert.extensions.get_extension_for_oid(ExtensionOID.BASIC_CONSTRAINTS).value.ca)
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except x509.ExtensionNotFound:
         is_ca = False
     cn = cns[0].value if cns else None
