@@ -38,6 +38,10 @@ __all__ = ["Server", "run_server"]
 
 log = logging.getLogger("sidecar.server")
 
+# Request line + headers larger than this get a 4xx (h11 answers 431) and the
+# connection is closed.  Meta's requests carry a handful of short headers.
+_MAX_HEADER_BYTES = 16 * 1024
+
 HOUSEKEEPING_INTERVAL_S = 3600.0
 
 
@@ -177,10 +181,17 @@ class Server:
         public = _ListenerConfig(self.holder.listener_context)
         public.bind = [_bind(c.listen.host, c.listen.port)]
         public.alpn_protocols = ["http/1.1"]
+        # Hypercorn has no header timeout.  Its idle timer (keep_alive_timeout) starts
+        # when a connection becomes idle (accepted, or the previous response sent) and
+        # is stopped only once a request's headers are complete; bytes trickling in do
+        # not reset it.  So it is a deadline for "the next request's headers", and it
+        # must not be longer than header_timeout_s, or a slowloris client trickling a
+        # header byte at a time would be kept for keepalive_timeout_s.  The price: an
+        # idle keep-alive connection is closed after min(header, keepalive) seconds.
         public.keep_alive_timeout = c.limits.keepalive_timeout_s
         public.ssl_handshake_timeout = c.limits.header_timeout_s
         public.read_timeout = int(max(1, c.limits.body_timeout_s))
-        public.h11_max_incomplete_size = 16 * 1024
+        public.h11_max_incomplete_size = _MAX_HEADER_BYTES
         public.backlog = min(4096, max(100, c.limits.max_connections))
         public.graceful_timeout = 10.0
         public.accesslog = None  # query strings may carry hub.verify_token; we log ourselves

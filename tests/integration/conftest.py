@@ -174,7 +174,10 @@ class SidecarProcess:
 def write_config(folder: Path, *, port: int, admin_port: int, upstream_url: str,
                  spool_path: Path, extra: str = "", mode: str = "spool",
                  client_auth: str = "required", tls_extra: str = "",
-                 secrets: tuple[str, ...] = ("${TEST_APP_SECRET}",)) -> Path:
+                 secrets: tuple[str, ...] = ("${TEST_APP_SECRET}",),
+                 delivery_extra: str = "") -> Path:
+    """``extra`` is appended at top level; ``delivery_extra`` holds more ``delivery:``
+    keys, one ``key: value`` a line (a second ``delivery:`` block would replace this one)."""
     config = folder / "sidecar.yaml"
     secret_list = ", ".join(f'"{s}"' for s in secrets)
     config.write_text(f"""\
@@ -198,10 +201,14 @@ delivery:
   spool_path: {spool_path}
   backoff_initial_s: 0.05
   backoff_max_s: 0.5
-admin: {{host: 127.0.0.1, port: {admin_port}}}
+{_indent(delivery_extra)}admin: {{host: 127.0.0.1, port: {admin_port}}}
 logging: {{level: info, format: json}}
 {extra}""", encoding="utf-8")
     return config
+
+
+def _indent(lines: str) -> str:
+    return "".join(f"  {line.strip()}\n" for line in lines.splitlines() if line.strip())
 
 
 @pytest.fixture

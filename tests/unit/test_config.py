@@ -1,0 +1,130 @@
+"""The config loader: every problem is one ConfigError naming the key at fault."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sidecar.config import META_CLIENT_NAME, load_config
+from sidecar.errors import ConfigError
+
+MINIMAL = """\
+tls:
+  cert_file: certs/server.pem
+  key_file: certs/server.key
+  client_ca_files: [certs/ca.pem]
+meta:
+  app_secrets: ["${APP_SECRET}"]
+  verify_token: "${VERIFY_TOKEN}"
+upstream:
+  url: http://127.0.0.1:9000/events
+"""
+ENV = {"APP_SECRET": "s3cret", "VERIFY_TOKEN": "tok"}
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _error(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, text), env=ENV if env is None else env)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_minimal_config_gets_the_documented_defaults(tmp_path):
+    config = load_config(_write(tmp_path, MINIMAL), env=ENV)
+    assert config.listen.port == 8443 and config.listen.path == "/webhooks/whatsapp"
+    assert config.tls.allowed_client_names == (META_CLIENT_NAME,)
+    assert config.tls.client_auth == "required" and config.tls.reload_interval_s == 30
+    assert config.delivery.mode == "spool" and config.delivery.max_attempts == 20
+    assert config.limits.max_body_bytes == 3 * 1024 * 1024
+    assert config.admin.host == "127.0.0.1" and config.admin.port == 9090
+    assert config.meta.app_secrets[0].reveal() == "s3cret"
+    # Relative paths are relative to the config file's folder.
+    assert config.tls.cert_file == tmp_path / "certs" / "server.pem"
+    assert config.delivery.spool_path == tmp_path / "var" / "spool.db"
+
+
+def test_example_config_parses_and_documents_every_key(tmp_path):
+    example = Path(__file__).resolve().parents[2] / "config" / "sidecar.example.yaml"
+    config = load_config(example, env={"META_APP_SECRET": "a", "META_VERIFY_TOKEN": "b",
+                                       "UPSTREAM_SIGNING_SECRET": "c"})
+    text = example.read_text()
+    for section in ("listen", "tls", "meta", "upstream", "delivery", "limits", "admin",
+                    "graph", "logging"):
+        for key in vars(getattr(config, section)):
+            assert f"{key}:" in text, f"{section}.{key} is not documented in the example"
+
+
+@pytest.mark.parametrize("text, expected", [
+    (MINIMAL + "surprise: 1\n", "config key 'surprise': unknown key"),
+    (MINIMAL.replace("upstream:\n", "upstream:\n  retries: 3\n"), "'upstream.retries': unknown key"),
+    (MINIMAL + "listen: {port: eighty}\n", "'listen.port': must be an integer"),
+    (MINIMAL + "listen: {port: 70000}\n", "'listen.port'"),
+    (MINIMAL + "delivery: {mode: fast}\n", "'delivery.mode': must be one of spool, direct"),
+    (MINIMAL + "tls2: {}\n", "'tls2': unknown key"),
+    (MINIMAL + "limits: {max_body_bytes: true}\n", "'limits.max_body_bytes': must be an integer"),
+    (MINIMAL.replace("  url: http://127.0.0.1:9000/events\n", "  url: ftp://x\n"), "'upstream.url'"),
+    (MINIMAL + "delivery: {backoff_initial_s: 10, backoff_max_s: 1}\n", "'delivery.backoff_max_s'"),
+    (MINIMAL.replace('  verify_token: "${VERIFY_TOKEN}"\n', ""), "'meta.verify_token': required"),
+    ("- just\n- a list\n", "must be a mapping"),
+])
+def test_bad_values_name_the_key(tmp_path, text, expected):
+    assert expected in _error(tmp_path, text)
+
+
+def test_missing_environment_variable_names_key_and_variable(tmp_path):
+    message = _error(tmp_path, MINIMAL, env={"APP_SECRET": "x"})
+    assert message == ("config key 'meta.verify_token': environment variable VERIFY_TOKEN "
+                       "is not set")
+
+
+def test_unreadable_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml", env=ENV)
+    assert "not valid YAML at line 2" in _error(tmp_path, "a: 1\n  b: [\n")
+
+
+def test_secret_file_forms(tmp_path):
+    (tmp_path / "secret.txt").write_text("from-file\n")
+    (tmp_path / "token.txt").write_text("tok-file")
+    text = MINIMAL.replace('  app_secrets: ["${APP_SECRET}"]\n  verify_token: "${VERIFY_TOKEN}"\n',
+                           "  app_secrets_files: [secret.txt]\n  verify_token_file: token.txt\n")
+    config = load_config(_write(tmp_path, text), env={})
+    assert config.meta.app_secrets[0].reveal() == "from-file"  # trailing newline trimmed
+    assert config.meta.verify_token.reveal() == "tok-file"
+
+
+def test_both_forms_of_a_secret_is_an_error(tmp_path):
+    (tmp_path / "token.txt").write_text("x")
+    text = MINIMAL.replace('  verify_token: "${VERIFY_TOKEN}"\n',
+                           '  verify_token: "${VERIFY_TOKEN}"\n  verify_token_file: token.txt\n')
+    assert "either verify_token or verify_token_file" in _error(tmp_path, text)
+
+
+def test_missing_secret_file_names_key_and_file(tmp_path):
+    text = MINIMAL.replace('  verify_token: "${VERIFY_TOKEN}"\n', "  verify_token_file: gone.txt\n")
+    message = _error(tmp_path, text)
+    assert "'meta.verify_token_file'" in message and "gone.txt" in message
+
+
+def test_secrets_never_show_in_repr(tmp_path):
+    config = load_config(_write(tmp_path, MINIMAL), env=ENV)
+    assert "s3cret" not in repr(config) and "tok'" not in repr(config)
+
+
+def test_pins_are_normalized_and_checked(tmp_path):
+    pin = "AB:" * 31 + "AB"
+    config = load_config(_write(tmp_path, MINIMAL.replace(
+        "  client_ca_files: [certs/ca.pem]\n",
+        f"  client_ca_files: [certs/ca.pem]\n  client_ca_sha256: ['{pin}']\n")), env=ENV)
+    assert config.tls.client_ca_sha256 == ("ab" * 32,)
+    assert "'tls.client_ca_sha256[0]'" in _error(tmp_path, MINIMAL.replace(
+        "  client_ca_files: [certs/ca.pem]\n",
+        "  client_ca_files: [certs/ca.pem]\n  client_ca_sha256: [deadbeef]\n"))
