@@ -17,6 +17,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
 
+from sidecar.cli._args import positive_int
 from sidecar.config import load_config
 from sidecar.errors import SpoolUnavailable, UsageError
 from sidecar.spool import QuarantineRow, Spool, SpoolRow, SpoolStats
@@ -45,7 +46,7 @@ def register(subparsers: Any) -> None:
     lst.add_argument("--dead", action="store_true", help="only dead-lettered events")
     lst.add_argument("--quarantined", action="store_true", help="quarantined changes")
     lst.add_argument("--json", action="store_true", help="print JSON")
-    lst.add_argument("--limit", type=_positive_int, default=100, metavar="N",
+    lst.add_argument("--limit", type=positive_int, default=100, metavar="N",
                      help="at most N rows of each kind (default 100)")
     lst.set_defaults(spool_func=_list)
 
@@ -102,16 +103,6 @@ def parse_duration(text: str) -> float:
     if match is None:
         raise UsageError(f"bad duration {text!r}: use e.g. 7d, 12h, 30m, 3600s or 3600")
     return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return value
 
 
 # ---------------------------------------------------------------------- commands

@@ -1,8 +1,10 @@
 """``sidecar subscriptions list | subscribe | unsubscribe | check``: the WABA's subscribed apps.
 
-Thin: parse flags, build a ``GraphClient``, call it, print.  Graph failures are raised as
-``GraphError`` subclasses and become one stderr line and exit 1/3/4/5 in ``cli.main``;
-bad flags are ``UsageError`` (exit 2).  Rate-limit waits are announced on stderr.
+Thin: parse flags, build a ``GraphClient``, call it, print; ``check --probe`` sends the
+verification GET through ``sidecar.tls.probe`` (the same probe as ``certs probe``).
+Graph failures are raised as ``GraphError`` subclasses and become one stderr line and
+exit 1/3/4/5 in ``cli.main``; bad flags are ``UsageError`` (exit 2).  Rate-limit waits are
+announced on stderr.
 Neither the access token nor the verify token is ever printed.
 """
 
@@ -11,20 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
-import ssl
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
-import httpx
-
+from sidecar.cli._args import non_negative_int, positive_float
 from sidecar.config import Config, GraphConfig, load_config
-from sidecar.errors import TLSMaterialError, UsageError
+from sidecar.errors import UsageError
 from sidecar.graph import GraphClient, SubscribedApp, validate_waba_id
+from sidecar.logs import redact_query
 from sidecar.secret import Secret
+from sidecar.tls.probe import ProbeReport, probe
 
-__all__ = ["register", "run", "probe_verification"]
+__all__ = ["register", "run"]
 
 DEFAULT_TOKEN_ENV = "META_ACCESS_TOKEN"
 MAX_WAIT_S = 60.0
@@ -84,31 +86,11 @@ def _common_flags() -> argparse.ArgumentParser:
                         help=f"Graph API base URL (default graph.base_url or "
                              f"{_GRAPH_DEFAULTS.base_url})")
     common.add_argument("--json", action="store_true", help="print JSON")
-    common.add_argument("--max-retries", type=_non_negative_int, default=3, metavar="N",
+    common.add_argument("--max-retries", type=non_negative_int, default=3, metavar="N",
                         help="retries when rate limited (default 3; at most 60 s of waiting)")
-    common.add_argument("--timeout-s", type=_positive_float, default=10.0, metavar="S",
+    common.add_argument("--timeout-s", type=positive_float, default=10.0, metavar="S",
                         help="request timeout in seconds (default 10)")
     return common
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError("must be > 0")
-    return value
 
 
 # -------------------------------------------------------------------------- dispatch
@@ -243,6 +225,8 @@ def _unsubscribe(client: GraphClient, args: argparse.Namespace) -> int:
 
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
+    """What ``check`` shows of a ``ProbeReport``: the verdict and one line."""
+
     ok: bool
     detail: str
 
@@ -261,18 +245,31 @@ def _check_probe_flags(args: argparse.Namespace) -> None:
 def _check(client: GraphClient, args: argparse.Namespace, config: Config) -> int:
     apps = client.list_subscribed_apps(args.waba_id)
     problems = _subscription_problems(apps, args.waba_id, args.app_id)
-    probe = None
-    if args.probe is not None:
-        probe = probe_verification(args.probe, config.meta.verify_token, cert=args.cert,
-                                   key=args.key, ca=args.ca, timeout_s=args.timeout_s)
-    ok = not problems and (probe is None or probe.ok)
+    result = None if args.probe is None else _probe(args, config)
+    ok = not problems and (result is None or result.ok)
     if args.json:
         _emit_json({"ok": ok, "waba_id": args.waba_id, "apps": [asdict(a) for a in apps],
                     "problems": problems,
-                    "probe": None if probe is None else asdict(probe)})
+                    "probe": None if result is None else asdict(result)})
     else:
-        _print_check(apps, args.waba_id, problems, probe)
+        _print_check(apps, args.waba_id, problems, result)
     return 0 if ok else 1
+
+
+def _probe(args: argparse.Namespace, config: Config) -> ProbeResult:
+    """Meta's verification GET over mTLS with the config's verify token."""
+    report = probe(args.probe, cert=Path(args.cert), key=Path(args.key),
+                   ca=Path(args.ca) if args.ca else None,
+                   verify_token=config.meta.verify_token, timeout_s=args.timeout_s)
+    return ProbeResult(report.ok, _probe_detail(redact_query(args.probe), report))
+
+
+def _probe_detail(url: str, report: ProbeReport) -> str:
+    if report.ok:
+        return f"{url} answered the verification GET with the challenge"
+    if report.http_status is None:
+        return f"{url}: verification GET failed ({report.reason})"
+    return f"{url}: {report.reason}"
 
 
 def _subscription_problems(apps: Sequence[SubscribedApp], waba_id: str,
@@ -287,7 +284,7 @@ def _subscription_problems(apps: Sequence[SubscribedApp], waba_id: str,
 
 
 def _print_check(apps: Sequence[SubscribedApp], waba_id: str, problems: Sequence[str],
-                 probe: ProbeResult | None) -> None:
+                 result: ProbeResult | None) -> None:
     for app in apps:
         override = f", callback override {app.override_callback_uri}" \
             if app.override_callback_uri else ""
@@ -295,54 +292,5 @@ def _print_check(apps: Sequence[SubscribedApp], waba_id: str, problems: Sequence
               f"{waba_id}{override}")
     for problem in problems:
         print(f"FAIL {problem}")
-    if probe is not None:
-        print(f"{'OK  ' if probe.ok else 'FAIL'} probe: {probe.detail}")
-
-
-def probe_verification(url: str, verify_token: Secret, *, cert: str, key: str,
-                       ca: str | None, timeout_s: float) -> ProbeResult:
-    """Send Meta's verification GET to ``url`` over mTLS; OK only for 200 + the challenge."""
-    challenge = str(secrets.randbelow(9 * 10**9) + 10**9)
-    params = {"hub.mode": "subscribe", "hub.verify_token": verify_token.reveal(),
-              "hub.challenge": challenge}
-    context = _client_ssl_context(cert, key, ca)
-    try:
-        with httpx.Client(verify=context, timeout=httpx.Timeout(timeout_s), trust_env=False,
-                          follow_redirects=False) as http:
-            response = http.get(url, params=params)
-    except httpx.HTTPError as exc:
-        return ProbeResult(False, f"{url}: verification GET failed ({type(exc).__name__}"
-                                  f"{_ssl_reason(exc)})")
-    if response.status_code != 200:
-        return ProbeResult(False, f"{url} answered HTTP {response.status_code} to the "
-                                  "verification GET (expected 200 with the challenge)")
-    if response.text != challenge:
-        return ProbeResult(False, f"{url} answered 200 but the body ({len(response.content)} "
-                                  "bytes) is not the challenge")
-    return ProbeResult(True, f"{url} answered the verification GET with the challenge")
-
-
-def _client_ssl_context(cert: str, key: str, ca: str | None) -> ssl.SSLContext:
-    try:
-        context = ssl.create_default_context(cafile=ca)
-    except (OSError, ssl.SSLError) as exc:
-        raise TLSMaterialError(f"--ca {ca}: cannot load CA bundle ({type(exc).__name__})") \
-            from None
-    try:
-        context.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise TLSMaterialError(f"--cert {cert} / --key {key}: cannot load the client pair "
-                               f"({type(exc).__name__})") from None
-    return context
-
-
-def _ssl_reason(exc: BaseException) -> str:
-    """The TLS alert or verify reason (e.g. CERTIFICATE_VERIFY_FAILED), never a URL."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ssl.SSLError) and current.reason:
-            return f": {current.reason}"
-        current = current.__cause__ or current.__context__
-    return ""
+    if result is not None:
+        print(f"{'OK  ' if result.ok else 'FAIL'} probe: {result.detail}")
