@@ -1,8 +1,11 @@
 # whatsapp-webhook sidecar: non-root, read-only root filesystem friendly.
 #   docker build -t whatsapp-sidecar .
-#   docker run --read-only -v $PWD/config:/etc/sidecar:ro -v $PWD/certs:/etc/sidecar/certs:ro \
+#   docker run --read-only --tmpfs /tmp:size=1m,mode=1777 \
+#     -v $PWD/config:/etc/sidecar:ro -v $PWD/certs:/etc/sidecar/certs:ro \
 #     -v sidecar-spool:/var/lib/sidecar -e META_APP_SECRET -e META_VERIFY_TOKEN \
 #     -p 8443:8443 whatsapp-sidecar
+# --read-only needs a small /tmp: loading a certificate/key pair into OpenSSL goes
+# through a 0600 temporary file that is removed at once (Python's ssl reads only files).
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./

@@ -188,7 +188,7 @@ class Server:
         # must not be longer than header_timeout_s, or a slowloris client trickling a
         # header byte at a time would be kept for keepalive_timeout_s.  The price: an
         # idle keep-alive connection is closed after min(header, keepalive) seconds.
-        public.keep_alive_timeout = c.limits.keepalive_timeout_s
+        public.keep_alive_timeout = min(c.limits.header_timeout_s, c.limits.keepalive_timeout_s)
         public.ssl_handshake_timeout = c.limits.header_timeout_s
         public.read_timeout = int(max(1, c.limits.body_timeout_s))
         public.h11_max_incomplete_size = _MAX_HEADER_BYTES

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ssl
-
 import httpx
 import pytest
 
@@ -48,16 +46,3 @@ def test_dns_san_matches_when_cn_differs(start_sidecar, pki):
                                        "hub.verify_token": "test-verify-token",
                                        "hub.challenge": "7"})
     assert r.status_code == 200
-
-
-def test_tls_1_1_is_refused(start_sidecar, pki):
-    sidecar = start_sidecar()
-    ctx = pki.client_context(pki.meta_client)
-    try:
-        ctx.minimum_version = ssl.TLSVersion.TLSv1
-        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
-    except (ValueError, ssl.SSLError):
-        pytest.skip("this OpenSSL cannot even offer TLS 1.1")
-    with pytest.raises((httpx.ConnectError, httpx.ReadError)):
-        with httpx.Client(verify=ctx, timeout=5) as c:
-            c.get(sidecar.url)

@@ -1,0 +1,61 @@
+"""The server SSLContext built from validated material: the TLS policy, as options."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+import trustme
+
+from sidecar.config import TLSConfig
+from sidecar.tls.holder import TLSHolder
+from sidecar.tls.material import SERVER_CIPHERS, build_context, load_material
+
+
+@pytest.fixture
+def tls_config(tmp_path: Path) -> TLSConfig:
+    server_ca, client_ca = trustme.CA(), trustme.CA()
+    leaf = server_ca.issue_cert("localhost")
+    leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "server.pem"))
+    leaf.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    client_ca.cert_pem.write_to_path(str(tmp_path / "client-ca.pem"))
+    return TLSConfig(cert_file=tmp_path / "server.pem", key_file=tmp_path / "server.key",
+                     client_ca_files=(tmp_path / "client-ca.pem",))
+
+
+def _contexts(tls_config: TLSConfig) -> dict[str, ssl.SSLContext]:
+    material = load_material(tls_config)
+    return {
+        "required": build_context(material, require_client_cert=True),
+        "optional": build_context(material, require_client_cert=False),
+        "listener": TLSHolder(tls_config).listener_context(),
+    }
+
+
+@pytest.mark.parametrize("which", ["required", "optional", "listener"])
+def test_policy_options(tls_config: TLSConfig, which: str) -> None:
+    ctx = _contexts(tls_config)[which]
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+    for flag in (ssl.OP_NO_COMPRESSION, ssl.OP_NO_RENEGOTIATION, ssl.OP_NO_TICKET,
+                 ssl.OP_CIPHER_SERVER_PREFERENCE):
+        assert ctx.options & flag == flag, flag.name
+    assert ctx.num_tickets == 0  # no TLS 1.3 resumption either
+    assert ctx.verify_mode == (ssl.CERT_REQUIRED if which == "required" else ssl.CERT_OPTIONAL)
+
+
+def test_tls_1_2_suites_are_forward_secret_aead_only(tls_config: TLSConfig) -> None:
+    ctx = _contexts(tls_config)["listener"]
+    tls12 = [c for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.2"]
+    assert tls12, SERVER_CIPHERS
+    for cipher in tls12:
+        assert cipher["kea"] == "kx-ecdhe", cipher["name"]
+        assert cipher["aead"], cipher["name"]
+    names = {c["name"] for c in ctx.get_ciphers()}
+    assert not names & {"AES128-GCM-SHA256", "AES256-GCM-SHA384", "AES128-SHA", "DES-CBC3-SHA"}
+
+
+def test_only_the_configured_client_cas_are_trusted(tls_config: TLSConfig) -> None:
+    ctx = _contexts(tls_config)["required"]
+    assert ctx.cert_store_stats()["x509_ca"] == 1  # never the system roots
+    assert len(ctx.get_ca_certs()) == len(load_material(tls_config).client_cas) == 1
