@@ -432,14 +432,18 @@ class Spool:
                 [(i,) for i in ids],
             )
 
-    def recover(self) -> int:
-        """In-flight events whose lease expired (crash, SIGKILL) go back to pending."""
+    def recover(self, *, all_leases: bool = False) -> int:
+        """In-flight events whose lease expired (crash, SIGKILL) go back to pending.
+
+        ``all_leases`` requeues every in-flight event whatever its lease: for the worker's
+        start, when such claims can only be a dead process's (one ``serve`` per spool).
+        """
         now = self._clock()
         with self._tx(durable=False) as conn:
             cur = conn.execute(
                 "update events set state = 'pending', lease_until = null"
-                " where state = 'in_flight' and lease_until < ?",
-                (now,),
+                " where state = 'in_flight' and (? or lease_until < ?)",
+                (all_leases, now),
             )
             return cur.rowcount
 

@@ -4,7 +4,8 @@ Why it looks like this:
 
 * Claims are leases.  A claimed event is ``in_flight`` until ``lease_until``; if the
   process dies mid-send (SIGKILL, power cut) ``Spool.recover`` puts it back to pending
-  at the next start or lease period, so nothing is lost (at-least-once).
+  at the next start (all of them: one process serves a spool) or lease period, so
+  nothing is lost (at-least-once).
 * A pipeline, not rounds.  Up to ``max_in_flight`` sends run at once, each carrying up to
   ``batch_max`` events; as soon as one finishes the loop claims more, so one slow send
   does not hold the others back.  ``wake()`` (called after each spool add) starts
@@ -100,10 +101,12 @@ class DeliveryWorker:
         """Deliver until ``stop`` is set; then finish sends in progress (bounded)."""
         self._loop = asyncio.get_running_loop()
         next_recover = 0.0
+        at_start = True  # in_flight rows now are a dead process's claims: requeue them all
         try:
             while not stop.is_set():
                 if time.monotonic() >= next_recover:
-                    await self._recover()
+                    await self._recover(all_leases=at_start)
+                    at_start = False
                     next_recover = time.monotonic() + self.lease_s
                 free = self.max_in_flight - len(self._sending)
                 if free > 0:
@@ -115,9 +118,9 @@ class DeliveryWorker:
 
     # ------------------------------------------------------------------ loop steps
 
-    async def _recover(self) -> None:
+    async def _recover(self, *, all_leases: bool = False) -> None:
         try:
-            n = await asyncio.to_thread(self._spool.recover)
+            n = await asyncio.to_thread(self._spool.recover, all_leases=all_leases)
         except SpoolUnavailable as exc:
             log.error("delivery.spool_error", extra={"op": "recover", "error": str(exc)})
             return
