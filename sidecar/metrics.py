@@ -50,6 +50,10 @@ class Metrics:
             registry=r)
         self.spool_depth = Gauge(
             "sidecar_spool_depth", "Events stored and not yet delivered or dead.", registry=r)
+        self.open_connections = Gauge(
+            "sidecar_open_connections",
+            "Established TLS connections on the public listener (capped by "
+            "limits.max_connections).", registry=r)
         self.cert_expiry_seconds = Gauge(
             "sidecar_certificate_expiry_seconds",
             "Seconds until each loaded certificate expires (negative once expired).",

@@ -70,11 +70,13 @@ class Server:
         self.config = config
         self.metrics = Metrics()
         self.holder = TLSHolder(
-            config.tls, on_refused=lambda reason: self.metrics.handshake_failures.labels(reason).inc())
+            config.tls, max_connections=config.limits.max_connections,
+            on_refused=lambda reason: self.metrics.handshake_failures.labels(reason).inc())
         self._settings = _settings_from(config.meta)
         self.spool = Spool(config.delivery.spool_path,
                            max_spool_events=config.delivery.max_spool_events,
                            dedup_retention_s=config.delivery.dedup_retention_s)
+        self.spool.take_ownership()
         self.stop_event = asyncio.Event()
         self.reload_event = asyncio.Event()
         self._warn_if_optional(config)
@@ -153,6 +155,7 @@ class Server:
             for facts in certs:
                 gauge.labels(role, facts.subject, facts.file).set(facts.seconds_left(now))
         self.metrics.spool_depth.set(await asyncio.to_thread(self.spool.depth))
+        self.metrics.open_connections.set(self.holder.active_connections)
 
     async def _certs_ready(self) -> str | None:
         leaf = self.holder.state.material.server_chain[0]

@@ -22,8 +22,10 @@ connection, guarded by a lock, so the object may be used from worker threads.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -202,6 +204,30 @@ class Spool:
         self._lock = threading.Lock()
         self._sync_full = True
         self._conn = self._open(self.path)
+        self._owner_fd: int | None = None
+
+    def take_ownership(self) -> None:
+        """Become the one process that delivers from this spool, or raise.
+
+        The worker requeues every in-flight claim at start, which is only right if no
+        other process is sending from the same file: a second ``serve`` on one spool is
+        refused here (an advisory lock, released when the process exits, even on SIGKILL).
+        CLI commands (stats, list, replay, purge) never take it and may run alongside.
+        """
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise SpoolUnavailable(f"spool {self.path}: cannot create {lock_path} "
+                                   f"({_reason(exc)})") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise SpoolUnavailable(f"spool {self.path} is in use by another sidecar serve "
+                                   "process (one process per spool; scale out with one spool "
+                                   "per replica)") from exc
+        self._owner_fd = fd
 
     # ------------------------------------------------------------------ connection
 
@@ -288,6 +314,9 @@ class Spool:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+        if self._owner_fd is not None:
+            os.close(self._owner_fd)  # releases the ownership lock
+            self._owner_fd = None
 
     # ------------------------------------------------------------------ ingest
 

@@ -15,14 +15,25 @@ certificate presented and fails the handshake if it does not chain); whether a
 certificate is *required* is decided per handshake from the current state, so
 ``tls.client_auth`` can change on reload without a restart.
 
+The same hook enforces ``limits.max_connections``: an established connection is counted
+from its handshake until its ``SSLObject`` is released (a ``weakref.finalize``), and a
+handshake past the cap is refused.  A connection is released once the server has closed
+it — for a client that vanished without a TLS close_notify, at the latest when the idle
+timeout fires — and its objects may wait for the cyclic collector, which is run before
+refusing anyone.  Connections still handshaking are bounded by the handshake timeout.
+
 ``reload()`` follows ghostunnel: build a complete new ``TLSState``, validate it, then
 swap one attribute.  On failure the old state keeps serving.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import ssl
+import time
+import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -55,10 +66,15 @@ class TLSHolder:
         tls: TLSConfig,
         *,
         on_refused: Callable[[str], None] | None = None,
+        max_connections: int | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
         self._now = now
         self._on_refused = on_refused or (lambda reason: None)
+        self._max_connections = max_connections
+        self._active = 0
+        self._active_lock = threading.Lock()
+        self._last_collect = 0.0
         # The constructor validates once: broken material fails at startup, not later.
         self.state = self._build(tls, generation=1)
 
@@ -113,8 +129,37 @@ class TLSHolder:
                     holder._on_refused(_reason(exc))
                     raise
                 holder.check_peer(self)
+                holder.admit_connection(self)
 
         return IdentityCheckedSSLObject
+
+    @property
+    def active_connections(self) -> int:
+        return self._active
+
+    def admit_connection(self, sslobj: ssl.SSLObject) -> None:
+        """Count an established connection, or refuse it past ``max_connections``."""
+        limit = self._max_connections
+        if limit is not None and self._active >= limit:
+            # Closed connections' SSLObjects can sit in reference cycles (transport ↔
+            # protocol) until the cyclic collector runs; at the cap, run it (at most
+            # once a second) before refusing anyone.
+            now = time.monotonic()
+            if now - self._last_collect >= 1.0:
+                self._last_collect = now
+                gc.collect()
+        with self._active_lock:
+            refused = limit is not None and self._active >= limit
+            if not refused:
+                self._active += 1
+        if refused:
+            self._on_refused("too_many_connections")
+            raise HandshakeRefused("connection limit reached")
+        weakref.finalize(sslobj, self._release_connection)
+
+    def _release_connection(self) -> None:
+        with self._active_lock:
+            self._active -= 1
 
     def check_peer(self, sslobj: ssl.SSLObject) -> None:
         state = self.state

@@ -377,6 +377,25 @@ def test_recover_after_a_crash_mid_send(path: Path, clock: Clock) -> None:
     s.close()
 
 
+def test_recover_all_leases_at_start_requeues_live_leases_too(spool: Spool, clock: Clock) -> None:
+    add(spool, [make_event(1), make_event(2)])
+    spool.claim(2, lease_s=60)
+    clock.now += 1  # leases far from expiry: only a (re)start may take them back
+    assert spool.recover() == 0
+    assert spool.recover(all_leases=True) == 2
+    assert sorted(c.event.id for c in spool.claim(10, lease_s=60)) == ["evt_1", "evt_2"]
+
+
+def test_only_one_owner_per_spool(path: Path, clock: Clock) -> None:
+    first, second = Spool(path, clock=clock), Spool(path, clock=clock)
+    first.take_ownership()
+    with pytest.raises(SpoolUnavailable, match="in use by another"):
+        second.take_ownership()
+    first.close()  # the lock goes with the owner
+    second.take_ownership()
+    second.close()
+
+
 def test_release_gives_events_back_without_an_attempt(spool: Spool) -> None:
     add(spool, [make_event(1)])
     spool.claim(1, lease_s=30)
