@@ -78,15 +78,24 @@ def normalize_change(
     value: dict[str, JSONValue],
     *,
     received_at: datetime,
+    force: bool = False,
 ) -> list[Event]:
     """The events of one change; used to replay a quarantined change.
 
     Raises ``BadPayload`` when the value still breaks its field's schema, since a broken
-    value has no ids to derive (e.g. a message without an ``id``)."""
+    value has no element ids to derive (e.g. a message without an ``id``) — unless
+    ``force``: then the change is forwarded whole and unsplit, as an unknown field would
+    be (one ``whatsapp.<field>`` event, id from the content, data = the value as is)."""
     reason = check_change_value(field, value)
-    if reason is not None:
+    if reason is None:
+        return _split(waba_id, entry_time, field, value, received_at)
+    if not force:
         raise BadPayload(f"{field}: {reason}")
-    return _split(waba_id, entry_time, field, value, received_at)
+    return [_event(
+        event_id=content_event_id(waba_id, field, entry_time, value),
+        kind=f"whatsapp.{field}", field=field, waba_id=waba_id, value=value,
+        moment=_occurred_at(value, entry_time, received_at), received_at=received_at,
+        data=value)]
 
 
 def _quarantine(

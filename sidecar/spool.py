@@ -602,19 +602,14 @@ class Spool:
             (id_,)).fetchone()
         if row is None:
             return None
-        from sidecar.checks.payload import check_change_value
         from sidecar.normalize import normalize_change
 
         waba_id, field, entry_time, value_text, received_at = row
         value = json.loads(value_text)
-        if not force:
-            reason = check_change_value(field, value)
-            if reason is not None:
-                return reason
         try:
             events = normalize_change(
                 waba_id, entry_time, field, value,
-                received_at=datetime.fromtimestamp(received_at, tz=timezone.utc),
+                received_at=datetime.fromtimestamp(received_at, tz=timezone.utc), force=force,
             )
         except SidecarError as exc:
             return str(exc)

@@ -59,7 +59,8 @@ def register(subparsers: Any) -> None:
     replay.add_argument("ids", nargs="*", metavar="ID", help="event or quarantined change id")
     replay.add_argument("--all-dead", action="store_true", help="requeue every dead event")
     replay.add_argument("--force", action="store_true",
-                        help="skip the schema re-check; resend delivered events")
+                        help="resend delivered events; forward a quarantined change that "
+                             "still fails its schema whole and unsplit, as whatsapp.<field>")
     replay.set_defaults(spool_func=_replay)
 
     purge = sub.add_parser(

@@ -289,54 +289,58 @@ def test_poison_value_is_quarantined_listed_and_replayable(start_sidecar, sink, 
     good = sample_delivery("account_update", unique="poison-good")["entry"][0]["changes"][0]
     bad = sample_delivery("message_template_status_update")["entry"][0]["changes"][0]
     bad["value"]["message_template_id"] = "not-a-number"  # breaks its schema (an int)
+    odd = sample_delivery("security")["entry"][0]["changes"][0]
+    odd["value"]["event"] = 42  # breaks its schema (a string)
     body = json.dumps({"object": "whatsapp_business_account", "entry": [
-        {"id": "102290129340398", "time": 1751247548, "changes": [good, bad]}]}).encode()
+        {"id": "102290129340398", "time": 1751247548, "changes": [good, bad, odd]}]}).encode()
 
     r = sidecar.post(body)
-    assert r.status_code == 200, r.text  # one odd change does not block the rest
+    assert r.status_code == 200, r.text  # odd changes block neither the rest nor Meta
     (event,) = sink.wait_for(1, timeout_s=10)
     assert event["type"] == "whatsapp.account_update"
     wait_until(lambda: states(spool_path) == {"delivered": 1}, 5, "the good event delivered")
 
     listed = spool_cli(sidecar.config_path, "list", "--quarantined", "--json")
     assert listed.returncode == 0, listed.stderr
-    (row,) = json.loads(listed.stdout)["quarantined"]
-    assert row["field"] == "message_template_status_update"
-    assert "message_template_id" in row["reason"] and row["replayed_at"] is None
-    qid = row["id"]
+    rows = {row["field"]: row for row in json.loads(listed.stdout)["quarantined"]}
+    assert set(rows) == {"message_template_status_update", "security"}
+    assert "message_template_id" in rows["message_template_status_update"]["reason"]
+    assert all(row["replayed_at"] is None for row in rows.values())
+    bad_id, odd_id = rows["message_template_status_update"]["id"], rows["security"]["id"]
 
-    # Still broken: replay refuses it, and nothing is forwarded.
-    again = spool_cli(sidecar.config_path, "replay", qid)
-    assert again.returncode == 1 and "still invalid" in again.stdout
-    # --force skips the *re-check*, but a value that breaks its schema has no ids to
-    # derive events from (spool.replay → normalize_change re-validates), so as
-    # implemented --force cannot rescue it either: it stays quarantined.
-    forced = spool_cli(sidecar.config_path, "replay", "--force", qid)
-    assert forced.returncode == 1 and "still invalid" in forced.stdout
+    # Still broken: replay refuses both, and nothing is forwarded.
+    again = spool_cli(sidecar.config_path, "replay", bad_id, odd_id)
+    assert again.returncode == 1 and again.stdout.count("still invalid") == 2
     assert [e["type"] for e in sink.delivered()] == ["whatsapp.account_update"]
 
-    # The honest way out is "replayable after the schema accepts it": the stored value is
-    # what gets re-checked, so an operator fix of the stored value (or, equivalently, a
-    # newer sidecar whose schema accepts it) makes the same replay command succeed.
+    # Forced: the change is forwarded whole, as Meta sent it, for the upstream to judge.
+    forced = spool_cli(sidecar.config_path, "replay", "--force", bad_id)
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    events = sink.wait_for(2, timeout_s=10)
+    raw = [e for e in events if e["type"] == "whatsapp.message_template_status_update"]
+    assert len(raw) == 1 and raw[0]["data"]["message_template_id"] == "not-a-number"
+
+    # Replayable after the schema accepts it: the stored value is what gets re-checked,
+    # so a newer sidecar whose schema accepts it (here: an operator's fix of the stored
+    # value, standing in for that) makes the plain replay command succeed.
     assert sidecar.stop(signal.SIGTERM) == 0
     with closing(sqlite3.connect(spool_path)) as conn, conn:
-        (text,) = conn.execute("select value from quarantine where id = ?", (qid,)).fetchone()
+        (text,) = conn.execute("select value from quarantine where id = ?", (odd_id,)).fetchone()
         value = json.loads(text)
-        value["message_template_id"] = 1689556908129835
-        conn.execute("update quarantine set value = ? where id = ?", (json.dumps(value), qid))
+        value["event"] = "PIN_CHANGED"
+        conn.execute("update quarantine set value = ? where id = ?", (json.dumps(value), odd_id))
 
-    replayed = spool_cli(sidecar.config_path, "replay", qid)
+    replayed = spool_cli(sidecar.config_path, "replay", odd_id)
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
-    assert f"replayed {qid}" in replayed.stdout
+    assert f"replayed {odd_id}" in replayed.stdout
 
     sidecar.start()
-    events = sink.wait_for(2, timeout_s=10)
-    fixed = [e for e in events if e["type"] == "whatsapp.message_template_status_update"]
-    assert len(fixed) == 1 and fixed[0]["data"]["message_template_id"] == 1689556908129835
+    events = sink.wait_for(3, timeout_s=10)
+    fixed = [e for e in events if e["type"] == "whatsapp.security"]
+    assert len(fixed) == 1 and fixed[0]["data"]["event"] == "PIN_CHANGED"
     listed = json.loads(spool_cli(sidecar.config_path, "list", "--quarantined", "--json").stdout)
-    assert listed["quarantined"][0]["replayed_at"] is not None
-    # Replaying again adds nothing: the change is marked replayed and its event is stored.
-    assert len(sink.delivered()) == 2
+    assert all(row["replayed_at"] is not None for row in listed["quarantined"])
+    assert len(sink.delivered()) == 3
 
 
 # ---------------------------------------------------------------------- dead letters

@@ -454,11 +454,22 @@ def test_replay_all_dead(spool: Spool) -> None:
     assert spool.stats().pending == 2 and spool.stats().dead == 0
 
 
+def test_forced_replay_forwards_a_broken_change_whole(spool: Spool) -> None:
+    q = make_quarantined({"event": 5, "extra": [1]})
+    add(spool, [], [q])
+    result = spool.replay([q.id], force=True)
+    assert result.is_complete
+    (claimed,) = spool.claim(10, lease_s=30)
+    assert claimed.event.type == "whatsapp.account_update"
+    assert claimed.event.data == {"event": 5, "extra": [1]}
+    assert claimed.event.id == q.id
+
+
 def test_replay_quarantined_still_invalid_is_reported(spool: Spool) -> None:
     q = make_quarantined({"event": 5})
     add(spool, [], [q])
     result = spool.replay([q.id])
-    assert result.still_invalid == {q.id: "event must be a string"}
+    assert result.still_invalid == {q.id: "account_update: event must be a string"}
     assert spool.depth() == 0 and spool.list_quarantined()[0].replayed_at is None
 
 
