@@ -134,7 +134,7 @@ def test_replay_reports_unknown_and_still_invalid(capsys: pytest.CaptureFixture[
     assert code == 1
     assert "replayed evt_2" in out
     assert "not found evt_missing" in out
-    assert f"still invalid {BAD.id}: event is required" in out
+    assert f"still invalid {BAD.id}: account_update: event is required" in out
     assert filled.stats().dead == 1
 
 
