@@ -1,8 +1,8 @@
 """POST normalized events to the internal upstream.
 
-One shared ``httpx.AsyncClient`` per process.  Its pool is kept small on purpose:
-httpcore scans every pooled connection on each request, so a large idle pool costs CPU
-on every send.  Any 2xx is success; anything else, a timeout or a transport error
+One shared connection pool per process (``sidecar.delivery.http1``: why not httpx is
+explained there), behind a small ``UpstreamTransport`` seam that tests replace.  The
+client signs (Standard Webhooks) and judges the answer.  Any 2xx is success; anything else, a timeout or a transport error
 becomes ``UpstreamUnavailable`` (with the status and ``Retry-After`` when there are
 some), which the caller turns into a retry (spool) or a 503 to Meta (direct).
 The upstream's response body is never read into an error or a log.
@@ -11,17 +11,17 @@ The upstream's response body is never read into an error or a log.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
+from typing import Protocol
 
-import httpx
-
+from sidecar.delivery.http1 import HTTP1Pool, UpstreamResponse
 from sidecar.delivery.signing import Signer
 from sidecar.errors import UpstreamUnavailable
 from sidecar.events import Event, batch_id, encode_events
 from sidecar.secret import Secret
 
-__all__ = ["UpstreamClient", "parse_retry_after"]
+__all__ = ["UpstreamClient", "UpstreamTransport", "parse_retry_after"]
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -40,6 +40,15 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
+class UpstreamTransport(Protocol):
+    """The seam under ``UpstreamClient``: POST a body, give back the status and headers,
+    raise ``UpstreamUnavailable`` for anything that is not an HTTP answer."""
+
+    async def post(self, body: bytes, headers: Mapping[str, str]) -> UpstreamResponse: ...
+
+    async def aclose(self) -> None: ...
+
+
 class UpstreamClient:
     def __init__(
         self,
@@ -48,21 +57,14 @@ class UpstreamClient:
         timeout_s: float,
         signing_secret: Secret | None,
         max_connections: int = 8,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: UpstreamTransport | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.url = url
         self._signer = Signer(signing_secret) if signing_secret is not None else None
         self._clock = clock
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            transport=transport,
-            follow_redirects=False,
-            trust_env=False,
-        )
+        self._transport: UpstreamTransport = transport or HTTP1Pool(
+            url, timeout_s=timeout_s, max_connections=max_connections)
 
     async def send(self, events: Sequence[Event], *, as_array: bool) -> None:
         """Deliver ``events`` in one request; raise ``UpstreamUnavailable`` unless 2xx."""
@@ -72,18 +74,13 @@ class UpstreamClient:
         if self._signer is not None:
             msg_id = batch_id([e.id for e in events]) if as_array else events[0].id
             headers.update(self._signer.headers(msg_id, int(self._clock()), body))
-        try:
-            response = await self._client.post(self.url, content=body, headers=headers)
-        except httpx.TimeoutException as exc:
-            raise UpstreamUnavailable("upstream timed out") from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(f"upstream unreachable: {type(exc).__name__}") from exc
-        if not 200 <= response.status_code < 300:
+        response = await self._transport.post(body, headers)
+        if not 200 <= response.status < 300:
             raise UpstreamUnavailable(
-                f"upstream answered {response.status_code}",
-                status=response.status_code,
+                f"upstream answered {response.status}",
+                status=response.status,
                 retry_after_s=parse_retry_after(response.headers.get("retry-after"), self._clock()),
             )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()

@@ -1,19 +1,22 @@
-"""The delivery worker against a real spool file and a real UpstreamClient over
-``httpx.MockTransport``, with a fixed clock and a seeded random source."""
+"""The delivery worker against a real spool file and a real UpstreamClient over a fake
+transport (httpx-style handlers), with a fixed clock and a seeded random source."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import httpx
 import pytest
 
+from sidecar.delivery.http1 import UpstreamResponse
 from sidecar.delivery.upstream import UpstreamClient
 from sidecar.delivery.worker import DeliveryWorker
+from sidecar.errors import UpstreamUnavailable
 from sidecar.events import Event
 from sidecar.metrics import Metrics
 from sidecar.spool import Spool
@@ -81,10 +84,33 @@ def metrics() -> Metrics:
     return Metrics()
 
 
+class MockUpstreamTransport:
+    """An ``UpstreamTransport`` that hands each request to an httpx-style handler."""
+
+    def __init__(self, handler: Callable[[httpx.Request], object]) -> None:
+        self._handler = handler
+
+    async def post(self, body: bytes, headers: Mapping[str, str]) -> UpstreamResponse:
+        request = httpx.Request("POST", "http://upstream.test/events", content=body,
+                                headers=dict(headers))
+        try:
+            response = self._handler(request)
+            if inspect.isawaitable(response):
+                response = await response
+        except httpx.TransportError as exc:
+            raise UpstreamUnavailable(f"upstream unreachable: {type(exc).__name__}") from exc
+        assert isinstance(response, httpx.Response)
+        return UpstreamResponse(response.status_code,
+                                {k.lower(): v for k, v in response.headers.items()})
+
+    async def aclose(self) -> None:
+        pass
+
+
 def make_worker(spool: Spool, upstream: Upstream, metrics: Metrics, clock: Clock,
                 **overrides: object) -> tuple[DeliveryWorker, UpstreamClient]:
     client = UpstreamClient("http://upstream.test/events", timeout_s=5, signing_secret=None,
-                            transport=httpx.MockTransport(upstream), clock=clock)
+                            transport=MockUpstreamTransport(upstream), clock=clock)
     options: dict[str, object] = dict(
         batch_max=1, max_in_flight=1, max_attempts=5, max_age_s=3600, backoff_initial_s=1.0,
         backoff_max_s=300.0, metrics=metrics, clock=clock, rng=random.Random(SEED),
@@ -248,7 +274,7 @@ def test_transport_error_is_retried(spool: Spool, metrics: Metrics, clock: Clock
 
     spool.add_many([([make_event(1)], [])])
     client = UpstreamClient("http://upstream.test/events", timeout_s=5, signing_secret=None,
-                            transport=httpx.MockTransport(refuse), clock=clock)
+                            transport=MockUpstreamTransport(refuse), clock=clock)
     worker = DeliveryWorker(spool, client, batch_max=1, max_in_flight=1, max_attempts=5,
                             max_age_s=3600, backoff_initial_s=1, backoff_max_s=300,
                             metrics=metrics, clock=clock, rng=random.Random(SEED),

@@ -1,0 +1,190 @@
+"""The lean upstream HTTP/1.1 pool against real asyncio servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from sidecar.delivery.http1 import HTTP1Pool
+from sidecar.errors import UpstreamUnavailable
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return head, await reader.readexactly(length)
+
+
+class Server:
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.requests: list[tuple[bytes, bytes]] = []
+
+    async def __aenter__(self) -> Server:
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            try:
+                await self.handler(reader, writer)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+
+        self._server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/events?x=1"
+
+
+def keep_alive(response: bytes, server_box: list[Server]) -> Handler:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            server_box[0].requests.append(await read_request(reader))
+            writer.write(response)
+            await writer.drain()
+    return handler
+
+
+def run(coro: Awaitable[None]) -> None:
+    asyncio.run(asyncio.wait_for(coro, 20))  # type: ignore[arg-type]
+
+
+def test_posts_and_reuses_one_connection() -> None:
+    async def main() -> None:
+        box: list[Server] = []
+        async with Server(keep_alive(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", box)) as s:
+            box.append(s)
+            pool = HTTP1Pool(s.url, timeout_s=5)
+            for i in range(5):
+                r = await pool.post(b'{"n":%d}' % i, {"content-type": "application/json"})
+                assert r.status == 200
+            await pool.aclose()
+        assert s.connections == 1 and len(s.requests) == 5
+        head, body = s.requests[0]
+        assert head.startswith(b"POST /events?x=1 HTTP/1.1\r\n")
+        assert b"content-type: application/json" in head and body == b'{"n":0}'
+    run(main())
+
+
+def test_chunked_and_close_delimited_and_error_statuses() -> None:
+    async def main() -> None:
+        box: list[Server] = []
+        chunked = (b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\nRetry-After: 7\r\n\r\n"
+                   b"4\r\nbusy\r\n0\r\n\r\n")
+        async with Server(keep_alive(chunked, box)) as s:
+            box.append(s)
+            pool = HTTP1Pool(s.url, timeout_s=5)
+            for _ in range(2):
+                r = await pool.post(b"{}", {})
+                assert r.status == 503 and r.headers["retry-after"] == "7"
+            assert s.connections == 1  # the chunked body was consumed: reusable
+            await pool.aclose()
+
+        async def close_delimited(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                                  ) -> None:
+            await read_request(reader)
+            writer.write(b"HTTP/1.0 200 OK\r\n\r\nwhatever")
+            await writer.drain()
+        async with Server(close_delimited) as s:
+            pool = HTTP1Pool(s.url, timeout_s=5)
+            assert (await pool.post(b"{}", {})).status == 200
+            assert (await pool.post(b"{}", {})).status == 200
+            assert s.connections == 2
+            await pool.aclose()
+    run(main())
+
+
+def test_idle_connection_closed_by_server_is_retried_once() -> None:
+    async def main() -> None:
+        async def one_per_connection(reader: asyncio.StreamReader,
+                                     writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            # ... then close without saying so (no "Connection: close")
+        async with Server(one_per_connection) as s:
+            pool = HTTP1Pool(s.url, timeout_s=5)
+            assert (await pool.post(b"{}", {})).status == 200
+            await asyncio.sleep(0.05)
+            assert (await pool.post(b"{}", {})).status == 200
+            assert s.connections == 2
+            await pool.aclose()
+    run(main())
+
+
+def test_failures_are_upstream_unavailable() -> None:
+    async def main() -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            dead_port = probe.getsockname()[1]
+        pool = HTTP1Pool(f"http://127.0.0.1:{dead_port}/", timeout_s=2)
+        with pytest.raises(UpstreamUnavailable, match="unreachable"):
+            await pool.post(b"{}", {})
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            await asyncio.sleep(5)
+        async with Server(silent) as s:
+            pool = HTTP1Pool(s.url, timeout_s=0.2)
+            with pytest.raises(UpstreamUnavailable, match="timed out"):
+                await pool.post(b"{}", {})
+
+        async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b"SPDY/9 banana\r\n\r\n")
+            await writer.drain()
+        async with Server(garbage) as s:
+            pool = HTTP1Pool(s.url, timeout_s=2)
+            with pytest.raises(UpstreamUnavailable, match="malformed"):
+                await pool.post(b"{}", {})
+
+        async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort")
+            await writer.drain()
+        async with Server(hang_up) as s:
+            pool = HTTP1Pool(s.url, timeout_s=2)
+            with pytest.raises(UpstreamUnavailable, match="mid-response"):
+                await pool.post(b"{}", {})
+    run(main())
+
+
+def test_never_more_connections_than_allowed() -> None:
+    async def main() -> None:
+        box: list[Server] = []
+        in_flight = 0
+        peak = 0
+
+        async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal in_flight, peak
+            while True:
+                await read_request(reader)
+                in_flight += 1
+                peak = max(peak, in_flight)
+                await asyncio.sleep(0.02)
+                in_flight -= 1
+                writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+                await writer.drain()
+        async with Server(slow) as s:
+            box.append(s)
+            pool = HTTP1Pool(s.url, timeout_s=5, max_connections=3)
+            results = await asyncio.gather(*(pool.post(b"{}", {}) for _ in range(12)))
+            assert {r.status for r in results} == {204}
+            assert peak <= 3 and s.connections <= 3
+            await pool.aclose()
+    run(main())
