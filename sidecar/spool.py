@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,6 +46,7 @@ __all__ = [
     "Spool",
     "SpoolWriter",
     "AddResult",
+    "Settlement",
     "SpooledEvent",
     "SpoolStats",
     "SpoolRow",
@@ -64,6 +65,19 @@ class AddResult:
     stored: list[str]  # ids newly stored, in order
     duplicates: int  # events dropped as repeats of a stored id
     quarantined: int  # quarantined changes newly stored
+
+
+@dataclass(slots=True)
+class Settlement:
+    """Outcomes of finished sends, recorded together: delivered ids, retries
+    ``(id, next_attempt_at, error)`` and dead letters ``(id, error)``."""
+
+    delivered: list[str] = field(default_factory=list)
+    retry: list[tuple[str, float, str]] = field(default_factory=list)
+    dead: list[tuple[str, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.delivered or self.retry or self.dead)
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,8 +423,20 @@ class Spool:
 
     def claim(self, limit: int, *, lease_s: float) -> list[SpooledEvent]:
         """Move up to ``limit`` due pending events, oldest due first, to in_flight."""
+        return self.settle_and_claim(Settlement(), limit, lease_s=lease_s)
+
+    def settle_and_claim(self, settlement: Settlement, limit: int, *,
+                         lease_s: float) -> list[SpooledEvent]:
+        """Record finished sends and claim the next events in one transaction.
+
+        The worker calls this once per turn of its loop, so a busy spool pays one commit
+        (and one thread hop) for many deliveries, not one per delivery.
+        """
         now = self._clock()
         with self._tx(durable=False) as conn:
+            self._settle(conn, settlement, now)
+            if limit <= 0:
+                return []
             rows = conn.execute(
                 "select id, body, attempts, coalesce(replayed_at, received_at) from events"
                 " where state = 'pending' and next_attempt_at <= ?"
@@ -425,31 +451,40 @@ class Spool:
                              received_at=received_at)
                 for _, body, attempts, received_at in rows]
 
-    def ack(self, ids: Sequence[str]) -> None:
-        now = self._clock()
+    def settle(self, settlement: Settlement) -> None:
         with self._tx(durable=False) as conn:
+            self._settle(conn, settlement, self._clock())
+
+    def ack(self, ids: Sequence[str]) -> None:
+        self.settle(Settlement(delivered=list(ids)))
+
+    def retry(self, id: str, *, next_attempt_at: float, error: str) -> None:
+        self.settle(Settlement(retry=[(id, next_attempt_at, error)]))
+
+    def dead(self, id: str, *, error: str) -> None:
+        self.settle(Settlement(dead=[(id, error)]))
+
+    @staticmethod
+    def _settle(conn: sqlite3.Connection, s: Settlement, now: float) -> None:
+        if s.delivered:
             conn.executemany(
                 "update events set state = 'delivered', delivered_at = ?, lease_until = null"
                 " where id = ? and state != 'delivered'",
-                [(now, i) for i in ids],
+                [(now, i) for i in s.delivered],
             )
-
-    def retry(self, id: str, *, next_attempt_at: float, error: str) -> None:
-        with self._tx(durable=False) as conn:
-            conn.execute(
+        if s.retry:
+            conn.executemany(
                 "update events set state = 'pending', attempts = attempts + 1,"
                 " next_attempt_at = ?, last_error = ?, lease_until = null"
                 " where id = ? and state = 'in_flight'",
-                (next_attempt_at, error, id),
+                [(at, error, i) for i, at, error in s.retry],
             )
-
-    def dead(self, id: str, *, error: str) -> None:
-        with self._tx(durable=False) as conn:
-            conn.execute(
+        if s.dead:
+            conn.executemany(
                 "update events set state = 'dead', attempts = attempts + 1, last_error = ?,"
                 " lease_until = null, next_attempt_at = null"
                 " where id = ? and state = 'in_flight'",
-                (error, id),
+                [(error, i) for i, error in s.dead],
             )
 
     def release(self, ids: Sequence[str]) -> None:

@@ -114,7 +114,11 @@ def build_public_app(
             return await receive_delivery(request)
         return await verify_subscription(request)
 
-    return Starlette(routes=[Route(path, endpoint, methods=["GET", "POST"])])
+    app = Starlette(routes=[Route(path, endpoint, methods=["GET", "POST"])])
+    # Any other path is a 404 (SPEC §2).  Starlette would otherwise answer "{path}/" with a
+    # 307 whose Location echoes the query string, verify token included.
+    app.router.redirect_slashes = False
+    return app
 
 
 async def _read_body(request: Request, max_body_bytes: int, timeout_s: float) -> bytes:

@@ -15,6 +15,9 @@ Why it looks like this:
   A ``Retry-After`` from the upstream is a lower bound, capped at ``backoff_max_s``.
 * Clock and random source are parameters, so tests compute exact delays.
 * SQLite calls run in a thread (``asyncio.to_thread``) and never block the event loop.
+  Outcomes of finished sends are not written one by one: they collect in a
+  ``Settlement`` and are recorded together with the next claim, in one transaction per
+  turn of the loop (a commit and a thread hop per delivery cost more than the send).
 
 Logs carry fixed event names with facts in ``extra``; bodies are never logged.
 """
@@ -30,7 +33,7 @@ from collections.abc import Callable, Sequence
 from sidecar.delivery.upstream import UpstreamClient
 from sidecar.errors import SpoolUnavailable, UpstreamUnavailable
 from sidecar.metrics import Metrics
-from sidecar.spool import Spool, SpooledEvent
+from sidecar.spool import Settlement, Spool, SpooledEvent
 
 __all__ = ["DeliveryWorker"]
 
@@ -77,6 +80,7 @@ class DeliveryWorker:
         self._wakeup = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sending: dict[asyncio.Task[None], list[str]] = {}
+        self._outcomes = Settlement()
 
     # ------------------------------------------------------------------ public
 
@@ -109,9 +113,8 @@ class DeliveryWorker:
                     at_start = False
                     next_recover = time.monotonic() + self.lease_s
                 free = self.max_in_flight - len(self._sending)
-                if free > 0:
-                    for group in _chunks(await self._claim(free), self.batch_max):
-                        self._start_send(group)
+                for group in _chunks(await self._settle_and_claim(free), self.batch_max):
+                    self._start_send(group)
                 await self._idle(stop, has_free_slot=len(self._sending) < self.max_in_flight)
         finally:
             await self._drain()
@@ -127,18 +130,27 @@ class DeliveryWorker:
         if n:
             log.warning("delivery.recovered", extra={"events": n})
 
-    async def _claim(self, free_slots: int) -> list[SpooledEvent]:
+    async def _settle_and_claim(self, free_slots: int) -> list[SpooledEvent]:
+        """Record finished sends and, with free slots, claim more: one transaction.
+
+        If the spool fails, the outcomes are lost with it; their leases expire and the
+        events are sent again (at-least-once), so nothing is lost."""
+        outcomes, self._outcomes = self._outcomes, Settlement()
+        if free_slots <= 0 and not outcomes:
+            return []
         self._wakeup.clear()  # anything added from here on wakes the next idle
         try:
-            claimed, depth = await asyncio.to_thread(self._claim_sync, free_slots)
+            claimed, depth = await asyncio.to_thread(
+                self._settle_and_claim_sync, outcomes, max(0, free_slots) * self.batch_max)
         except SpoolUnavailable as exc:
             log.error("delivery.spool_error", extra={"op": "claim", "error": str(exc)})
             return []
         self._metrics.spool_depth.set(depth)
         return claimed
 
-    def _claim_sync(self, free_slots: int) -> tuple[list[SpooledEvent], int]:
-        claimed = self._spool.claim(free_slots * self.batch_max, lease_s=self.lease_s)
+    def _settle_and_claim_sync(self, outcomes: Settlement, limit: int
+                               ) -> tuple[list[SpooledEvent], int]:
+        claimed = self._spool.settle_and_claim(outcomes, limit, lease_s=self.lease_s)
         return claimed, self._spool.depth()
 
     async def _idle(self, stop: asyncio.Event, *, has_free_slot: bool) -> None:
@@ -160,17 +172,28 @@ class DeliveryWorker:
         task.add_done_callback(self._sending.pop)
 
     async def _drain(self) -> None:
-        """Let sends in progress finish (bounded); give the rest of their events back."""
-        if not self._sending:
-            return
-        tasks = set(self._sending)
-        try:
-            _, still = await asyncio.wait(tasks, timeout=self.drain_timeout_s)
-        except asyncio.CancelledError:
-            still = {t for t in tasks if not t.done()}
+        """Let sends in progress finish (bounded); give the rest of their events back;
+        record every outcome."""
+        if self._sending:
+            tasks = set(self._sending)
+            try:
+                _, still = await asyncio.wait(tasks, timeout=self.drain_timeout_s)
+            except asyncio.CancelledError:
+                still = {t for t in tasks if not t.done()}
+                self._abandon(still)
+                self._flush_outcomes()
+                raise
             self._abandon(still)
-            raise
-        self._abandon(still)
+        self._flush_outcomes()
+
+    def _flush_outcomes(self) -> None:
+        outcomes, self._outcomes = self._outcomes, Settlement()
+        if not outcomes:
+            return
+        try:  # at shutdown; a short blocking call is fine here
+            self._spool.settle(outcomes)
+        except SpoolUnavailable as exc:  # leases expire; the events are sent again
+            log.error("delivery.spool_error", extra={"op": "settle", "error": str(exc)})
 
     def _abandon(self, tasks: set[asyncio.Task[None]]) -> None:
         ids = [i for t in tasks for i in self._sending.get(t, [])]
@@ -193,45 +216,32 @@ class DeliveryWorker:
             await self._upstream.send(events, as_array=self.batch_max > 1)
         except UpstreamUnavailable as exc:
             self._metrics.upstream_request_seconds.observe(time.monotonic() - started)
-            await self._settle("fail", self._failed, group, exc)
+            self._failed(group, exc)
             return
         self._metrics.upstream_request_seconds.observe(time.monotonic() - started)
-        await self._settle("ack", self._delivered, group, None)
+        self._delivered(group)
 
-    async def _settle(self, op: str,
-                      how: Callable[[list[SpooledEvent], UpstreamUnavailable | None], None],
-                      group: list[SpooledEvent], exc: UpstreamUnavailable | None) -> None:
-        """Record the outcome (in a thread: SQLite); a spool failure is logged, and the
-        lease's expiry later requeues the events, so nothing is lost."""
-        try:
-            await asyncio.to_thread(how, group, exc)
-        except SpoolUnavailable as err:
-            log.error("delivery.spool_error",
-                      extra={"op": op, "error": str(err), "events": len(group)})
-
-    def _delivered(self, group: list[SpooledEvent], _: UpstreamUnavailable | None) -> None:
-        self._spool.ack([s.event.id for s in group])
+    def _delivered(self, group: list[SpooledEvent]) -> None:
+        self._outcomes.delivered.extend(s.event.id for s in group)
         now = self._clock()
         self._metrics.events_delivered.inc(len(group))
         for s in group:
             self._metrics.delivery_latency.observe(max(0.0, now - s.received_at))
-        log.debug("delivery.delivered", extra={"events": len(group)})
 
-    def _failed(self, group: list[SpooledEvent], exc: UpstreamUnavailable | None) -> None:
-        assert exc is not None
+    def _failed(self, group: list[SpooledEvent], exc: UpstreamUnavailable) -> None:
         now = self._clock()
         error = str(exc)
         for s in group:
             attempt = s.attempts + 1
             if attempt >= self.max_attempts or now - s.received_at >= self.max_age_s:
-                self._spool.dead(s.event.id, error=error)
+                self._outcomes.dead.append((s.event.id, error))
                 self._metrics.events_dead.inc()
                 log.error("delivery.dead", extra={
                     "event_id": s.event.id, "attempt": attempt, "status": exc.status,
                     "error": error})
                 continue
             delay = self.next_delay(attempt, exc.retry_after_s)
-            self._spool.retry(s.event.id, next_attempt_at=now + delay, error=error)
+            self._outcomes.retry.append((s.event.id, now + delay, error))
             self._metrics.events_retried.inc()
             log.warning("delivery.retry", extra={
                 "event_id": s.event.id, "attempt": attempt, "status": exc.status,
