@@ -2,4 +2,6 @@ import sys
 
 from sidecar.cli import main
 
-sys.exit(main())
+# The guard matters: `serve --workers N` spawns processes that import this module again.
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,17 +3,38 @@
 A private ``CollectorRegistry`` (not the global default) so tests and several apps in
 one process never collide.  Names follow Prometheus conventions (``_total``,
 ``_seconds``).  Nothing here ever records a secret or a request body.
+
+With several processes (``serve --workers N``) every process is built with the same
+``multiprocess_dir``: values then live in prometheus_client's memory-mapped files and
+``render()`` (in the parent) merges them — the library's multiprocess mode.  Gauges say
+how to merge (``multiprocess_mode``); that argument is ignored in one process.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import values as _values
+from prometheus_client.multiprocess import MultiProcessCollector
 
 __all__ = ["Metrics"]
 
 
+def _use_multiprocess_values(directory: Path) -> None:
+    # prometheus_client picks its value class from PROMETHEUS_MULTIPROC_DIR when it is
+    # first imported; we decide at run time (``--workers``), so set both here, before
+    # the first metric of this process is built.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    _values.ValueClass = _values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, *, multiprocess_dir: Path | None = None) -> None:
+        self._multiprocess_dir = multiprocess_dir
+        if multiprocess_dir is not None:
+            _use_multiprocess_values(multiprocess_dir)
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "sidecar_requests_total", "Requests on the public listener by outcome.",
@@ -49,15 +70,16 @@ class Metrics:
             "sidecar_upstream_request_seconds", "Duration of one request to the upstream.",
             registry=r)
         self.spool_depth = Gauge(
-            "sidecar_spool_depth", "Events stored and not yet delivered or dead.", registry=r)
+            "sidecar_spool_depth", "Events stored and not yet delivered or dead.",
+            multiprocess_mode="livemax", registry=r)
         self.open_connections = Gauge(
             "sidecar_open_connections",
             "Established TLS connections on the public listener (capped by "
-            "limits.max_connections).", registry=r)
+            "limits.max_connections).", multiprocess_mode="livesum", registry=r)
         self.cert_expiry_seconds = Gauge(
             "sidecar_certificate_expiry_seconds",
             "Seconds until each loaded certificate expires (negative once expired).",
-            ["role", "subject", "file"], registry=r)
+            ["role", "subject", "file"], multiprocess_mode="livemin", registry=r)
         self.tls_reloads = Counter(
             "sidecar_tls_reloads_total", "TLS material reloads by result.", ["result"],
             registry=r)
@@ -67,7 +89,20 @@ class Metrics:
         self.client_auth_optional = Gauge(
             "sidecar_client_auth_optional",
             "1 while tls.client_auth is 'optional' (onboarding): deliveries admitted on the "
-            "signature alone.", registry=r)
+            "signature alone.", multiprocess_mode="livemax", registry=r)
+
+    def set_cert_expiry(self, entries: list[tuple[str, str, str, float]]) -> None:
+        """(role, subject, file, seconds left) for every loaded certificate.  In one
+        process, certificates no longer loaded disappear; prometheus_client cannot drop
+        labels in multiprocess mode, so there they keep their last value."""
+        if self._multiprocess_dir is None:
+            self.cert_expiry_seconds.clear()
+        for role, subject, file, seconds in entries:
+            self.cert_expiry_seconds.labels(role, subject, file).set(seconds)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self._multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=str(self._multiprocess_dir))  # type: ignore[no-untyped-call]
+        return generate_latest(merged)

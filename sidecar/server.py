@@ -1,17 +1,36 @@
 """Wires the parts together and runs them: the only module that imports Hypercorn.
 
-One process, one event loop: the public TLS listener, the admin listener, the
-delivery worker and the reloader.  Signals only set events (huey): SIGTERM/SIGINT →
-graceful stop (stop accepting, finish in-flight requests, leave the spool clean);
-SIGHUP → reload now.  The reloader also runs every ``tls.reload_interval_s``.
+Two roles, composed by ``sidecar serve``:
+
+* **ingest** — the public TLS listener: handshake identity check, request checks,
+  normalize, commit to the spool (or forward, in direct mode);
+* **delivery** — the admin listener, the delivery worker and spool housekeeping.
+
+With one worker (``--workers 1``) both roles share one process and one event loop.
+With ``--workers N`` the parent process keeps the delivery role, binds the public
+socket once and runs N spawned ingest processes that accept on it (Python is one core
+per process; the TLS handshakes, HTTP parsing and checks are the CPU-heavy part).
+Ingest processes share the spool file (SQLite WAL serializes their commits; event ids
+are primary keys, so dedup holds across processes) and wake the delivery worker with a
+datagram after each commit.  Metrics use Prometheus's multiprocess mode so the parent's
+``/metrics`` shows every process.
+
+Signals only set events (huey): SIGTERM/SIGINT → graceful stop (stop accepting, finish
+in-flight requests, leave the spool clean); SIGHUP → reload now (the parent forwards it
+to every ingest process).  Each process also reloads every ``tls.reload_interval_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import os
+import shutil
 import signal
+import socket
 import ssl
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -21,73 +40,52 @@ from urllib.parse import urlsplit
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
 
 from sidecar.app.admin import build_admin_app
 from sidecar.app.public import RequestSettings, build_public_app
 from sidecar.checks.signature import SignatureVerifier
-from sidecar.config import Config, MetaConfig, load_config
+from sidecar.config import Config, load_config
 from sidecar.delivery.ingest import DirectIngest, Ingest, SpoolIngest
 from sidecar.delivery.upstream import UpstreamClient
 from sidecar.delivery.worker import DeliveryWorker
 from sidecar.errors import SidecarError
+from sidecar.logs import setup_logging
 from sidecar.metrics import Metrics
 from sidecar.spool import Spool, SpoolWriter
 from sidecar.tls.holder import TLSHolder
 
-__all__ = ["Server", "run_server"]
+__all__ = ["run_server"]
 
 log = logging.getLogger("sidecar.server")
 
-# Request line + headers larger than this get a 4xx (h11 answers 431) and the
-# connection is closed.  Meta's requests carry a handful of short headers.
-_MAX_HEADER_BYTES = 16 * 1024
-
 HOUSEKEEPING_INTERVAL_S = 3600.0
+_MAX_HEADER_BYTES = 16 * 1024  # request line + headers; larger gets 431 and a close
+_CHILD_RESTART_DELAY_S = 1.0
 
 
-class _ListenerConfig(HypercornConfig):
-    """Hypercorn config whose SSL context is ours (reloadable, identity-checking)."""
+# =========================================================================== shared parts
 
-    def __init__(self, context_factory: Callable[[], ssl.SSLContext]) -> None:
-        super().__init__()
-        self._context_factory = context_factory
+class LiveState:
+    """Config, TLS state and request settings of one process, reloadable as one.
 
-    @property
-    def ssl_enabled(self) -> bool:
-        return True
+    ``reload()`` re-reads the config file and the TLS files; on any error everything old
+    keeps serving (ghostunnel's rule: validate fully, then swap)."""
 
-    def create_ssl_context(self) -> ssl.SSLContext:
-        return self._context_factory()
-
-
-def _settings_from(meta: MetaConfig) -> RequestSettings:
-    return RequestSettings(verifier=SignatureVerifier(meta.app_secrets),
-                           verify_token=meta.verify_token, unknown_fields=meta.unknown_fields)
-
-
-class Server:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, metrics: Metrics, *, max_connections: int | None) -> None:
         self.config = config
-        self.metrics = Metrics()
+        self.metrics = metrics
         self.holder = TLSHolder(
-            config.tls, max_connections=config.limits.max_connections,
-            on_refused=lambda reason: self.metrics.handshake_failures.labels(reason).inc())
-        self._settings = _settings_from(config.meta)
-        self.spool = Spool(config.delivery.spool_path,
-                           max_spool_events=config.delivery.max_spool_events,
-                           dedup_retention_s=config.delivery.dedup_retention_s)
-        self.spool.take_ownership()
-        self.stop_event = asyncio.Event()
-        self.reload_event = asyncio.Event()
+            config.tls, max_connections=max_connections,
+            on_connections=metrics.open_connections.set,
+            on_refused=lambda reason: metrics.handshake_failures.labels(reason).inc())
+        self._settings = _settings_from(config)
         self._warn_if_optional(config)
-
-    # --------------------------------------------------------------- reloading
 
     def settings(self) -> RequestSettings:
         return self._settings
 
     def reload(self) -> None:
-        """Re-read the config file and TLS files; keep everything old on any error."""
         try:
             config = load_config(self.config.path)
         except SidecarError as exc:
@@ -100,7 +98,7 @@ class Server:
             self.metrics.tls_reloads.labels("failure").inc()
             log.error("tls.reload_failed", extra={"error": exc.message})
             return
-        self._settings = _settings_from(config.meta)
+        self._settings = _settings_from(config)
         self.config = config
         self.metrics.config_reloads.labels("success").inc()
         if swapped:
@@ -116,169 +114,84 @@ class Server:
                 "detail": "clients without a certificate are admitted (onboarding mode); "
                           "switch tls.client_auth to required once mTLS is enabled for the app"})
 
-    async def _reloader(self) -> None:
-        while not self.stop_event.is_set():
+    async def reloader(self, stop: asyncio.Event, now: asyncio.Event) -> None:
+        """Reload every ``tls.reload_interval_s``, and at once when ``now`` is set."""
+        while not stop.is_set():
             try:
-                await asyncio.wait_for(self.reload_event.wait(),
-                                       self.config.tls.reload_interval_s)
+                await asyncio.wait_for(now.wait(), self.config.tls.reload_interval_s)
             except TimeoutError:
                 pass
-            if self.stop_event.is_set():
+            if stop.is_set():
                 return
-            self.reload_event.clear()
+            now.clear()
             await asyncio.to_thread(self.reload)
 
-    async def _housekeeping(self) -> None:
-        """Drop delivered events once they no longer serve dedup, so the file stays bounded."""
-        while not self.stop_event.is_set():
-            cutoff = time.time() - self.config.delivery.dedup_retention_s
-            try:
-                purged = await asyncio.to_thread(self.spool.purge, delivered_before=cutoff)
-            except SidecarError as exc:
-                log.error("spool.purge_failed", extra={"error": exc.message})
-            else:
-                if purged:
-                    log.info("spool.purged", extra={"events": purged})
-            try:
-                await asyncio.wait_for(self.stop_event.wait(), HOUSEKEEPING_INTERVAL_S)
-            except TimeoutError:
-                pass
 
-    # --------------------------------------------------------------- readiness
+def _settings_from(config: Config) -> RequestSettings:
+    meta = config.meta
+    return RequestSettings(verifier=SignatureVerifier(meta.app_secrets),
+                           verify_token=meta.verify_token, unknown_fields=meta.unknown_fields)
 
-    async def _refresh_gauges(self, now: datetime) -> None:
-        state = self.holder.state
-        gauge = self.metrics.cert_expiry_seconds
-        gauge.clear()
-        for role, certs in (("server", state.material.server_chain),
-                            ("client_ca", state.material.client_cas)):
-            for facts in certs:
-                gauge.labels(role, facts.subject, facts.file).set(facts.seconds_left(now))
-        self.metrics.spool_depth.set(await asyncio.to_thread(self.spool.depth))
-        self.metrics.open_connections.set(self.holder.active_connections)
 
-    async def _certs_ready(self) -> str | None:
-        leaf = self.holder.state.material.server_chain[0]
-        return None if leaf.seconds_left(datetime.now(leaf.not_after.tzinfo)) > 0 else \
-            "server certificate expired"
+class _ListenerConfig(HypercornConfig):
+    """Hypercorn config whose SSL context is ours (reloadable, identity-checking), and
+    whose socket may be one the parent process bound."""
 
-    async def _spool_ready(self) -> str | None:
-        await asyncio.to_thread(self.spool.depth)
-        return None
+    def __init__(self, context_factory: Callable[[], ssl.SSLContext],
+                 sock: socket.socket | None) -> None:
+        super().__init__()
+        self._context_factory = context_factory
+        self._sock = sock
 
-    async def _upstream_ready(self) -> str | None:
-        parts = urlsplit(self.config.upstream.url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(parts.hostname, port), timeout=2)
-        except (OSError, TimeoutError):
-            return "upstream does not accept connections"
-        writer.close()
-        return None
+    @property
+    def ssl_enabled(self) -> bool:
+        return True
 
-    # --------------------------------------------------------------- running
+    def create_ssl_context(self) -> ssl.SSLContext:
+        return self._context_factory()
 
-    def _hypercorn_configs(self) -> tuple[HypercornConfig, HypercornConfig]:
-        c = self.config
-        public = _ListenerConfig(self.holder.listener_context)
-        public.bind = [_bind(c.listen.host, c.listen.port)]
-        public.alpn_protocols = ["http/1.1"]
-        # Hypercorn has no header timeout.  Its idle timer (keep_alive_timeout) starts
-        # when a connection becomes idle (accepted, or the previous response sent) and
-        # is stopped only once a request's headers are complete; bytes trickling in do
-        # not reset it.  So it is a deadline for "the next request's headers", and it
-        # must not be longer than header_timeout_s, or a slowloris client trickling a
-        # header byte at a time would be kept for keepalive_timeout_s.  The price: an
-        # idle keep-alive connection is closed after min(header, keepalive) seconds.
-        public.keep_alive_timeout = min(c.limits.header_timeout_s, c.limits.keepalive_timeout_s)
-        public.ssl_handshake_timeout = c.limits.header_timeout_s
-        public.read_timeout = int(max(1, c.limits.body_timeout_s))
-        public.h11_max_incomplete_size = _MAX_HEADER_BYTES
-        public.backlog = min(4096, max(100, c.limits.max_connections))
-        public.graceful_timeout = 10.0
-        public.accesslog = None  # query strings may carry hub.verify_token; we log ourselves
-        public.errorlog = logging.getLogger("sidecar.hypercorn")
-        public.include_server_header = False
-        admin = HypercornConfig()
-        admin.bind = [_bind(c.admin.host, c.admin.port)]
-        admin.accesslog = None
-        admin.errorlog = logging.getLogger("sidecar.hypercorn")
-        admin.graceful_timeout = 1.0
-        return public, admin
+    def create_sockets(self) -> Sockets:
+        if self._sock is None:
+            return super().create_sockets()
+        return Sockets(secure_sockets=[self._sock], insecure_sockets=[], quic_sockets=[])
 
-    async def run(self) -> None:
-        c = self.config
-        loop = asyncio.get_running_loop()
-        loop.set_exception_handler(_quiet_tls_errors)
-        upstream = UpstreamClient(c.upstream.url, timeout_s=c.upstream.timeout_s,
-                                  signing_secret=c.upstream.signing_secret,
-                                  max_connections=c.upstream.max_in_flight)
-        tasks: list[Awaitable[Any]] = []
-        writer: SpoolWriter | None = None
-        ingest: Ingest
-        if c.delivery.mode == "spool":
-            worker = DeliveryWorker(
-                self.spool, upstream, batch_max=c.upstream.batch_max,
-                max_in_flight=c.upstream.max_in_flight, max_attempts=c.delivery.max_attempts,
-                max_age_s=c.delivery.max_age_s, backoff_initial_s=c.delivery.backoff_initial_s,
-                backoff_max_s=c.delivery.backoff_max_s, metrics=self.metrics,
-                # An in-flight claim outlives any single send; a crash frees it after this.
-                lease_s=max(30.0, 3 * c.upstream.timeout_s))
-            writer = SpoolWriter(self.spool)
-            writer.start()
-            ingest = SpoolIngest(writer, worker, self.metrics)
-            worker_stop = asyncio.Event()
-            worker_task = asyncio.create_task(worker.run(worker_stop))
-        else:
-            ingest = DirectIngest(self.spool, upstream, batch_max=c.upstream.batch_max,
-                                  metrics=self.metrics)
-            worker_stop = None
-            worker_task = None
 
-        public_app = build_public_app(
-            path=c.listen.path, settings=self.settings, ingest=ingest, metrics=self.metrics,
-            max_body_bytes=c.limits.max_body_bytes, body_timeout_s=c.limits.body_timeout_s)
-        checks = {"certificates": self._certs_ready, "spool": self._spool_ready}
-        if c.delivery.mode == "direct":
-            checks["upstream"] = self._upstream_ready
-        admin_app = build_admin_app(metrics=self.metrics, checks=checks,
-                                    refresh_gauges=self._refresh_gauges)
-        public_cfg, admin_cfg = self._hypercorn_configs()
-        self._install_signals(loop)
-        log.info("server.starting", extra={
-            "listen": public_cfg.bind[0], "admin": admin_cfg.bind[0], "path": c.listen.path,
-            "mode": c.delivery.mode, "client_auth": c.tls.client_auth})
-        reloader = asyncio.create_task(self._reloader())
-        housekeeping = asyncio.create_task(self._housekeeping())
-        try:
-            # Starlette is an ASGI app; Hypercorn's stricter protocol types don't see that.
-            tasks = [
-                hypercorn_serve(public_app, public_cfg,  # type: ignore[arg-type]
-                                shutdown_trigger=self.stop_event.wait),
-                hypercorn_serve(admin_app, admin_cfg,  # type: ignore[arg-type]
-                                shutdown_trigger=self.stop_event.wait)]
-            await asyncio.gather(*tasks)
-        finally:
-            # Public listener drained: no request can add to the spool any more.
-            reloader.cancel()
-            housekeeping.cancel()
-            if worker_task is not None and worker_stop is not None:
-                worker_stop.set()
-                try:
-                    await asyncio.wait_for(worker_task, timeout=c.upstream.timeout_s + 5)
-                except (TimeoutError, asyncio.CancelledError):
-                    pass
-            if writer is not None:
-                await writer.aclose()
-            await upstream.aclose()
-            self.spool.close()
-            log.info("server.stopped")
+def _public_hypercorn_config(config: Config, holder: TLSHolder,
+                             sock: socket.socket | None = None) -> HypercornConfig:
+    c = config
+    public = _ListenerConfig(holder.listener_context, sock)
+    public.bind = [_bind(c.listen.host, c.listen.port)]
+    public.alpn_protocols = ["http/1.1"]
+    # Hypercorn has no header timeout.  Its idle timer (keep_alive_timeout) starts when a
+    # connection becomes idle (accepted, or the previous response sent) and is stopped only
+    # once a request's headers are complete; bytes trickling in do not reset it.  So it is
+    # a deadline for "the next request's headers", and it must not be longer than
+    # header_timeout_s, or a slowloris client trickling a header byte at a time would be
+    # kept for keepalive_timeout_s.  The price: an idle keep-alive connection is closed
+    # after min(header, keepalive) seconds.
+    public.keep_alive_timeout = min(c.limits.header_timeout_s, c.limits.keepalive_timeout_s)
+    public.ssl_handshake_timeout = c.limits.header_timeout_s
+    public.read_timeout = int(max(1, c.limits.body_timeout_s))
+    public.h11_max_incomplete_size = _MAX_HEADER_BYTES
+    public.backlog = _backlog(c)
+    public.graceful_timeout = 10.0
+    public.accesslog = None  # query strings may carry hub.verify_token; we log ourselves
+    public.errorlog = logging.getLogger("sidecar.hypercorn")
+    public.include_server_header = False
+    return public
 
-    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.add_signal_handler(signal.SIGTERM, self.stop_event.set)
-        loop.add_signal_handler(signal.SIGINT, self.stop_event.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload_event.set)
+
+def _admin_hypercorn_config(config: Config) -> HypercornConfig:
+    admin = HypercornConfig()
+    admin.bind = [_bind(config.admin.host, config.admin.port)]
+    admin.accesslog = None
+    admin.errorlog = logging.getLogger("sidecar.hypercorn")
+    admin.graceful_timeout = 1.0
+    return admin
+
+
+def _backlog(config: Config) -> int:
+    return min(4096, max(100, config.limits.max_connections))
 
 
 def _bind(host: str, port: int) -> str:
@@ -294,17 +207,417 @@ def _quiet_tls_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) 
     loop.default_exception_handler(context)
 
 
-def run_server(config_path: Path, *, loop: str = "auto") -> int:
+def _open_spool(config: Config) -> Spool:
+    return Spool(config.delivery.spool_path, max_spool_events=config.delivery.max_spool_events,
+                 dedup_retention_s=config.delivery.dedup_retention_s)
+
+
+def _upstream(config: Config) -> UpstreamClient:
+    return UpstreamClient(config.upstream.url, timeout_s=config.upstream.timeout_s,
+                          signing_secret=config.upstream.signing_secret,
+                          max_connections=config.upstream.max_in_flight)
+
+
+class _Wakeable:
+    """What an ingest wakes after a commit: the worker in this process, or the parent."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self.wake = wake
+
+
+# =========================================================================== roles
+
+class IngestRole:
+    """The public listener's request path, on top of one process's ``LiveState``."""
+
+    def __init__(self, live: LiveState, spool: Spool, wake: Callable[[], None]) -> None:
+        self.live = live
+        config = live.config
+        self._writer: SpoolWriter | None = None
+        self._upstream: UpstreamClient | None = None
+        ingest: Ingest
+        if config.delivery.mode == "spool":
+            self._writer = SpoolWriter(spool)
+            ingest = SpoolIngest(self._writer, _Wakeable(wake), live.metrics)
+        else:
+            self._upstream = _upstream(config)
+            ingest = DirectIngest(spool, self._upstream, batch_max=config.upstream.batch_max,
+                                  metrics=live.metrics)
+        self.app = build_public_app(
+            path=config.listen.path, settings=live.settings, ingest=ingest, metrics=live.metrics,
+            max_body_bytes=config.limits.max_body_bytes,
+            body_timeout_s=config.limits.body_timeout_s)
+
+    async def serve(self, stop: asyncio.Event, sock: socket.socket | None = None) -> None:
+        if self._writer is not None:
+            self._writer.start()
+        cfg = _public_hypercorn_config(self.live.config, self.live.holder, sock)
+        try:
+            await hypercorn_serve(self.app, cfg,  # type: ignore[arg-type]
+                                  shutdown_trigger=stop.wait)
+        finally:
+            # Listener drained: no request can add to the spool any more.
+            if self._writer is not None:
+                await self._writer.aclose()
+            if self._upstream is not None:
+                await self._upstream.aclose()
+
+
+class DeliveryRole:
+    """Admin listener, delivery worker and housekeeping; owns the spool."""
+
+    def __init__(self, live: LiveState, spool: Spool, *,
+                 extra_checks: dict[str, Callable[[], Awaitable[str | None]]] | None = None,
+                 poll_interval_s: float = 0.5) -> None:
+        self.live = live
+        self.spool = spool
+        spool.take_ownership()
+        config = live.config
+        self.worker: DeliveryWorker | None = None
+        self._upstream = _upstream(config)
+        if config.delivery.mode == "spool":
+            self.worker = DeliveryWorker(
+                spool, self._upstream, batch_max=config.upstream.batch_max,
+                max_in_flight=config.upstream.max_in_flight,
+                max_attempts=config.delivery.max_attempts, max_age_s=config.delivery.max_age_s,
+                backoff_initial_s=config.delivery.backoff_initial_s,
+                backoff_max_s=config.delivery.backoff_max_s, metrics=live.metrics,
+                poll_interval_s=poll_interval_s,
+                # An in-flight claim outlives any single send; a crash frees it after this.
+                lease_s=max(30.0, 3 * config.upstream.timeout_s))
+        checks: dict[str, Callable[[], Awaitable[str | None]]] = {
+            "certificates": self._certs_ready, "spool": self._spool_ready}
+        if config.delivery.mode == "direct":
+            checks["upstream"] = self._upstream_ready
+        checks.update(extra_checks or {})
+        self.app = build_admin_app(metrics=live.metrics, checks=checks,
+                                   refresh_gauges=self._refresh_gauges)
+
+    def wake(self) -> None:
+        if self.worker is not None:
+            self.worker.wake()
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run until ``stop``; the caller stops the ingest side first."""
+        worker_stop = asyncio.Event()
+        worker_task = (asyncio.create_task(self.worker.run(worker_stop))
+                       if self.worker is not None else None)
+        housekeeping = asyncio.create_task(self._housekeeping(stop))
+        try:
+            await hypercorn_serve(self.app, _admin_hypercorn_config(self.live.config),  # type: ignore[arg-type]
+                                  shutdown_trigger=stop.wait)
+        finally:
+            housekeeping.cancel()
+            if worker_task is not None:
+                worker_stop.set()
+                try:
+                    await asyncio.wait_for(worker_task,
+                                           timeout=self.live.config.upstream.timeout_s + 5)
+                except (TimeoutError, asyncio.CancelledError):
+                    pass
+            await self._upstream.aclose()
+
+    async def _housekeeping(self, stop: asyncio.Event) -> None:
+        """Drop delivered events once they no longer serve dedup, so the file stays bounded."""
+        while not stop.is_set():
+            cutoff = time.time() - self.live.config.delivery.dedup_retention_s
+            try:
+                purged = await asyncio.to_thread(self.spool.purge, delivered_before=cutoff)
+            except SidecarError as exc:
+                log.error("spool.purge_failed", extra={"error": exc.message})
+            else:
+                if purged:
+                    log.info("spool.purged", extra={"events": purged})
+            try:
+                await asyncio.wait_for(stop.wait(), HOUSEKEEPING_INTERVAL_S)
+            except TimeoutError:
+                pass
+
+    async def _refresh_gauges(self, now: datetime) -> None:
+        metrics, state = self.live.metrics, self.live.holder.state
+        metrics.set_cert_expiry(
+            [(role, facts.subject, facts.file, facts.seconds_left(now))
+             for role, certs in (("server", state.material.server_chain),
+                                 ("client_ca", state.material.client_cas))
+             for facts in certs])
+        metrics.spool_depth.set(await asyncio.to_thread(self.spool.depth))
+
+    async def _certs_ready(self) -> str | None:
+        leaf = self.live.holder.state.material.server_chain[0]
+        return None if leaf.seconds_left(datetime.now(leaf.not_after.tzinfo)) > 0 else \
+            "server certificate expired"
+
+    async def _spool_ready(self) -> str | None:
+        await asyncio.to_thread(self.spool.depth)
+        return None
+
+    async def _upstream_ready(self) -> str | None:
+        parts = urlsplit(self.live.config.upstream.url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(parts.hostname, port), timeout=2)
+        except (OSError, TimeoutError):
+            return "upstream does not accept connections"
+        writer.close()
+        return None
+
+
+def _stop_and_reload_events(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Event,
+                                                                        asyncio.Event]:
+    stop, reload_now = asyncio.Event(), asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_now.set)
+    return stop, reload_now
+
+
+# =========================================================================== one process
+
+async def _serve_single(config: Config) -> None:
+    metrics = Metrics()
+    live = LiveState(config, metrics, max_connections=config.limits.max_connections)
+    spool = _open_spool(config)
+    try:
+        delivery = DeliveryRole(live, spool)
+        ingest = IngestRole(live, spool, delivery.wake)
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_quiet_tls_errors)
+        stop, reload_now = _stop_and_reload_events(loop)
+        delivery_stop = asyncio.Event()
+        _log_start(config, workers=1)
+        reloader = asyncio.create_task(live.reloader(stop, reload_now))
+        delivery_task = asyncio.create_task(delivery.serve(delivery_stop))
+        try:
+            await ingest.serve(stop)
+        finally:
+            reloader.cancel()
+            delivery_stop.set()
+            await delivery_task
+    finally:
+        spool.close()
+        log.info("server.stopped")
+
+
+def _log_start(config: Config, *, workers: int) -> None:
+    log.info("server.starting", extra={
+        "listen": _bind(config.listen.host, config.listen.port),
+        "admin": _bind(config.admin.host, config.admin.port), "path": config.listen.path,
+        "mode": config.delivery.mode, "client_auth": config.tls.client_auth,
+        "workers": workers})
+
+
+# =========================================================================== N processes
+
+_WAKE = b"!"
+_READY = b"ready:"
+
+
+class _ParentWake:
+    """Ingest processes ping the parent's delivery worker through a datagram socket
+    (and say once that they are ready, so SIGHUP is only forwarded to processes that
+    handle it)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        sock.setblocking(False)
+
+    def __call__(self) -> None:
+        self._send(_WAKE)
+
+    def ready(self) -> None:
+        self._send(_READY + str(os.getpid()).encode())
+
+    def _send(self, message: bytes) -> None:
+        try:
+            self._sock.send(message)
+        except (BlockingIOError, OSError):
+            pass  # the worker also polls; a lost ping only delays delivery a little
+
+
+def _ingest_process_main(config_path: str, sock: socket.socket, wake_sock: socket.socket,
+                         loop_name: str, metrics_dir: str, max_connections: int) -> None:
+    """Entry point of one spawned ingest process."""
     config = load_config(config_path)
-    server = Server(config)
-    if loop in ("auto", "uvloop"):
+    setup_logging(config.logging.level, config.logging.format)
+
+    async def main() -> None:
+        metrics = Metrics(multiprocess_dir=Path(metrics_dir))
+        live = LiveState(config, metrics, max_connections=max_connections)
+        spool = _open_spool(config)
+        try:
+            parent = _ParentWake(wake_sock)
+            ingest = IngestRole(live, spool, parent)
+            loop = asyncio.get_running_loop()
+            loop.set_exception_handler(_quiet_tls_errors)
+            stop, reload_now = _stop_and_reload_events(loop)
+            parent.ready()
+            reloader = asyncio.create_task(live.reloader(stop, reload_now))
+            try:
+                await ingest.serve(stop, sock)
+            finally:
+                reloader.cancel()
+        finally:
+            spool.close()
+
+    try:
+        _run_loop(main, loop_name)
+    except SidecarError as exc:
+        log.error("ingest.failed", extra={"error": exc.message})
+        raise SystemExit(exc.exit_code) from None
+
+
+class _Supervisor:
+    """The parent: binds the public socket, keeps N ingest processes running, serves
+    the delivery role."""
+
+    def __init__(self, config: Config, workers: int, loop_name: str) -> None:
+        self.config = config
+        self.workers = workers
+        self.loop_name = loop_name
+        self._metrics_dir = tempfile.mkdtemp(prefix="sidecar-metrics-")
+        self.metrics = Metrics(multiprocess_dir=Path(self._metrics_dir))
+        # The parent validates the TLS material too: a broken file fails the start with
+        # one line, and the certificate gauges and readiness come from here.
+        self.live = LiveState(config, self.metrics, max_connections=None)
+        self.spool = _open_spool(config)
+        family = socket.AF_INET6 if ":" in config.listen.host else socket.AF_INET
+        self.sock = socket.create_server((config.listen.host, config.listen.port),
+                                         family=family, backlog=_backlog(config))
+        self.sock.set_inheritable(True)
+        self._wake_rx, self._wake_tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._ctx = multiprocessing.get_context("spawn")
+        self._children: list[multiprocessing.process.BaseProcess | None] = [None] * workers
+        self._ready_pids: set[int] = set()
+        self._stopping = False
+
+    def _spawn(self, index: int) -> None:
+        per_child = max(1, self.config.limits.max_connections // self.workers)
+        proc = self._ctx.Process(
+            target=_ingest_process_main, name=f"sidecar-ingest-{index}",
+            args=(str(self.config.path), self.sock, self._wake_tx, self.loop_name,
+                  self._metrics_dir, per_child), daemon=True)
+        proc.start()
+        self._children[index] = proc
+
+    async def _children_ready(self) -> str | None:
+        waiting = [i for i, p in enumerate(self._children)
+                   if p is None or not p.is_alive() or p.pid not in self._ready_pids]
+        return f"ingest processes not ready: {waiting}" if waiting else None
+
+    async def _watch_children(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            for index, proc in enumerate(self._children):
+                if proc is not None and not proc.is_alive() and not self._stopping:
+                    log.error("ingest.exited", extra={"index": index, "exitcode": proc.exitcode})
+                    _mark_dead(proc.pid, self._metrics_dir)
+                    await asyncio.sleep(_CHILD_RESTART_DELAY_S)
+                    if not stop.is_set():
+                        self._spawn(index)
+            try:
+                await asyncio.wait_for(stop.wait(), 0.5)
+            except TimeoutError:
+                pass
+
+    def _forward(self, sig: int) -> None:
+        """Signal every ingest process.  SIGHUP only reaches ready ones: before that a
+        process has no handler yet (it would die), and it reads the config afresh."""
+        for proc in self._children:
+            if sig == signal.SIGHUP and proc is not None and proc.pid not in self._ready_pids:
+                continue
+            if proc is not None and proc.pid is not None and proc.is_alive():
+                try:
+                    os.kill(proc.pid, sig)
+                except ProcessLookupError:
+                    pass
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_quiet_tls_errors)
+        delivery = DeliveryRole(self.live, self.spool,
+                                extra_checks={"ingest": self._children_ready},
+                                poll_interval_s=0.25)
+        self._wake_rx.setblocking(False)
+        loop.add_reader(self._wake_rx.fileno(), self._drain_wakeups, delivery)
+        stop, reload_now = _stop_and_reload_events(loop)
+        delivery_stop = asyncio.Event()
+        for index in range(self.workers):
+            self._spawn(index)
+        _log_start(self.config, workers=self.workers)
+        delivery_task = asyncio.create_task(delivery.serve(delivery_stop))
+        watcher = asyncio.create_task(self._watch_children(stop))
+        try:
+            while not stop.is_set():
+                waiters = [asyncio.ensure_future(stop.wait()),
+                           asyncio.ensure_future(reload_now.wait())]
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                for w in waiters:
+                    w.cancel()
+                if reload_now.is_set() and not stop.is_set():
+                    reload_now.clear()
+                    self._forward(signal.SIGHUP)
+                    await asyncio.to_thread(self.live.reload)
+        finally:
+            self._stopping = True
+            watcher.cancel()
+            self._forward(signal.SIGTERM)
+            await asyncio.to_thread(self._join_children)
+            delivery_stop.set()
+            await delivery_task
+            loop.remove_reader(self._wake_rx.fileno())
+            self.spool.close()
+            self.sock.close()
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+            log.info("server.stopped")
+
+    def _join_children(self) -> None:
+        deadline = time.monotonic() + 15
+        for proc in self._children:
+            if proc is None:
+                continue
+            proc.join(max(0.1, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(2)
+
+    def _drain_wakeups(self, delivery: DeliveryRole) -> None:
+        try:
+            while message := self._wake_rx.recv(64):
+                if message.startswith(_READY):
+                    self._ready_pids.add(int(message[len(_READY):]))
+        except (BlockingIOError, OSError, ValueError):
+            pass
+        delivery.wake()
+
+
+def _mark_dead(pid: int | None, metrics_dir: str) -> None:
+    if pid is None:
+        return
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
+
+
+# =========================================================================== entry point
+
+def _run_loop(main: Callable[[], Awaitable[None]], loop_name: str) -> None:
+    if loop_name in ("auto", "uvloop"):
         try:
             import uvloop
         except ImportError:
-            if loop == "uvloop":
+            if loop_name == "uvloop":
                 raise
         else:
-            uvloop.run(server.run())
-            return 0
-    asyncio.run(server.run())
+            uvloop.run(main())  # type: ignore[arg-type]
+            return
+    asyncio.run(main())  # type: ignore[arg-type]
+
+
+def run_server(config_path: Path, *, loop: str = "auto", workers: int = 1) -> int:
+    config = load_config(config_path)
+    if workers <= 1:
+        _run_loop(lambda: _serve_single(config), loop)
+        return 0
+    supervisor = _Supervisor(config, workers, loop)
+    _run_loop(supervisor.run, loop)
     return 0

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sidecar.cli._args import positive_int
 from sidecar.config import load_config
 from sidecar.logs import setup_logging
 from sidecar.server import run_server
@@ -22,6 +23,10 @@ def register(sub: Any) -> None:
     p.add_argument("-c", "--config", required=True, type=Path, help="config YAML file")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                    help="event loop (auto: uvloop when installed)")
+    p.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                   help="ingest processes accepting on the public socket (default 1); with "
+                        "N > 1 the parent process runs the admin listener and the delivery "
+                        "worker")
     p.set_defaults(func=run)
 
 
@@ -29,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     setup_logging(config.logging.level, config.logging.format)
     try:
-        return run_server(args.config, loop=args.loop)
+        return run_server(args.config, loop=args.loop, workers=args.workers)
     except OSError as exc:
         # e.g. the port is taken: one line, no traceback.
         sys.stderr.write(f"sidecar: error: cannot listen: {exc.strerror or exc}\n")

@@ -67,11 +67,13 @@ class TLSHolder:
         *,
         on_refused: Callable[[str], None] | None = None,
         max_connections: int | None = None,
+        on_connections: Callable[[int], None] | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
         self._now = now
         self._on_refused = on_refused or (lambda reason: None)
         self._max_connections = max_connections
+        self._on_connections = on_connections or (lambda count: None)
         self._active = 0
         self._active_lock = threading.Lock()
         self._last_collect = 0.0
@@ -152,6 +154,7 @@ class TLSHolder:
             refused = limit is not None and self._active >= limit
             if not refused:
                 self._active += 1
+                self._on_connections(self._active)
         if refused:
             self._on_refused("too_many_connections")
             raise HandshakeRefused("connection limit reached")
@@ -160,6 +163,7 @@ class TLSHolder:
     def _release_connection(self) -> None:
         with self._active_lock:
             self._active -= 1
+            self._on_connections(self._active)
 
     def check_peer(self, sslobj: ssl.SSLObject) -> None:
         state = self.state

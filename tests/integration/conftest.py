@@ -89,7 +89,7 @@ def sink() -> Iterator[RecordingSink]:
 
 class SidecarProcess:
     def __init__(self, config_path: Path, port: int, admin_port: int, pki: PKI, path: str,
-                 log_path: Path, loop: str) -> None:
+                 log_path: Path, loop: str, workers: int = 1) -> None:
         self.config_path = config_path
         self.port = port
         self.admin_port = admin_port
@@ -97,6 +97,7 @@ class SidecarProcess:
         self.path = path
         self.log_path = log_path
         self.loop = loop
+        self.workers = workers
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -112,7 +113,7 @@ class SidecarProcess:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sidecar", "serve", "-c", str(self.config_path),
-             "--loop", self.loop],
+             "--loop", self.loop, "--workers", str(self.workers)],
             stdout=self._log, stderr=subprocess.STDOUT, env=env)
         if wait:
             self.wait_ready()
@@ -218,13 +219,13 @@ def start_sidecar(tmp_path: Path, pki: PKI, sink: RecordingSink,
     started: list[SidecarProcess] = []
 
     def _start(*, loop: str = "asyncio", upstream_url: str | None = None, wait: bool = True,
-               **kw: Any) -> SidecarProcess:
+               workers: int = 1, **kw: Any) -> SidecarProcess:
         port, admin_port = free_port(), free_port()
         config = write_config(tmp_path, port=port, admin_port=admin_port,
                               upstream_url=upstream_url or sink.url,
                               spool_path=tmp_path / "var" / "spool.db", **kw)
         proc = SidecarProcess(config, port, admin_port, pki, "/webhooks/whatsapp",
-                              tmp_path / "sidecar.log", loop)
+                              tmp_path / "sidecar.log", loop, workers)
         started.append(proc)
         return proc.start(wait=wait)
 
