@@ -264,14 +264,13 @@ class IngestRole:
 
 
 class DeliveryRole:
-    """Admin listener, delivery worker and housekeeping; owns the spool."""
+    """Admin listener, delivery worker and housekeeping, on a spool this process owns."""
 
     def __init__(self, live: LiveState, spool: Spool, *,
                  extra_checks: dict[str, Callable[[], Awaitable[str | None]]] | None = None,
                  poll_interval_s: float = 0.5) -> None:
         self.live = live
         self.spool = spool
-        spool.take_ownership()
         config = live.config
         self.worker: DeliveryWorker | None = None
         self._upstream = _upstream(config)
@@ -374,10 +373,9 @@ def _stop_and_reload_events(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Ev
 
 # =========================================================================== one process
 
-async def _serve_single(config: Config) -> None:
+async def _serve_single(config: Config, spool: Spool) -> None:
     metrics = Metrics()
     live = LiveState(config, metrics, max_connections=config.limits.max_connections)
-    spool = _open_spool(config)
     try:
         delivery = DeliveryRole(live, spool)
         ingest = IngestRole(live, spool, delivery.wake)
@@ -471,7 +469,7 @@ class _Supervisor:
     """The parent: binds the public socket, keeps N ingest processes running, serves
     the delivery role."""
 
-    def __init__(self, config: Config, workers: int, loop_name: str) -> None:
+    def __init__(self, config: Config, spool: Spool, workers: int, loop_name: str) -> None:
         self.config = config
         self.workers = workers
         self.loop_name = loop_name
@@ -480,7 +478,7 @@ class _Supervisor:
         # The parent validates the TLS material too: a broken file fails the start with
         # one line, and the certificate gauges and readiness come from here.
         self.live = LiveState(config, self.metrics, max_connections=None)
-        self.spool = _open_spool(config)
+        self.spool = spool
         family = socket.AF_INET6 if ":" in config.listen.host else socket.AF_INET
         self.sock = socket.create_server((config.listen.host, config.listen.port),
                                          family=family, backlog=_backlog(config))
@@ -615,9 +613,21 @@ def _run_loop(main: Callable[[], Awaitable[None]], loop_name: str) -> None:
 
 def run_server(config_path: Path, *, loop: str = "auto", workers: int = 1) -> int:
     config = load_config(config_path)
+    # Before any loop or log line: a spool another process delivers from is a one-line
+    # refusal (the worker requeues every in-flight claim at start; two would collide).
+    spool = _open_spool(config)
+    try:
+        spool.take_ownership()
+    except SidecarError:
+        spool.close()
+        raise
     if workers <= 1:
-        _run_loop(lambda: _serve_single(config), loop)
+        _run_loop(lambda: _serve_single(config, spool), loop)
         return 0
-    supervisor = _Supervisor(config, workers, loop)
+    try:
+        supervisor = _Supervisor(config, spool, workers, loop)
+    except BaseException:
+        spool.close()
+        raise
     _run_loop(supervisor.run, loop)
     return 0
