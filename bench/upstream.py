@@ -4,7 +4,10 @@ Why not ``sidecar.sink.RecordingSink``: that one is a thread-per-connection stdl
 server that keeps every request; under load it would be the bottleneck and would
 compete with the sidecar for the GIL-free CPU the box has.  This one parses just
 enough HTTP/1.1 (request line, Content-Length, keep-alive), counts requests and
-distinct event ids, and answers ``GET /stats`` with those counts as JSON.
+distinct event ids, and answers ``GET /stats`` with those counts as JSON.  Only bodies
+POSTed to ``/events`` (the sidecar's deliveries) are parsed for event ids; any other
+path (nginx proxying the raw webhook in the bench) is only counted, so a peer that
+forwards 100 KB bodies does not pay for a JSON parse it does not need.
 
     python bench/upstream.py --port 9000
 """
@@ -60,8 +63,11 @@ async def handle(counter: Counter, reader: asyncio.StreamReader,
                 payload = counter.stats()
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                              b"content-length: %d\r\n\r\n%s" % (len(payload), payload))
-            else:
+            elif target.startswith(b"/events"):  # the sidecar's deliveries
                 counter.record(body)
+                writer.write(_OK)
+            else:  # anything else (nginx proxying the raw webhook): count, don't parse
+                counter.requests += 1
                 writer.write(_OK)
             if close:
                 break

@@ -7,9 +7,11 @@ Two roles, composed by ``sidecar serve``:
 * **delivery** — the admin listener, the delivery worker and spool housekeeping.
 
 With one worker (``--workers 1``) both roles share one process and one event loop.
-With ``--workers N`` the parent process keeps the delivery role, binds the public
-socket once and runs N spawned ingest processes that accept on it (Python is one core
-per process; the TLS handshakes, HTTP parsing and checks are the CPU-heavy part).
+With ``--workers N`` the parent process keeps the delivery role and runs N spawned
+ingest processes, each listening on the public port with ``SO_REUSEPORT`` so the kernel
+spreads new connections across them (one shared socket would not: one process's accept
+loop takes a whole burst of connections, and keep-alive keeps them there).  Python is
+one core per process; the TLS handshakes, HTTP parsing and checks are the CPU-heavy part).
 Ingest processes share the spool file (SQLite WAL serializes their commits; event ids
 are primary keys, so dedup holds across processes) and wake the delivery worker with a
 datagram after each commit.  Metrics use Prometheus's multiprocess mode so the parent's
@@ -433,11 +435,31 @@ class _ParentWake:
             pass  # the worker also polls; a lost ping only delays delivery a little
 
 
-def _ingest_process_main(config_path: str, sock: socket.socket, wake_sock: socket.socket,
-                         loop_name: str, metrics_dir: str, max_connections: int) -> None:
+def _listen_socket(config: Config, *, listen: bool) -> socket.socket:
+    """The public port with SO_REUSEPORT: each ingest process listens on its own socket.
+    The parent binds one without listening, to fail early (one line) when the port is
+    taken and to hold it for the ingest processes (a bound, non-listening socket gets no
+    connections)."""
+    family = socket.AF_INET6 if ":" in config.listen.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((config.listen.host, config.listen.port))
+        if listen:
+            sock.listen(_backlog(config))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _ingest_process_main(config_path: str, wake_sock: socket.socket, loop_name: str,
+                         metrics_dir: str, max_connections: int) -> None:
     """Entry point of one spawned ingest process."""
     config = load_config(config_path)
     setup_logging(config.logging.level, config.logging.format)
+    sock = _listen_socket(config, listen=True)
 
     async def main() -> None:
         metrics = Metrics(multiprocess_dir=Path(metrics_dir))
@@ -466,8 +488,8 @@ def _ingest_process_main(config_path: str, sock: socket.socket, wake_sock: socke
 
 
 class _Supervisor:
-    """The parent: binds the public socket, keeps N ingest processes running, serves
-    the delivery role."""
+    """The parent: holds the public port, keeps N ingest processes running, serves the
+    delivery role."""
 
     def __init__(self, config: Config, spool: Spool, workers: int, loop_name: str) -> None:
         self.config = config
@@ -479,10 +501,7 @@ class _Supervisor:
         # one line, and the certificate gauges and readiness come from here.
         self.live = LiveState(config, self.metrics, max_connections=None)
         self.spool = spool
-        family = socket.AF_INET6 if ":" in config.listen.host else socket.AF_INET
-        self.sock = socket.create_server((config.listen.host, config.listen.port),
-                                         family=family, backlog=_backlog(config))
-        self.sock.set_inheritable(True)
+        self.sock = _listen_socket(config, listen=False)
         self._wake_rx, self._wake_tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._ctx = multiprocessing.get_context("spawn")
         self._children: list[multiprocessing.process.BaseProcess | None] = [None] * workers
@@ -493,8 +512,8 @@ class _Supervisor:
         per_child = max(1, self.config.limits.max_connections // self.workers)
         proc = self._ctx.Process(
             target=_ingest_process_main, name=f"sidecar-ingest-{index}",
-            args=(str(self.config.path), self.sock, self._wake_tx, self.loop_name,
-                  self._metrics_dir, per_child), daemon=True)
+            args=(str(self.config.path), self._wake_tx, self.loop_name, self._metrics_dir,
+                  per_child), daemon=True)
         proc.start()
         self._children[index] = proc
 

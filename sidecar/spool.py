@@ -219,6 +219,7 @@ class Spool:
         self._sync_full = True
         self._conn = self._open(self.path)
         self._owner_fd: int | None = None
+        self._write_fd: int | None = None
 
     def take_ownership(self) -> None:
         """Become the one process that delivers from this spool, or raise.
@@ -291,8 +292,13 @@ class Spool:
 
         ``durable`` picks ``synchronous=FULL`` (an fsync per commit) for writes that back
         a 200 to Meta, ``NORMAL`` for bookkeeping that may be redone after a power cut.
+
+        Writers in *other processes* (``serve --workers N``) queue on an flock first:
+        SQLite's own busy handler polls with growing sleeps, which lets one process
+        starve another under load; a kernel lock wakes the next writer as soon as the
+        lock is free.
         """
-        with self._lock:
+        with self._lock, self._writer_lock():
             conn = self._conn
             try:
                 if durable != self._sync_full:
@@ -309,6 +315,20 @@ class Spool:
                 if isinstance(exc, sqlite3.Error):
                     raise SpoolUnavailable(f"spool unavailable ({_reason(exc)})") from exc
                 raise
+
+    @contextmanager
+    def _writer_lock(self) -> Iterator[None]:
+        if self._write_fd is None:
+            lock_path = self.path.with_name(self.path.name + ".writer")
+            try:
+                self._write_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:
+                raise SpoolUnavailable(f"spool unavailable ({_reason(exc)})") from exc
+        fcntl.flock(self._write_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._write_fd, fcntl.LOCK_UN)
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -331,6 +351,9 @@ class Spool:
         if self._owner_fd is not None:
             os.close(self._owner_fd)  # releases the ownership lock
             self._owner_fd = None
+        if self._write_fd is not None:
+            os.close(self._write_fd)
+            self._write_fd = None
 
     # ------------------------------------------------------------------ ingest
 
