@@ -647,11 +647,11 @@ class Scenario:
 SCENARIOS = (
     Scenario("keepalive", run_keepalive, ("nginx-w1", "nginx-w2", "spool", "direct",
                                           "spool-w2")),
-    Scenario("big", run_big, ("nginx-w1", "spool")),
-    Scenario("e2e", run_e2e, ("spool",)),
-    Scenario("latency", run_latency, ("nginx-w1", "spool")),
+    Scenario("big", run_big, ("nginx-w1", "spool", "spool-w2")),
+    Scenario("e2e", run_e2e, ("spool", "spool-w2")),
+    Scenario("latency", run_latency, ("nginx-w1", "spool", "spool-w2")),
     Scenario("soak", run_soak, ("spool",)),
-    Scenario("handshake", run_handshake, ("nginx-w1", "spool")),
+    Scenario("handshake", run_handshake, ("nginx-w1", "nginx-w2", "spool", "spool-w2")),
 )
 DEFAULT_SCENARIOS = "keepalive,big,e2e,latency,handshake"
 
