@@ -9,6 +9,7 @@ is an error.  Relative paths are relative to the config file's folder.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -188,18 +189,23 @@ class _Section:
             raise ConfigError(f"config key '{self.key(k)}': must be one of {', '.join(choices)}")
         return value
 
+    def _scalar(self, k: str, parse: type[int] | type[float], what: str) -> int | float:
+        """A YAML number, or a string (e.g. from ``${ENV}``) that parses as one."""
+        value = self.raw[k]
+        if isinstance(value, str):
+            try:
+                value = parse(self.reader.string(value, self.key(k)))
+            except ValueError:
+                raise ConfigError(f"config key '{self.key(k)}': must be {what}") from None
+        allowed = (int,) if parse is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, allowed) or not math.isfinite(value):
+            raise ConfigError(f"config key '{self.key(k)}': must be {what}")
+        return value
+
     def integer(self, k: str, default: int, *, minimum: int = 0) -> int:
         if not self.has(k):
             return default
-        value = self.raw[k]
-        if isinstance(value, str):
-            value = self.reader.string(value, self.key(k))
-            try:
-                value = int(value)
-            except ValueError:
-                raise ConfigError(f"config key '{self.key(k)}': must be an integer") from None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key '{self.key(k)}': must be an integer")
+        value = int(self._scalar(k, int, "an integer"))
         if value < minimum:
             raise ConfigError(f"config key '{self.key(k)}': must be >= {minimum}")
         return value
@@ -208,15 +214,7 @@ class _Section:
                exclusive: bool = False) -> float:
         if not self.has(k):
             return default
-        value = self.raw[k]
-        if isinstance(value, str):
-            value = self.reader.string(value, self.key(k))
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(f"config key '{self.key(k)}': must be a number") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key '{self.key(k)}': must be a number")
+        value = float(self._scalar(k, float, "a number"))
         if value < minimum or (exclusive and value == minimum):
             op = ">" if exclusive else ">="
             raise ConfigError(f"config key '{self.key(k)}': must be {op} {minimum}")

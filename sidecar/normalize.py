@@ -91,11 +91,7 @@ def normalize_change(
         return _split(waba_id, entry_time, field, value, received_at)
     if not force:
         raise BadPayload(f"{field}: {reason}")
-    return [_event(
-        event_id=content_event_id(waba_id, field, entry_time, value),
-        kind=f"whatsapp.{field}", field=field, waba_id=waba_id, value=value,
-        moment=_occurred_at(value, entry_time, received_at), received_at=received_at,
-        data=value)]
+    return [_whole_change(waba_id, entry_time, field, value, received_at)]
 
 
 def _quarantine(
@@ -120,18 +116,22 @@ def _split(
 ) -> list[Event]:
     if field == "messages":
         return _split_messages(waba_id, entry_time, value, received_at)
-    return [
-        _event(
-            event_id=content_event_id(waba_id, field, entry_time, value),
-            kind=f"whatsapp.{field}",
-            field=field,
-            waba_id=waba_id,
-            value=value,
-            moment=_occurred_at(value, entry_time, received_at),
-            received_at=received_at,
-            data=value,
-        )
-    ]
+    return [_whole_change(waba_id, entry_time, field, value, received_at)]
+
+
+def _whole_change(waba_id: str, entry_time: int | None, field: str,
+                  value: dict[str, JSONValue], received_at: datetime) -> Event:
+    """One event for a whole change: every field but ``messages``, and unknown fields."""
+    return _event(
+        event_id=content_event_id(waba_id, field, entry_time, value),
+        kind=f"whatsapp.{field}",
+        field=field,
+        waba_id=waba_id,
+        value=value,
+        moment=_occurred_at(value, entry_time, received_at),
+        received_at=received_at,
+        data=value,
+    )
 
 
 def _split_messages(
