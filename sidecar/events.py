@@ -22,7 +22,8 @@ __all__ = [
     "batch_id",
     "canonical_json",
     "format_time",
-    "encode_events",
+    "encode_event",
+    "join_events",
 ]
 
 JSONValue = Any  # raw JSON: dict / list / str / int / float / bool / None
@@ -103,11 +104,14 @@ def format_time(moment: datetime, *, millis: bool = False) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def encode_events(events: list[Event], *, as_array: bool) -> bytes:
-    """The body sent upstream: one event object, or a JSON array of them."""
+def encode_event(event: Event) -> bytes:
+    """One event as the upstream receives it (and as the spool stores it)."""
+    return json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def join_events(encoded: list[bytes], *, as_array: bool) -> bytes:
+    """The request body: one encoded event, or a JSON array of several."""
     if as_array:
-        payload: JSONValue = [e.to_dict() for e in events]
-    else:
-        (only,) = events
-        payload = only.to_dict()
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return b"[" + b",".join(encoded) + b"]"
+    (only,) = encoded
+    return only

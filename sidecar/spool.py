@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sidecar.errors import SidecarError, SpoolUnavailable
-from sidecar.events import Event, canonical_json
+from sidecar.events import Event, canonical_json, encode_event
 
 if TYPE_CHECKING:
     from sidecar.normalize import QuarantinedChange
@@ -82,9 +82,14 @@ class Settlement:
 
 @dataclass(frozen=True, slots=True)
 class SpooledEvent:
-    event: Event
+    id: str
+    body: bytes  # the event as stored and sent: ``events.encode_event``
     attempts: int  # failed attempts so far
     received_at: float  # start of the age budget: receipt, or the last replay
+
+    @property
+    def event(self) -> Event:
+        return Event.from_dict(json.loads(self.body))
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,7 +433,7 @@ class Spool:
         conn.execute(
             "insert into events (id, body, state, attempts, received_at, next_attempt_at,"
             " delivered_at, created_at) values (?, ?, ?, ?, ?, ?, ?, ?)",
-            (event.id, json.dumps(event.to_dict(), separators=(",", ":")), state, attempts,
+            (event.id, encode_event(event).decode("utf-8"), state, attempts,
              now, now, delivered_at, now),
         )
         return True
@@ -470,9 +475,9 @@ class Spool:
                 "update events set state = 'in_flight', lease_until = ? where id = ?",
                 [(now + lease_s, r[0]) for r in rows],
             )
-        return [SpooledEvent(event=Event.from_dict(json.loads(body)), attempts=attempts,
+        return [SpooledEvent(id=id_, body=body.encode("utf-8"), attempts=attempts,
                              received_at=received_at)
-                for _, body, attempts, received_at in rows]
+                for id_, body, attempts, received_at in rows]
 
     def settle(self, settlement: Settlement) -> None:
         with self._tx(durable=False) as conn:

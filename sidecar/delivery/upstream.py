@@ -18,7 +18,7 @@ from typing import Protocol
 from sidecar.delivery.http1 import HTTP1Pool, UpstreamResponse
 from sidecar.delivery.signing import Signer
 from sidecar.errors import UpstreamUnavailable
-from sidecar.events import Event, batch_id, encode_events
+from sidecar.events import Event, batch_id, encode_event, join_events
 from sidecar.secret import Secret
 
 __all__ = ["UpstreamClient", "UpstreamTransport", "parse_retry_after"]
@@ -68,11 +68,16 @@ class UpstreamClient:
 
     async def send(self, events: Sequence[Event], *, as_array: bool) -> None:
         """Deliver ``events`` in one request; raise ``UpstreamUnavailable`` unless 2xx."""
-        events = list(events)
-        body = encode_events(events, as_array=as_array)
+        await self.send_encoded([e.id for e in events], [encode_event(e) for e in events],
+                                as_array=as_array)
+
+    async def send_encoded(self, ids: Sequence[str], encoded: Sequence[bytes], *,
+                           as_array: bool) -> None:
+        """Like ``send``, for events already encoded (the spool keeps them encoded)."""
+        body = join_events(list(encoded), as_array=as_array)
         headers = {"content-type": "application/json"}
         if self._signer is not None:
-            msg_id = batch_id([e.id for e in events]) if as_array else events[0].id
+            msg_id = batch_id(list(ids)) if as_array else ids[0]
             headers.update(self._signer.headers(msg_id, int(self._clock()), body))
         response = await self._transport.post(body, headers)
         if not 200 <= response.status < 300:

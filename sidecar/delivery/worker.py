@@ -140,18 +140,13 @@ class DeliveryWorker:
             return []
         self._wakeup.clear()  # anything added from here on wakes the next idle
         try:
-            claimed, depth = await asyncio.to_thread(
-                self._settle_and_claim_sync, outcomes, max(0, free_slots) * self.batch_max)
+            # The spool-depth gauge is refreshed on each /metrics scrape, not here.
+            return await asyncio.to_thread(
+                self._spool.settle_and_claim, outcomes, max(0, free_slots) * self.batch_max,
+                lease_s=self.lease_s)
         except SpoolUnavailable as exc:
             log.error("delivery.spool_error", extra={"op": "claim", "error": str(exc)})
             return []
-        self._metrics.spool_depth.set(depth)
-        return claimed
-
-    def _settle_and_claim_sync(self, outcomes: Settlement, limit: int
-                               ) -> tuple[list[SpooledEvent], int]:
-        claimed = self._spool.settle_and_claim(outcomes, limit, lease_s=self.lease_s)
-        return claimed, self._spool.depth()
 
     async def _idle(self, stop: asyncio.Event, *, has_free_slot: bool) -> None:
         """Wait for a stop, a send to finish, the poll interval or (with a free slot)
@@ -168,7 +163,7 @@ class DeliveryWorker:
 
     def _start_send(self, group: list[SpooledEvent]) -> None:
         task = asyncio.create_task(self._deliver(group))
-        self._sending[task] = [s.event.id for s in group]
+        self._sending[task] = [s.id for s in group]
         task.add_done_callback(self._sending.pop)
 
     async def _drain(self) -> None:
@@ -210,10 +205,10 @@ class DeliveryWorker:
     # ------------------------------------------------------------------ one send
 
     async def _deliver(self, group: list[SpooledEvent]) -> None:
-        events = [s.event for s in group]
         started = time.monotonic()
         try:
-            await self._upstream.send(events, as_array=self.batch_max > 1)
+            await self._upstream.send_encoded([s.id for s in group], [s.body for s in group],
+                                              as_array=self.batch_max > 1)
         except UpstreamUnavailable as exc:
             self._metrics.upstream_request_seconds.observe(time.monotonic() - started)
             self._failed(group, exc)
@@ -222,7 +217,7 @@ class DeliveryWorker:
         self._delivered(group)
 
     def _delivered(self, group: list[SpooledEvent]) -> None:
-        self._outcomes.delivered.extend(s.event.id for s in group)
+        self._outcomes.delivered.extend(s.id for s in group)
         now = self._clock()
         self._metrics.events_delivered.inc(len(group))
         for s in group:
@@ -234,17 +229,17 @@ class DeliveryWorker:
         for s in group:
             attempt = s.attempts + 1
             if attempt >= self.max_attempts or now - s.received_at >= self.max_age_s:
-                self._outcomes.dead.append((s.event.id, error))
+                self._outcomes.dead.append((s.id, error))
                 self._metrics.events_dead.inc()
                 log.error("delivery.dead", extra={
-                    "event_id": s.event.id, "attempt": attempt, "status": exc.status,
+                    "event_id": s.id, "attempt": attempt, "status": exc.status,
                     "error": error})
                 continue
             delay = self.next_delay(attempt, exc.retry_after_s)
-            self._outcomes.retry.append((s.event.id, now + delay, error))
+            self._outcomes.retry.append((s.id, now + delay, error))
             self._metrics.events_retried.inc()
             log.warning("delivery.retry", extra={
-                "event_id": s.event.id, "attempt": attempt, "status": exc.status,
+                "event_id": s.id, "attempt": attempt, "status": exc.status,
                 "delay_s": round(delay, 3), "error": error})
 
 
