@@ -473,10 +473,12 @@ def _ingest_process_main(config_path: str, wake_sock: socket.socket, loop_name: 
             stop, reload_now = _stop_and_reload_events(loop)
             parent.ready()
             reloader = asyncio.create_task(live.reloader(stop, reload_now))
+            orphan_watch = asyncio.create_task(_stop_when_orphaned(stop))
             try:
                 await ingest.serve(stop, sock)
             finally:
                 reloader.cancel()
+                orphan_watch.cancel()
         finally:
             spool.close()
 
@@ -485,6 +487,21 @@ def _ingest_process_main(config_path: str, wake_sock: socket.socket, loop_name: 
     except SidecarError as exc:
         log.error("ingest.failed", extra={"error": exc.message})
         raise SystemExit(exc.exit_code) from None
+
+
+async def _stop_when_orphaned(stop: asyncio.Event) -> None:
+    """An ingest process whose parent died (SIGKILL, OOM) drains and exits instead of
+    accepting deliveries that no process would deliver."""
+    parent = os.getppid()
+    while not stop.is_set():
+        if os.getppid() != parent:
+            log.error("ingest.orphaned", extra={"parent": parent})
+            stop.set()
+            return
+        try:
+            await asyncio.wait_for(stop.wait(), 1.0)
+        except TimeoutError:
+            pass
 
 
 class _Supervisor:

@@ -128,3 +128,17 @@ def test_sigterm_stops_every_process(sidecar):
     for pid in children:
         assert not os.path.exists(f"/proc/{pid}") or \
             open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_ingest_processes_exit_when_the_parent_is_killed(sidecar):
+    assert _wait(lambda: len(_children(sidecar.proc.pid)) == 2)
+    children = _children(sidecar.proc.pid)
+    sidecar.stop(signal.SIGKILL)
+
+    def gone(pid: int) -> bool:
+        try:
+            return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            return True
+
+    assert _wait(lambda: all(gone(pid) for pid in children), timeout_s=20)
