@@ -76,8 +76,8 @@ class Settlement:
     retry: list[tuple[str, float, str]] = field(default_factory=list)
     dead: list[tuple[str, str]] = field(default_factory=list)
 
-    def __bool__(self) -> bool:
-        return bool(self.delivered or self.retry or self.dead)
+    def __len__(self) -> int:
+        return len(self.delivered) + len(self.retry) + len(self.dead)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,12 @@ Why it looks like this:
 * Clock and random source are parameters, so tests compute exact delays.
 * SQLite calls run in a thread (``asyncio.to_thread``) and never block the event loop.
   Outcomes of finished sends are not written one by one: they collect in a
-  ``Settlement`` and are recorded together with the next claim, in one transaction per
-  turn of the loop (a commit and a thread hop per delivery cost more than the send).
+  ``Settlement`` and are recorded together with the next claim, in one transaction (a
+  commit and a thread hop per delivery cost more than the send).  The worker claims up to
+  two rounds of sends ahead into a local queue, so a finished send is followed by the
+  next one at once, and the spool is visited when that queue runs low, when many
+  outcomes wait, or every ``_SYNC_EVERY_S``.  Two rounds of sends fit well inside a
+  lease (at least three upstream timeouts), so a prefetched claim never expires.
 
 Logs carry fixed event names with facts in ``extra``; bodies are never logged.
 """
@@ -25,10 +29,11 @@ Logs carry fixed event names with facts in ``extra``; bodies are never logged.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from sidecar.delivery.upstream import UpstreamClient
 from sidecar.errors import SpoolUnavailable, UpstreamUnavailable
@@ -39,6 +44,8 @@ __all__ = ["DeliveryWorker"]
 
 log = logging.getLogger("sidecar.delivery")
 
+_SYNC_EVERY_S = 0.1  # at most this stale: outcomes recorded, new events claimed
+_SYNC_OUTCOMES = 64  # or sooner, once this many outcomes wait
 _MAX_EXPONENT = 62  # 2**62 * any sane initial delay is far past any backoff_max_s
 
 
@@ -81,6 +88,9 @@ class DeliveryWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sending: dict[asyncio.Task[None], list[str]] = {}
         self._outcomes = Settlement()
+        self._queue: collections.deque[SpooledEvent] = collections.deque()
+        self._slots = max_in_flight * batch_max
+        self._last_sync = 0.0
 
     # ------------------------------------------------------------------ public
 
@@ -112,9 +122,10 @@ class DeliveryWorker:
                     await self._recover(all_leases=at_start)
                     at_start = False
                     next_recover = time.monotonic() + self.lease_s
-                free = self.max_in_flight - len(self._sending)
-                for group in _chunks(await self._settle_and_claim(free), self.batch_max):
-                    self._start_send(group)
+                if self._needs_sync():
+                    self._queue.extend(await self._settle_and_claim(
+                        2 * self._slots - len(self._queue)))
+                self._start_sends()
                 await self._idle(stop, has_free_slot=len(self._sending) < self.max_in_flight)
         finally:
             await self._drain()
@@ -130,20 +141,30 @@ class DeliveryWorker:
         if n:
             log.warning("delivery.recovered", extra={"events": n})
 
-    async def _settle_and_claim(self, free_slots: int) -> list[SpooledEvent]:
-        """Record finished sends and, with free slots, claim more: one transaction.
+    def _needs_sync(self) -> bool:
+        return (len(self._queue) < self._slots or len(self._outcomes) >= _SYNC_OUTCOMES
+                or time.monotonic() - self._last_sync >= _SYNC_EVERY_S)
+
+    def _start_sends(self) -> None:
+        while self._queue and len(self._sending) < self.max_in_flight:
+            group = [self._queue.popleft()
+                     for _ in range(min(self.batch_max, len(self._queue)))]
+            self._start_send(group)
+
+    async def _settle_and_claim(self, limit: int) -> list[SpooledEvent]:
+        """Record finished sends and claim up to ``limit`` more: one transaction.
 
         If the spool fails, the outcomes are lost with it; their leases expire and the
         events are sent again (at-least-once), so nothing is lost."""
         outcomes, self._outcomes = self._outcomes, Settlement()
-        if free_slots <= 0 and not outcomes:
+        self._last_sync = time.monotonic()
+        if limit <= 0 and not outcomes:
             return []
         self._wakeup.clear()  # anything added from here on wakes the next idle
         try:
             # The spool-depth gauge is refreshed on each /metrics scrape, not here.
             return await asyncio.to_thread(
-                self._spool.settle_and_claim, outcomes, max(0, free_slots) * self.batch_max,
-                lease_s=self.lease_s)
+                self._spool.settle_and_claim, outcomes, max(0, limit), lease_s=self.lease_s)
         except SpoolUnavailable as exc:
             log.error("delivery.spool_error", extra={"op": "claim", "error": str(exc)})
             return []
@@ -167,8 +188,9 @@ class DeliveryWorker:
         task.add_done_callback(self._sending.pop)
 
     async def _drain(self) -> None:
-        """Let sends in progress finish (bounded); give the rest of their events back;
-        record every outcome."""
+        """Let sends in progress finish (bounded); give the rest of their events (and the
+        prefetched ones) back; record every outcome."""
+        self._give_back_queue()
         if self._sending:
             tasks = set(self._sending)
             try:
@@ -180,6 +202,16 @@ class DeliveryWorker:
                 raise
             self._abandon(still)
         self._flush_outcomes()
+
+    def _give_back_queue(self) -> None:
+        ids = [s.id for s in self._queue]
+        self._queue.clear()
+        if not ids:
+            return
+        try:  # at shutdown; a short blocking call is fine here
+            self._spool.release(ids)
+        except SpoolUnavailable as exc:  # the lease expires and recover() requeues them
+            log.error("delivery.spool_error", extra={"op": "release", "error": str(exc)})
 
     def _flush_outcomes(self) -> None:
         outcomes, self._outcomes = self._outcomes, Settlement()
@@ -241,10 +273,6 @@ class DeliveryWorker:
             log.warning("delivery.retry", extra={
                 "event_id": s.id, "attempt": attempt, "status": exc.status,
                 "delay_s": round(delay, 3), "error": error})
-
-
-def _chunks(items: Sequence[SpooledEvent], size: int) -> list[list[SpooledEvent]]:
-    return [list(items[i:i + size]) for i in range(0, len(items), size)]
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
