@@ -57,7 +57,7 @@ from sidecar.metrics import Metrics
 from sidecar.spool import Spool, SpoolWriter
 from sidecar.tls.holder import TLSHolder
 
-__all__ = ["run_server"]
+__all__ = ["run_server", "default_workers"]
 
 log = logging.getLogger("sidecar.server")
 
@@ -645,6 +645,20 @@ def _run_loop(main: Callable[[], Awaitable[None]], loop_name: str) -> None:
             uvloop.run(main())  # type: ignore[arg-type]
             return
     asyncio.run(main())  # type: ignore[arg-type]
+
+
+def default_workers(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """One ingest process per CPU this process may use: its affinity mask, capped by a
+    cgroup v2 CPU quota (a container limited to 1.5 CPUs gets 2, to 1 CPU gets 1).
+    Measured on 2 CPUs (bench/RESULTS.md): 2 ingest processes beat 1 by 15-30%."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
 
 
 def run_server(config_path: Path, *, loop: str = "auto", workers: int = 1) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 from sidecar.cli._args import positive_int
 from sidecar.config import load_config
 from sidecar.logs import setup_logging
-from sidecar.server import run_server
+from sidecar.server import default_workers, run_server
 
 __all__ = ["register", "run"]
 
@@ -23,18 +23,23 @@ def register(sub: Any) -> None:
     p.add_argument("-c", "--config", required=True, type=Path, help="config YAML file")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                    help="event loop (auto: uvloop when installed)")
-    p.add_argument("--workers", type=positive_int, default=1, metavar="N",
-                   help="ingest processes accepting on the public socket (default 1); with "
-                        "N > 1 the parent process runs the admin listener and the delivery "
-                        "worker")
+    p.add_argument("--workers", type=_workers, default="auto", metavar="N|auto",
+                   help="ingest processes on the public port (default auto: one per usable "
+                        "CPU, cgroup quota included); with N > 1 the parent process runs "
+                        "the admin listener and the delivery worker")
     p.set_defaults(func=run)
+
+
+def _workers(text: str) -> int | str:
+    return "auto" if text == "auto" else positive_int(text)
 
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     setup_logging(config.logging.level, config.logging.format)
     try:
-        return run_server(args.config, loop=args.loop, workers=args.workers)
+        workers = default_workers() if args.workers == "auto" else args.workers
+        return run_server(args.config, loop=args.loop, workers=workers)
     except OSError as exc:
         # e.g. the port is taken: one line, no traceback.
         sys.stderr.write(f"sidecar: error: cannot listen: {exc.strerror or exc}\n")
