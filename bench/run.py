@@ -375,7 +375,7 @@ def start_peer(bench: Bench, peer: Peer, tag: str, port: int, upstream_port: int
     config, spool = write_sidecar_config(bench, tag, port, admin_port, upstream_port,
                                          peer.mode)
     cmd = [sys.executable, "-m", "sidecar", "serve", "-c", str(config), "--loop", bench.loop]
-    if peer.workers != 1:
+    if bench.sidecar_has_workers:  # explicit: the default is one per CPU
         cmd += ["--workers", str(peer.workers)]
     proc = subprocess.Popen(cmd, stdout=logs, stderr=logs,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
