@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -132,6 +133,7 @@ class Config:
 
 # --------------------------------------------------------------------------- loading
 
+_MAX_NUMBER = 2**53  # no setting needs more; keeps every value a safe int/float
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 T = TypeVar("T")
 
@@ -198,8 +200,10 @@ class _Section:
             except ValueError:
                 raise ConfigError(f"config key '{self.key(k)}': must be {what}") from None
         allowed = (int,) if parse is int else (int, float)
-        if isinstance(value, bool) or not isinstance(value, allowed) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, allowed):
             raise ConfigError(f"config key '{self.key(k)}': must be {what}")
+        if isinstance(value, float) and not math.isfinite(value) or abs(value) > _MAX_NUMBER:
+            raise ConfigError(f"config key '{self.key(k)}': must be {what} below {_MAX_NUMBER}")
         return value
 
     def integer(self, k: str, default: int, *, minimum: int = 0) -> int:
@@ -387,8 +391,9 @@ def _upstream(s: _Section) -> UpstreamConfig:
     s.check_unknown({"url", "timeout_s", "signing_secret", "signing_secret_file", "batch_max",
                      "max_in_flight"})
     url = s.string("url", required=True)
-    if not re.match(r"^https?://[^/\s]+", url):
-        raise ConfigError(f"config key '{s.key('url')}': must be an http:// or https:// URL")
+    if not _is_http_url(url):
+        raise ConfigError(f"config key '{s.key('url')}': must be an http:// or https:// URL "
+                          "with a host (and a port from 1 to 65535, if given)")
     return UpstreamConfig(
         url=url,
         timeout_s=s.number("timeout_s", UpstreamConfig.timeout_s, exclusive=True),
@@ -396,6 +401,16 @@ def _upstream(s: _Section) -> UpstreamConfig:
         batch_max=s.integer("batch_max", UpstreamConfig.batch_max, minimum=1),
         max_in_flight=s.integer("max_in_flight", UpstreamConfig.max_in_flight, minimum=1),
     )
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError when not a number or out of range
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0 \
+        and not any(c.isspace() for c in url)
 
 
 def _delivery(s: _Section) -> DeliveryConfig:

@@ -74,8 +74,11 @@ def canonical_json(value: JSONValue) -> str:
 def _digest(*parts: str) -> str:
     h = hashlib.sha256()
     for part in parts:
-        h.update(part.encode("utf-8", "surrogatepass"))
-        h.update(b"\x00")  # a separator that cannot occur inside the parts' encodings
+        # Length-prefixed, so no two different tuples of parts hash the same bytes (a part
+        # may contain any character, NUL included).
+        encoded = part.encode("utf-8", "surrogatepass")
+        h.update(b"%d:" % len(encoded))
+        h.update(encoded)
     return "evt_" + h.hexdigest()[:32]
 
 

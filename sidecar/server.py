@@ -94,11 +94,19 @@ class LiveState:
             self.metrics.config_reloads.labels("failure").inc()
             log.error("config.reload_failed", extra={"error": exc.message})
             return
+        except Exception as exc:  # never let one odd file end reloading (or the server)
+            self.metrics.config_reloads.labels("failure").inc()
+            log.error("config.reload_failed", extra={"error": type(exc).__name__})
+            return
         try:
             swapped = self.holder.reload(config.tls)
         except SidecarError as exc:
             self.metrics.tls_reloads.labels("failure").inc()
             log.error("tls.reload_failed", extra={"error": exc.message})
+            return
+        except Exception as exc:
+            self.metrics.tls_reloads.labels("failure").inc()
+            log.error("tls.reload_failed", extra={"error": type(exc).__name__})
             return
         self._settings = _settings_from(config)
         self.config = config
@@ -454,12 +462,19 @@ def _listen_socket(config: Config, *, listen: bool) -> socket.socket:
     return sock
 
 
-def _ingest_process_main(config_path: str, wake_sock: socket.socket, loop_name: str,
+def _ingest_process_main(config: Config, wake_sock: socket.socket, loop_name: str,
                          metrics_dir: str, max_connections: int) -> None:
-    """Entry point of one spawned ingest process."""
-    config = load_config(config_path)
+    """Entry point of one spawned ingest process.
+
+    It gets the parent's validated start-up config (not the file: a replacement process
+    must not pick up a spool path or port the parent is not using); its own reloads then
+    re-read the TLS and secret settings from the file like every process's do."""
     setup_logging(config.logging.level, config.logging.format)
-    sock = _listen_socket(config, listen=True)
+    try:
+        sock = _listen_socket(config, listen=True)
+    except OSError as exc:
+        log.error("ingest.failed", extra={"error": f"cannot listen: {exc.strerror or exc}"})
+        raise SystemExit(1) from None
 
     async def main() -> None:
         metrics = Metrics(multiprocess_dir=Path(metrics_dir))
@@ -529,8 +544,8 @@ class _Supervisor:
         per_child = max(1, self.config.limits.max_connections // self.workers)
         proc = self._ctx.Process(
             target=_ingest_process_main, name=f"sidecar-ingest-{index}",
-            args=(str(self.config.path), self._wake_tx, self.loop_name, self._metrics_dir,
-                  per_child), daemon=True)
+            args=(self.config, self._wake_tx, self.loop_name, self._metrics_dir, per_child),
+            daemon=True)
         proc.start()
         self._children[index] = proc
 
@@ -540,14 +555,25 @@ class _Supervisor:
         return f"ingest processes not ready: {waiting}" if waiting else None
 
     async def _watch_children(self, stop: asyncio.Event) -> None:
+        """Replace ingest processes that exit; back off (up to a minute) while they keep
+        failing, so a broken environment does not turn into a fork loop."""
+        failures = [0] * self.workers
+        started = [time.monotonic()] * self.workers
         while not stop.is_set():
             for index, proc in enumerate(self._children):
                 if proc is not None and not proc.is_alive() and not self._stopping:
                     log.error("ingest.exited", extra={"index": index, "exitcode": proc.exitcode})
                     _mark_dead(proc.pid, self._metrics_dir)
-                    await asyncio.sleep(_CHILD_RESTART_DELAY_S)
+                    lived = time.monotonic() - started[index]
+                    failures[index] = 0 if lived > 60 else failures[index] + 1
+                    delay = min(60.0, _CHILD_RESTART_DELAY_S * 2 ** failures[index])
+                    try:
+                        await asyncio.wait_for(stop.wait(), delay)
+                    except TimeoutError:
+                        pass
                     if not stop.is_set():
                         self._spawn(index)
+                        started[index] = time.monotonic()
             try:
                 await asyncio.wait_for(stop.wait(), 0.5)
             except TimeoutError:
@@ -580,6 +606,9 @@ class _Supervisor:
         _log_start(self.config, workers=self.workers)
         delivery_task = asyncio.create_task(delivery.serve(delivery_stop))
         watcher = asyncio.create_task(self._watch_children(stop))
+        # The parent's own view (readiness, certificate gauges) reloads on the interval
+        # too; SIGHUP is handled below, once for itself and forwarded to the children.
+        interval_reload = asyncio.create_task(self.live.reloader(stop, asyncio.Event()))
         try:
             while not stop.is_set():
                 waiters = [asyncio.ensure_future(stop.wait()),
@@ -594,6 +623,7 @@ class _Supervisor:
         finally:
             self._stopping = True
             watcher.cancel()
+            interval_reload.cancel()
             self._forward(signal.SIGTERM)
             await asyncio.to_thread(self._join_children)
             delivery_stop.set()

@@ -329,6 +329,10 @@ class Spool:
                 self._write_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
             except OSError as exc:
                 raise SpoolUnavailable(f"spool unavailable ({_reason(exc)})") from exc
+        # A blocking wait, woken by the kernel the moment the lock is free (polling with
+        # sleeps, as SQLite's busy handler does, let one process starve another).  It is
+        # bounded where it matters: SpoolWriter.add answers 503 after ADD_TIMEOUT_S, and
+        # readiness checks have their own timeout.
         fcntl.flock(self._write_fd, fcntl.LOCK_EX)
         try:
             yield
@@ -687,21 +691,27 @@ class Spool:
         tombstones past the window are dropped here too.
         """
         cutoff = self._clock() - self.dedup_retention_s
-        with self._tx(durable=False) as conn:
-            conn.execute(
-                "insert or replace into seen (id, created_at) select id, created_at from events"
-                " where state = 'delivered' and delivered_at < ? and created_at >= ?",
-                (delivered_before, cutoff),
-            )
-            cur = conn.execute(
-                "delete from events where state = 'delivered' and delivered_at < ?",
-                (delivered_before,),
-            )
-            conn.execute("delete from seen where created_at < ?", (cutoff,))
-            return cur.rowcount
+        purged = 0
+        while True:  # in chunks: ingest waits for the write lock at most one chunk long
+            with self._tx(durable=False) as conn:
+                ids = [(row[0],) for row in conn.execute(
+                    "select id from events where state = 'delivered' and delivered_at < ?"
+                    " limit ?", (delivered_before, _PURGE_CHUNK))]
+                conn.executemany(
+                    "insert or replace into seen (id, created_at) select id, created_at"
+                    " from events where id = ? and created_at >= ?",
+                    [(i, cutoff) for (i,) in ids])
+                conn.executemany("delete from events where id = ?", ids)
+                if len(ids) < _PURGE_CHUNK:
+                    conn.execute("delete from seen where created_at < ?", (cutoff,))
+            purged += len(ids)
+            if len(ids) < _PURGE_CHUNK:
+                return purged
 
 
 _Batch = tuple[Sequence[Event], Sequence["QuarantinedChange"]]
+_PURGE_CHUNK = 2000
+ADD_TIMEOUT_S = 5.0
 
 
 class SpoolWriter:
@@ -738,7 +748,12 @@ class SpoolWriter:
         future: asyncio.Future[AddResult] = asyncio.get_running_loop().create_future()
         self._queue.append(((events, quarantined), future))
         self._wakeup.set()
-        return await future
+        try:
+            # The batch stays queued and is committed when the spool frees up; this caller
+            # just stops waiting (Meta gets 503, retries, and the retry is deduplicated).
+            return await asyncio.wait_for(asyncio.shield(future), ADD_TIMEOUT_S)
+        except TimeoutError:
+            raise SpoolUnavailable("spool busy (commit did not finish in time)") from None
 
     async def aclose(self) -> None:
         """Commit what is queued, then stop.  Later ``add`` calls get SpoolUnavailable."""

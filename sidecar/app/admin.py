@@ -19,6 +19,7 @@ __all__ = ["build_admin_app", "ReadinessCheck"]
 ReadinessCheck = Callable[[], Awaitable[str | None]]
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+CHECK_TIMEOUT_S = 2.0  # a check that hangs (a spool stuck behind a lock) is a failure
 
 
 def build_admin_app(
@@ -32,7 +33,9 @@ def build_admin_app(
 
     async def readyz(request: Request) -> Response:
         names = list(checks)
-        results = await asyncio.gather(*(checks[n]() for n in names), return_exceptions=True)
+        results = await asyncio.gather(
+            *(asyncio.wait_for(checks[n](), CHECK_TIMEOUT_S) for n in names),
+            return_exceptions=True)
         failures = {}
         for name, result in zip(names, results):
             if isinstance(result, BaseException):

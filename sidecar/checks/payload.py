@@ -161,6 +161,13 @@ def _int(value: JSONValue, path: str) -> str | None:
     return f"{_label(path)} must be an integer"
 
 
+def _unix_time(value: JSONValue, path: str) -> str | None:
+    """An integer that fits the spool's 64-bit columns (entry.time is stored as one)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return None
+    return f"{_label(path)} must be a unix time (a non-negative 64-bit integer)"
+
+
 def _digits(value: JSONValue, path: str) -> str | None:
     if isinstance(value, str) and value.isascii() and value.isdigit():
         return None
@@ -236,7 +243,8 @@ def _any_key(*names: str) -> _Check:
 # --------------------------------------------------------------------------- envelope
 
 _CHANGE = _obj({"field": _req(_str), "value": _req(_object)})
-_ENTRY = _obj({"id": _req(_str), "time": _opt(_int), "changes": _req(_list_of(_CHANGE))})
+_ENTRY = _obj({"id": _req(_str), "time": _opt(_unix_time),
+               "changes": _req(_list_of(_CHANGE))})
 _ENVELOPE = _obj(
     {"object": _req(_const("whatsapp_business_account")), "entry": _req(_list_of(_ENTRY))}
 )

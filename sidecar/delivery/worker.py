@@ -245,6 +245,10 @@ class DeliveryWorker:
             self._metrics.upstream_request_seconds.observe(time.monotonic() - started)
             self._failed(group, exc)
             return
+        except Exception as exc:  # a bug must cost an attempt, not strand the events
+            log.exception("delivery.send_error", extra={"events": len(group)})
+            self._failed(group, UpstreamUnavailable(f"send failed: {type(exc).__name__}"))
+            return
         self._metrics.upstream_request_seconds.observe(time.monotonic() - started)
         self._delivered(group)
 

@@ -74,8 +74,9 @@ class TLSHolder:
         self._on_refused = on_refused or (lambda reason: None)
         self._max_connections = max_connections
         self._on_connections = on_connections or (lambda count: None)
-        self._active = 0
-        self._active_lock = threading.Lock()
+        self._admitted = 0
+        self._released = 0
+        self._admit_lock = threading.Lock()
         self._last_collect = 0.0
         # The constructor validates once: broken material fails at startup, not later.
         self.state = self._build(tls, generation=1)
@@ -137,12 +138,12 @@ class TLSHolder:
 
     @property
     def active_connections(self) -> int:
-        return self._active
+        return self._admitted - self._released
 
     def admit_connection(self, sslobj: ssl.SSLObject) -> None:
         """Count an established connection, or refuse it past ``max_connections``."""
         limit = self._max_connections
-        if limit is not None and self._active >= limit:
+        if limit is not None and self.active_connections >= limit:
             # Closed connections' SSLObjects can sit in reference cycles (transport ↔
             # protocol) until the cyclic collector runs; at the cap, run it (at most
             # once a second) before refusing anyone.
@@ -150,20 +151,22 @@ class TLSHolder:
             if now - self._last_collect >= 1.0:
                 self._last_collect = now
                 gc.collect()
-        with self._active_lock:
-            refused = limit is not None and self._active >= limit
+        with self._admit_lock:  # only admissions race each other; releases never block
+            refused = limit is not None and self.active_connections >= limit
             if not refused:
-                self._active += 1
-                self._on_connections(self._active)
+                self._admitted += 1
         if refused:
             self._on_refused("too_many_connections")
             raise HandshakeRefused("connection limit reached")
+        self._on_connections(self.active_connections)
         weakref.finalize(sslobj, self._release_connection)
 
     def _release_connection(self) -> None:
-        with self._active_lock:
-            self._active -= 1
-            self._on_connections(self._active)
+        # Runs from the garbage collector, possibly in the middle of other code on this
+        # thread (even inside admit_connection): it must take no lock.  Only finalizers
+        # write this counter, and the collector never runs two at once.
+        self._released += 1
+        self._on_connections(self.active_connections)
 
     def check_peer(self, sslobj: ssl.SSLObject) -> None:
         state = self.state
@@ -187,3 +190,4 @@ def _reason(exc: ssl.SSLError) -> str:
     if "VERSION" in text or "PROTOCOL" in text:
         return "protocol"
     return "other"
+

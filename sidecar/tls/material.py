@@ -142,7 +142,7 @@ def load_material(tls: TLSConfig, *, now: datetime | None = None) -> TLSMaterial
     ca_parts: list[bytes] = []
     client_cas: list[CertFacts] = []
     for path in tls.client_ca_files:
-        data, certs = read_pem_certs(path, "tls.client_ca_files")
+        _, certs = read_pem_certs(path, "tls.client_ca_files")
         for cert in certs:
             facts = cert_facts(cert, path)
             if not facts.is_ca:
@@ -153,7 +153,9 @@ def load_material(tls: TLSConfig, *, now: datetime | None = None) -> TLSMaterial
                     f"tls.client_ca_files {path}: CA '{facts.subject}' expired on "
                     f"{facts.not_after:%Y-%m-%d}")
             client_cas.append(facts)
-        ca_parts.append(data if data.endswith(b"\n") else data + b"\n")
+            # Re-encode what was parsed: bundles carry comments (non-ASCII issuer names)
+            # and other text that OpenSSL need not see.
+            ca_parts.append(cert.public_bytes(serialization.Encoding.PEM))
     if tls.client_ca_sha256:
         pins = set(tls.client_ca_sha256)
         for facts in client_cas:

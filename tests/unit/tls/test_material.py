@@ -59,3 +59,55 @@ def test_only_the_configured_client_cas_are_trusted(tls_config: TLSConfig) -> No
     ctx = _contexts(tls_config)["required"]
     assert ctx.cert_store_stats()["x509_ca"] == 1  # never the system roots
     assert len(ctx.get_ca_certs()) == len(load_material(tls_config).client_cas) == 1
+
+
+def test_ca_bundle_with_non_ascii_comments_loads(tls_config: TLSConfig) -> None:
+    # CA bundles (e.g. from distributions) carry comments such as issuer names.
+    (ca_file,) = tls_config.client_ca_files
+    ca_file.write_bytes("# Issuer: CN=Főtanúsítvány\n".encode() + ca_file.read_bytes())
+    material = load_material(tls_config)
+    build_context(material, require_client_cert=True)
+    assert len(material.client_cas) == 1
+
+
+def test_connection_count_survives_collector_reentrance(tls_config: TLSConfig) -> None:
+    # The release runs from the garbage collector, possibly while an admission is in
+    # progress on the same thread; it must never wait for a lock.
+    import gc
+
+    counts: list[int] = []
+    holder = TLSHolder(tls_config, max_connections=100, on_connections=counts.append)
+
+    class Conn:
+        pass
+
+    conns = [Conn() for _ in range(50)]
+    for conn in conns:
+        holder.admit_connection(conn)  # type: ignore[arg-type]
+        conn.cycle = conn  # type: ignore[attr-defined]  (freed only by the collector)
+    del conns, conn
+    gc.collect()
+    assert holder.active_connections == 0 and counts[-1] == 0
+
+
+def test_release_never_waits_for_the_admission_lock(tls_config: TLSConfig) -> None:
+    import threading
+
+    holder = TLSHolder(tls_config, max_connections=10)
+
+    class Conn:
+        pass
+
+    conn = Conn()
+    holder.admit_connection(conn)  # type: ignore[arg-type]
+    done = threading.Event()
+
+    def release_inside_admission() -> None:
+        with holder._admit_lock:  # what a collection during admit_connection looks like
+            holder._release_connection()
+        done.set()
+
+    t = threading.Thread(target=release_inside_admission, daemon=True)
+    t.start()
+    assert done.wait(2), "release blocked on the admission lock"
+    assert holder.active_connections == 0
