@@ -12,7 +12,7 @@ ingest processes, each listening on the public port with ``SO_REUSEPORT`` so the
 spreads new connections across them (one shared socket would not: one process's accept
 loop takes a whole burst of connections, and keep-alive keeps them there).  Python is
 one core per process; the TLS handshakes, HTTP parsing and checks are the CPU-heavy part).
-Ingest processes share the spool file (SQLite WAL serializes their commits; event ids
+Ingest processes share the spool file (commits queue on a kernel file lock; event ids
 are primary keys, so dedup holds across processes) and wake the delivery worker with a
 datagram after each commit.  Metrics use Prometheus's multiprocess mode so the parent's
 ``/metrics`` shows every process.
