@@ -13,6 +13,7 @@ command with (``exit_code``).  Those two attributes are read in exactly two plac
     │   ├── SignatureInvalid        401
     │   ├── BadPayload              400
     │   ├── BodyTooLarge            413
+    │   ├── BodyTimeout             408
     │   └── ClientNotAllowed        403
     ├── Unavailable                 503      Meta retries later
     │   ├── SpoolUnavailable        503
@@ -36,6 +37,7 @@ __all__ = [
     "SignatureInvalid",
     "BadPayload",
     "BodyTooLarge",
+    "BodyTimeout",
     "ClientNotAllowed",
     "Unavailable",
     "SpoolUnavailable",
@@ -85,6 +87,10 @@ class BadPayload(RequestRejected):
 
 class BodyTooLarge(RequestRejected):
     http_status = 413
+
+
+class BodyTimeout(RequestRejected):
+    http_status = 408
 
 
 class ClientNotAllowed(RequestRejected):

@@ -228,13 +228,6 @@ def _upstream(config: Config) -> UpstreamClient:
                           max_connections=config.upstream.max_in_flight)
 
 
-class _Wakeable:
-    """What an ingest wakes after a commit: the worker in this process, or the parent."""
-
-    def __init__(self, wake: Callable[[], None]) -> None:
-        self.wake = wake
-
-
 # =========================================================================== roles
 
 class IngestRole:
@@ -248,7 +241,7 @@ class IngestRole:
         ingest: Ingest
         if config.delivery.mode == "spool":
             self._writer = SpoolWriter(spool)
-            ingest = SpoolIngest(self._writer, _Wakeable(wake), live.metrics)
+            ingest = SpoolIngest(self._writer, wake, live.metrics)
         else:
             self._upstream = _upstream(config)
             ingest = DirectIngest(spool, self._upstream, batch_max=config.upstream.batch_max,

@@ -234,12 +234,7 @@ class Spool:
         refused here (an advisory lock, released when the process exits, even on SIGKILL).
         CLI commands (stats, list, replay, purge) never take it and may run alongside.
         """
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise SpoolUnavailable(f"spool {self.path}: cannot create {lock_path} "
-                                   f"({_reason(exc)})") from exc
+        fd = self._open_lock_file(".lock")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -321,14 +316,18 @@ class Spool:
                     raise SpoolUnavailable(f"spool unavailable ({_reason(exc)})") from exc
                 raise
 
+    def _open_lock_file(self, suffix: str) -> int:
+        lock_path = self.path.with_name(self.path.name + suffix)
+        try:
+            return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise SpoolUnavailable(f"spool {self.path}: cannot create {lock_path} "
+                                   f"({_reason(exc)})") from exc
+
     @contextmanager
     def _writer_lock(self) -> Iterator[None]:
         if self._write_fd is None:
-            lock_path = self.path.with_name(self.path.name + ".writer")
-            try:
-                self._write_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-            except OSError as exc:
-                raise SpoolUnavailable(f"spool unavailable ({_reason(exc)})") from exc
+            self._write_fd = self._open_lock_file(".writer")
         # A blocking wait, woken by the kernel the moment the lock is free (polling with
         # sleeps, as SQLite's busy handler does, let one process starve another).  It is
         # bounded where it matters: SpoolWriter.add answers 503 after ADD_TIMEOUT_S, and

@@ -27,6 +27,7 @@ from sidecar.checks.signature import SignatureVerifier
 from sidecar.delivery.ingest import Ingest
 from sidecar.errors import (
     BadPayload,
+    BodyTimeout,
     BodyTooLarge,
     RequestRejected,
     SidecarError,
@@ -51,10 +52,6 @@ class RequestSettings:
     verifier: SignatureVerifier
     verify_token: Secret
     unknown_fields: str
-
-
-class _BodyTimeout(SidecarError):
-    http_status = 408
 
 
 def build_public_app(
@@ -98,7 +95,7 @@ def build_public_app(
         except ClientDisconnect:
             metrics.requests.labels("client_disconnect").inc()
             return Response(status_code=400)
-        except (BodyTooLarge, _BodyTimeout) as exc:
+        except (BodyTooLarge, BodyTimeout) as exc:
             return _outcome(metrics, _outcome_name(exc), error_response(exc, close=True))
         except (RequestRejected, Unavailable) as exc:
             if isinstance(exc, Unavailable):
@@ -179,7 +176,7 @@ async def _read_body(request: Request, max_body_bytes: int, timeout_s: float) ->
                     raise BodyTooLarge(f"body larger than {max_body_bytes} bytes")
                 chunks.append(chunk)
     except TimeoutError:
-        raise _BodyTimeout("request body not received in time") from None
+        raise BodyTimeout("request body not received in time") from None
     return b"".join(chunks)
 
 

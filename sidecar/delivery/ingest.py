@@ -13,6 +13,7 @@ Either raises an ``Unavailable`` error, which the app turns into a 503 so Meta r
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Protocol
 
 from sidecar.delivery.upstream import UpstreamClient
@@ -27,14 +28,12 @@ class Ingest(Protocol):
     async def accept(self, normalized: Normalized) -> None: ...
 
 
-class _Wakeable(Protocol):
-    def wake(self) -> None: ...
-
-
 class SpoolIngest:
-    def __init__(self, writer: SpoolWriter, worker: _Wakeable, metrics: Metrics) -> None:
+    def __init__(self, writer: SpoolWriter, wake: Callable[[], None], metrics: Metrics) -> None:
+        """``wake`` starts delivery after a commit: the worker in this process, or a
+        ping to the parent's worker (``serve --workers N``)."""
         self._writer = writer
-        self._worker = worker
+        self._wake = wake
         self._metrics = metrics
 
     async def accept(self, normalized: Normalized) -> None:
@@ -45,7 +44,7 @@ class SpoolIngest:
         self._metrics.events_duplicate.inc(result.duplicates)
         self._metrics.events_quarantined.inc(result.quarantined)
         if result.stored:
-            self._worker.wake()
+            self._wake()
 
 
 class DirectIngest:

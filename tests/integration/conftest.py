@@ -3,6 +3,7 @@ real ``python -m sidecar serve`` started per test and stopped by PID in a finali
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -78,13 +79,20 @@ def pki(tmp_path: Path) -> PKI:
     return PKI(tmp_path / "certs")
 
 
-@pytest.fixture
-def sink() -> Iterator[RecordingSink]:
-    s = RecordingSink(signing_secret=Secret(SIGNING_SECRET)).start()
+@contextlib.contextmanager
+def running_sink(signing_secret: str) -> Iterator[RecordingSink]:
+    """A real upstream on 127.0.0.1 that checks signatures made with this secret."""
+    s = RecordingSink(signing_secret=Secret(signing_secret)).start()
     try:
         yield s
     finally:
         s.stop()
+
+
+@pytest.fixture
+def sink() -> Iterator[RecordingSink]:
+    with running_sink(SIGNING_SECRET) as s:
+        yield s
 
 
 class SidecarProcess:

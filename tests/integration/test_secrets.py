@@ -20,7 +20,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from conftest import META_CN, SidecarProcess, free_port
+from conftest import META_CN, SidecarProcess, free_port, running_sink
 from sidecar.checks.signature import sign
 from sidecar.samples import sample_delivery
 from sidecar.secret import Secret
@@ -64,11 +64,8 @@ logging: {{level: debug, format: json}}
 
 @pytest.fixture
 def recording_sink() -> Iterator[RecordingSink]:
-    s = RecordingSink(signing_secret=Secret(SIGNING_SECRET)).start()
-    try:
+    with running_sink(SIGNING_SECRET) as s:  # this file's own signing secret
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture
