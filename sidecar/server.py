@@ -1,4 +1,4 @@
-"""Wires the parts together and runs them: the only module that imports Hypercorn.
+"""Wires the parts together and runs them (HTTP listeners: ``sidecar.listener``).
 
 Two roles, composed by ``sidecar serve``:
 
@@ -40,10 +40,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from hypercorn.asyncio import serve as hypercorn_serve
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.config import Sockets
-
 from sidecar.app.admin import build_admin_app
 from sidecar.app.public import RequestSettings, build_public_app
 from sidecar.checks.signature import SignatureVerifier
@@ -52,6 +48,7 @@ from sidecar.delivery.ingest import DirectIngest, Ingest, SpoolIngest
 from sidecar.delivery.upstream import UpstreamClient
 from sidecar.delivery.worker import DeliveryWorker
 from sidecar.errors import SidecarError
+from sidecar.listener import Listener, ListenerLimits, listen_socket
 from sidecar.logs import setup_logging
 from sidecar.metrics import Metrics
 from sidecar.spool import Spool, SpoolWriter
@@ -62,7 +59,6 @@ __all__ = ["run_server", "default_workers"]
 log = logging.getLogger("sidecar.server")
 
 HOUSEKEEPING_INTERVAL_S = 3600.0
-_MAX_HEADER_BYTES = 16 * 1024  # request line + headers; larger gets 431 and a close
 _CHILD_RESTART_DELAY_S = 1.0
 
 
@@ -143,61 +139,26 @@ def _settings_from(config: Config) -> RequestSettings:
                            verify_token=meta.verify_token, unknown_fields=meta.unknown_fields)
 
 
-class _ListenerConfig(HypercornConfig):
-    """Hypercorn config whose SSL context is ours (reloadable, identity-checking), and
-    whose socket may be one the parent process bound."""
-
-    def __init__(self, context_factory: Callable[[], ssl.SSLContext],
-                 sock: socket.socket | None) -> None:
-        super().__init__()
-        self._context_factory = context_factory
-        self._sock = sock
-
-    @property
-    def ssl_enabled(self) -> bool:
-        return True
-
-    def create_ssl_context(self) -> ssl.SSLContext:
-        return self._context_factory()
-
-    def create_sockets(self) -> Sockets:
-        if self._sock is None:
-            return super().create_sockets()
-        return Sockets(secure_sockets=[self._sock], insecure_sockets=[], quic_sockets=[])
+def _listener_limits(config: Config, *, graceful_timeout_s: float) -> ListenerLimits:
+    c = config.limits
+    return ListenerLimits(header_timeout_s=c.header_timeout_s,
+                          keepalive_timeout_s=c.keepalive_timeout_s,
+                          handshake_timeout_s=c.header_timeout_s,
+                          graceful_timeout_s=graceful_timeout_s)
 
 
-def _public_hypercorn_config(config: Config, holder: TLSHolder,
-                             sock: socket.socket | None = None) -> HypercornConfig:
-    c = config
-    public = _ListenerConfig(holder.listener_context, sock)
-    public.bind = [_bind(c.listen.host, c.listen.port)]
-    public.alpn_protocols = ["http/1.1"]
-    # Hypercorn has no header timeout.  Its idle timer (keep_alive_timeout) starts when a
-    # connection becomes idle (accepted, or the previous response sent) and is stopped only
-    # once a request's headers are complete; bytes trickling in do not reset it.  So it is
-    # a deadline for "the next request's headers", and it must not be longer than
-    # header_timeout_s, or a slowloris client trickling a header byte at a time would be
-    # kept for keepalive_timeout_s.  The price: an idle keep-alive connection is closed
-    # after min(header, keepalive) seconds.
-    public.keep_alive_timeout = min(c.limits.header_timeout_s, c.limits.keepalive_timeout_s)
-    public.ssl_handshake_timeout = c.limits.header_timeout_s
-    public.read_timeout = int(max(1, c.limits.body_timeout_s))
-    public.h11_max_incomplete_size = _MAX_HEADER_BYTES
-    public.backlog = _backlog(c)
-    public.graceful_timeout = 10.0
-    public.accesslog = None  # query strings may carry hub.verify_token; we log ourselves
-    public.errorlog = logging.getLogger("sidecar.hypercorn")
-    public.include_server_header = False
-    return public
+def _public_socket(config: Config, *, reuse_port: bool, listen: bool = True) -> socket.socket:
+    """``reuse_port`` for ``--workers N``: each ingest process listens on its own socket
+    (one shared socket would not spread the load: one process's accept loop takes a whole
+    burst of connections, and keep-alive keeps them there).  The parent binds one without
+    listening, to fail early (one line) when the port is taken and to hold it for the
+    ingest processes (a bound, non-listening socket gets no connections)."""
+    return listen_socket(config.listen.host, config.listen.port, backlog=_backlog(config),
+                         reuse_port=reuse_port, listen=listen)
 
 
-def _admin_hypercorn_config(config: Config) -> HypercornConfig:
-    admin = HypercornConfig()
-    admin.bind = [_bind(config.admin.host, config.admin.port)]
-    admin.accesslog = None
-    admin.errorlog = logging.getLogger("sidecar.hypercorn")
-    admin.graceful_timeout = 1.0
-    return admin
+def _admin_socket(config: Config) -> socket.socket:
+    return listen_socket(config.admin.host, config.admin.port, backlog=128)
 
 
 def _backlog(config: Config) -> int:
@@ -251,13 +212,14 @@ class IngestRole:
             max_body_bytes=config.limits.max_body_bytes,
             body_timeout_s=config.limits.body_timeout_s)
 
-    async def serve(self, stop: asyncio.Event, sock: socket.socket | None = None) -> None:
+    async def serve(self, stop: asyncio.Event, sock: socket.socket) -> None:
         if self._writer is not None:
             self._writer.start()
-        cfg = _public_hypercorn_config(self.live.config, self.live.holder, sock)
+        listener = Listener(self.app, sock, ssl_context=self.live.holder.listener_context(),
+                            backlog=_backlog(self.live.config),
+                            limits=_listener_limits(self.live.config, graceful_timeout_s=10.0))
         try:
-            await hypercorn_serve(self.app, cfg,  # type: ignore[arg-type]
-                                  shutdown_trigger=stop.wait)
+            await listener.serve(stop)
         finally:
             # Listener drained: no request can add to the spool any more.
             if self._writer is not None:
@@ -299,15 +261,15 @@ class DeliveryRole:
         if self.worker is not None:
             self.worker.wake()
 
-    async def serve(self, stop: asyncio.Event) -> None:
+    async def serve(self, stop: asyncio.Event, sock: socket.socket) -> None:
         """Run until ``stop``; the caller stops the ingest side first."""
         worker_stop = asyncio.Event()
         worker_task = (asyncio.create_task(self.worker.run(worker_stop))
                        if self.worker is not None else None)
         housekeeping = asyncio.create_task(self._housekeeping(stop))
         try:
-            await hypercorn_serve(self.app, _admin_hypercorn_config(self.live.config),  # type: ignore[arg-type]
-                                  shutdown_trigger=stop.wait)
+            await Listener(self.app, sock, limits=_listener_limits(
+                self.live.config, graceful_timeout_s=1.0)).serve(stop)
         finally:
             housekeeping.cancel()
             if worker_task is not None:
@@ -376,7 +338,8 @@ def _stop_and_reload_events(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Ev
 
 # =========================================================================== one process
 
-async def _serve_single(config: Config, spool: Spool) -> None:
+async def _serve_single(config: Config, spool: Spool, public_sock: socket.socket,
+                        admin_sock: socket.socket) -> None:
     metrics = Metrics()
     live = LiveState(config, metrics, max_connections=config.limits.max_connections)
     try:
@@ -388,9 +351,9 @@ async def _serve_single(config: Config, spool: Spool) -> None:
         delivery_stop = asyncio.Event()
         _log_start(config, workers=1)
         reloader = asyncio.create_task(live.reloader(stop, reload_now))
-        delivery_task = asyncio.create_task(delivery.serve(delivery_stop))
+        delivery_task = asyncio.create_task(delivery.serve(delivery_stop, admin_sock))
         try:
-            await ingest.serve(stop)
+            await ingest.serve(stop, public_sock)
         finally:
             reloader.cancel()
             delivery_stop.set()
@@ -436,25 +399,6 @@ class _ParentWake:
             pass  # the worker also polls; a lost ping only delays delivery a little
 
 
-def _listen_socket(config: Config, *, listen: bool) -> socket.socket:
-    """The public port with SO_REUSEPORT: each ingest process listens on its own socket.
-    The parent binds one without listening, to fail early (one line) when the port is
-    taken and to hold it for the ingest processes (a bound, non-listening socket gets no
-    connections)."""
-    family = socket.AF_INET6 if ":" in config.listen.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((config.listen.host, config.listen.port))
-        if listen:
-            sock.listen(_backlog(config))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 def _ingest_process_main(config: Config, wake_sock: socket.socket, loop_name: str,
                          metrics_dir: str, max_connections: int) -> None:
     """Entry point of one spawned ingest process.
@@ -464,7 +408,7 @@ def _ingest_process_main(config: Config, wake_sock: socket.socket, loop_name: st
     re-read the TLS and secret settings from the file like every process's do."""
     setup_logging(config.logging.level, config.logging.format)
     try:
-        sock = _listen_socket(config, listen=True)
+        sock = _public_socket(config, reuse_port=True)
     except OSError as exc:
         log.error("ingest.failed", extra={"error": f"cannot listen: {exc.strerror or exc}"})
         raise SystemExit(1) from None
@@ -526,7 +470,12 @@ class _Supervisor:
         # one line, and the certificate gauges and readiness come from here.
         self.live = LiveState(config, self.metrics, max_connections=None)
         self.spool = spool
-        self.sock = _listen_socket(config, listen=False)
+        self.sock = _public_socket(config, reuse_port=True, listen=False)
+        try:
+            self.admin_sock = _admin_socket(config)
+        except OSError:
+            self.sock.close()
+            raise
         self._wake_rx, self._wake_tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._ctx = multiprocessing.get_context("spawn")
         self._children: list[multiprocessing.process.BaseProcess | None] = [None] * workers
@@ -597,7 +546,7 @@ class _Supervisor:
         for index in range(self.workers):
             self._spawn(index)
         _log_start(self.config, workers=self.workers)
-        delivery_task = asyncio.create_task(delivery.serve(delivery_stop))
+        delivery_task = asyncio.create_task(delivery.serve(delivery_stop, self.admin_sock))
         watcher = asyncio.create_task(self._watch_children(stop))
         # The parent's own view (readiness, certificate gauges) reloads on the interval
         # too; SIGHUP is handled below, once for itself and forwarded to the children.
@@ -624,6 +573,7 @@ class _Supervisor:
             loop.remove_reader(self._wake_rx.fileno())
             self.spool.close()
             self.sock.close()
+            self.admin_sock.close()
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
             log.info("server.stopped")
 
@@ -695,7 +645,22 @@ def run_server(config_path: Path, *, loop: str = "auto", workers: int = 1) -> in
         spool.close()
         raise
     if workers <= 1:
-        _run_loop(lambda: _serve_single(config, spool), loop)
+        try:
+            public_sock = _public_socket(config, reuse_port=False)
+        except BaseException:
+            spool.close()
+            raise
+        try:
+            admin_sock = _admin_socket(config)
+        except BaseException:
+            public_sock.close()
+            spool.close()
+            raise
+        try:
+            _run_loop(lambda: _serve_single(config, spool, public_sock, admin_sock), loop)
+        finally:
+            public_sock.close()
+            admin_sock.close()
         return 0
     try:
         supervisor = _Supervisor(config, spool, workers, loop)

@@ -1,9 +1,9 @@
 """Slow and abusive clients over real mTLS: cut off on time, valid traffic keeps flowing.
 
 Small limits so the test is quick: headers must be complete within 1 s of a
-connection becoming idle, a body within 2 s; keep-alive would allow 5 s, so a
-slowloris client trickling header bytes is cut off by the header limit, not the
-keep-alive one.
+request's first byte (or of the handshake), a body within 2 s; an idle keep-alive
+connection is kept 5 s, so a slowloris client trickling header bytes is cut off by the
+header limit, not the keep-alive one.
 """
 
 from __future__ import annotations
@@ -112,6 +112,37 @@ def test_idle_connection_without_a_request_is_closed_at_the_header_timeout(start
         conn.close()
     assert answer == b""
     assert elapsed <= HEADER_TIMEOUT_S + SLACK_S, f"closed after {elapsed:.2f}s"
+
+
+def test_idle_keepalive_connection_outlives_the_header_timeout(start_sidecar):
+    """After a response, an idle connection waits keepalive_timeout_s for the next
+    request (Meta reuses connections), not header_timeout_s; then it is closed."""
+    sidecar = start_sidecar(extra=LIMITS)
+    conn = _connect(sidecar)
+    get = (b"GET /webhooks/whatsapp?hub.mode=subscribe&hub.verify_token=test-verify-token"
+           b"&hub.challenge=again HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    def answer() -> bytes:
+        data = b""
+        while not data.endswith(b"again"):
+            chunk = _closed_or_answered(conn, 5)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    try:
+        conn.sendall(get)
+        assert answer().startswith(b"HTTP/1.1 200")
+        assert _closed_or_answered(conn, HEADER_TIMEOUT_S + SLACK_S) is None  # still open
+        conn.sendall(get)
+        assert answer().startswith(b"HTTP/1.1 200")
+        idle_start = time.monotonic()
+        closed = _closed_or_answered(conn, KEEPALIVE_TIMEOUT_S + 3)
+        elapsed = time.monotonic() - idle_start
+    finally:
+        conn.close()
+    assert closed == b""
+    assert KEEPALIVE_TIMEOUT_S - SLACK_S <= elapsed <= KEEPALIVE_TIMEOUT_S + SLACK_S, elapsed
 
 
 def test_stalled_body_gets_408_or_closed_and_nothing_is_forwarded(start_sidecar, sink):

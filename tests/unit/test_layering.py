@@ -36,13 +36,14 @@ def _imports(module: str, prefix: str) -> bool:
     ("sidecar.tls", "sidecar.checks", "sidecar.delivery")) or m in (
     "sidecar.normalize", "sidecar.spool", "sidecar.events", "sidecar.config")))
 def test_core_modules_know_no_web_framework(module):
-    assert not _imports(module, "starlette") and not _imports(module, "hypercorn")
+    assert not _imports(module, "starlette") and not _imports(module, "uvicorn")
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
-def test_only_server_imports_hypercorn(module):
-    if module != "sidecar.server":
-        assert not _imports(module, "hypercorn")
+def test_only_the_listener_imports_the_http_server(module):
+    if module != "sidecar.listener":
+        assert not _imports(module, "uvicorn")
+    assert not _imports(module, "hypercorn")
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))

@@ -1,0 +1,151 @@
+"""The listener's own limits (header deadline, header size, idle keep-alive, graceful
+stop), on a real socket on 127.0.0.1 with plain HTTP; over TLS the same protocol runs
+(tests/integration/test_slow_clients.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from sidecar.listener import Listener, ListenerLimits, listen_socket
+
+LIMITS = ListenerLimits(header_timeout_s=0.5, keepalive_timeout_s=1.5, max_header_bytes=4096,
+                        handshake_timeout_s=1.0, graceful_timeout_s=2.0)
+GET = b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+async def _hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    delay = 0.6 if scope["path"] == "/slow" else 0.0
+    await asyncio.sleep(delay)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", b"5")]})
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+def _run(test: Callable[[int, asyncio.Event], Awaitable[None]]) -> None:
+    async def main() -> None:
+        sock = listen_socket("127.0.0.1", 0, backlog=16)
+        port = sock.getsockname()[1]
+        stop = asyncio.Event()
+        served = asyncio.create_task(Listener(_hello, sock, limits=LIMITS).serve(stop))
+        try:
+            await asyncio.wait_for(test(port, stop), 10)
+        finally:
+            stop.set()
+            await asyncio.wait_for(served, 10)
+            sock.close()
+
+    asyncio.run(main())
+
+
+async def _read_all(reader: asyncio.StreamReader, wait_s: float) -> tuple[bytes, float]:
+    """Everything until the server closes, and how long that took."""
+    start = time.monotonic()
+    data = await asyncio.wait_for(reader.read(), wait_s)
+    return data, time.monotonic() - start
+
+
+def test_request_is_answered_and_connection_kept_alive():
+    async def test(port: int, stop: asyncio.Event) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(3):
+            writer.write(GET)
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and b"date: " in head.lower()
+            assert b"server:" not in head.lower()
+            assert await reader.readexactly(5) == b"hello"
+        writer.close()
+
+    _run(test)
+
+
+def test_partial_headers_get_408_at_the_header_deadline_despite_trickling():
+    async def test(port: int, stop: asyncio.Event) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /x HTTP/1.1\r\nX-Slow: ")
+        start = time.monotonic()
+        answer = b""
+        while time.monotonic() - start < 3:
+            writer.write(b"a")
+            try:
+                answer = await asyncio.wait_for(reader.read(), 0.1)
+                break
+            except TimeoutError:
+                continue
+        elapsed = time.monotonic() - start
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert elapsed < LIMITS.header_timeout_s + 0.4, elapsed
+
+    _run(test)
+
+
+def test_connection_that_sends_nothing_is_closed_at_the_header_deadline():
+    async def test(port: int, stop: asyncio.Event) -> None:
+        reader, _ = await asyncio.open_connection("127.0.0.1", port)
+        data, elapsed = await _read_all(reader, 3)
+        assert data == b""
+        assert LIMITS.header_timeout_s - 0.1 < elapsed < LIMITS.header_timeout_s + 0.4
+
+    _run(test)
+
+
+def test_idle_keepalive_lasts_keepalive_timeout_not_header_timeout():
+    async def test(port: int, stop: asyncio.Event) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(GET)
+        await reader.readuntil(b"hello")
+        data, elapsed = await _read_all(reader, 5)
+        assert data == b""
+        assert LIMITS.keepalive_timeout_s - 0.1 < elapsed < LIMITS.keepalive_timeout_s + 0.5
+
+    _run(test)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_headers_past_the_cap_get_431_and_a_close(split: bool):
+    async def test(port: int, stop: asyncio.Event) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        big = b"GET /x HTTP/1.1\r\nX-Big: " + b"a" * (LIMITS.max_header_bytes * 4) + b"\r\n\r\n"
+        if split:  # arriving in small pieces, none past the cap on its own
+            for i in range(0, len(big), 1000):
+                writer.write(big[i:i + 1000])
+                await writer.drain()
+        else:
+            writer.write(big)
+        data, _ = await _read_all(reader, 3)
+        assert data.startswith(b"HTTP/1.1 431"), data
+
+    _run(test)
+
+
+def test_headers_just_under_the_cap_with_a_body_in_the_same_read_are_fine():
+    async def test(port: int, stop: asyncio.Event) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = b"POST /x HTTP/1.1\r\nContent-Length: 20000\r\nX-Pad: "
+        head += b"p" * (LIMITS.max_header_bytes - len(head) - 8) + b"\r\n\r\n"
+        writer.write(head + b"b" * 20000)  # the body alone is five times the header cap
+        assert (await reader.readuntil(b"hello")).startswith(b"HTTP/1.1 200")
+        writer.close()
+
+    _run(test)
+
+
+def test_stop_lets_a_request_in_progress_finish_then_closes():
+    async def test(port: int, stop: asyncio.Event) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        idle_reader, _ = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        await asyncio.sleep(0.2)
+        stop.set()
+        data, _ = await _read_all(reader, 3)
+        assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"hello"), data
+        assert b"connection: close" in data.lower()
+        assert await asyncio.wait_for(idle_reader.read(), 1) == b""  # idle: closed at once
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", port)  # no longer accepting
+
+    _run(test)
