@@ -384,9 +384,17 @@ class _ParentWake:
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
+        self._pending = False
         sock.setblocking(False)
 
     def __call__(self) -> None:
+        # One ping per turn of the event loop, however many commits it saw.
+        if not self._pending:
+            self._pending = True
+            asyncio.get_running_loop().call_soon(self._ping)
+
+    def _ping(self) -> None:
+        self._pending = False
         self._send(_WAKE)
 
     def ready(self) -> None:

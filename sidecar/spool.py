@@ -412,7 +412,9 @@ class Spool:
             for q in quarantined:
                 self._insert_quarantined(conn, q, now)
 
-    def _is_stored(self, conn: sqlite3.Connection, event_id: str, now: float) -> bool:
+    def _is_stored(self, conn: sqlite3.Connection, event_id: str, now: float) -> bool | None:
+        """True: stored within the dedup window (a repeat).  False: only a row or
+        tombstone past its retention.  None: never seen."""
         cutoff = now - self.dedup_retention_s
         row = conn.execute(
             "select state, created_at from events where id = ?", (event_id,)
@@ -421,16 +423,17 @@ class Spool:
             state, created_at = row
             return bool(state != "delivered" or created_at >= cutoff)
         seen = conn.execute("select created_at from seen where id = ?", (event_id,)).fetchone()
-        return seen is not None and seen[0] >= cutoff
+        return None if seen is None else seen[0] >= cutoff
 
     def _insert_event(self, conn: sqlite3.Connection, event: Event, *, state: str,
                       now: float) -> bool:
         """Insert unless the id is stored within the dedup window; True when inserted."""
-        if self._is_stored(conn, event.id, now):
+        stored = self._is_stored(conn, event.id, now)
+        if stored:
             return False
-        # A row or tombstone past its retention no longer blocks: replace it.
-        conn.execute("delete from events where id = ?", (event.id,))
-        conn.execute("delete from seen where id = ?", (event.id,))
+        if stored is False:  # a row or tombstone past its retention no longer blocks
+            conn.execute("delete from events where id = ?", (event.id,))
+            conn.execute("delete from seen where id = ?", (event.id,))
         delivered_at = now if state == "delivered" else None
         attempts = 1 if state == "delivered" else 0
         conn.execute(
@@ -724,9 +727,11 @@ class SpoolWriter:
     ``SpoolUnavailable`` (nothing of that group was stored).
     """
 
-    def __init__(self, spool: Spool, *, max_group: int = 512) -> None:
+    def __init__(self, spool: Spool, *, max_group: int = 512,
+                 add_timeout_s: float = ADD_TIMEOUT_S) -> None:
         self._spool = spool
         self._max_group = max_group
+        self._add_timeout_s = add_timeout_s
         self._queue: list[tuple[_Batch, asyncio.Future[AddResult]]] = []
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -748,9 +753,11 @@ class SpoolWriter:
         self._queue.append(((events, quarantined), future))
         self._wakeup.set()
         try:
-            # The batch stays queued and is committed when the spool frees up; this caller
-            # just stops waiting (Meta gets 503, retries, and the retry is deduplicated).
-            return await asyncio.wait_for(asyncio.shield(future), ADD_TIMEOUT_S)
+            # On time-out the batch stays queued and is committed when the spool frees up
+            # (the commit skips a future that is already done); this caller just stops
+            # waiting (Meta gets 503, retries, and the retry is deduplicated).
+            async with asyncio.timeout(self._add_timeout_s):
+                return await future
         except TimeoutError:
             raise SpoolUnavailable("spool busy (commit did not finish in time)") from None
 

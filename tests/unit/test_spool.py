@@ -228,6 +228,27 @@ def test_writer_failure_fails_every_caller_in_the_group(spool: Spool) -> None:
     assert spool.depth() == 0
 
 
+def test_writer_times_out_a_caller_but_still_commits_its_batch(spool: Spool) -> None:
+    original = spool.add_many
+    gate = threading.Event()
+
+    def slow(batches):  # type: ignore[no-untyped-def]
+        gate.wait(5)  # the spool is stuck (another process holds the write lock)
+        return original(batches)
+
+    spool.add_many = slow  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        writer = SpoolWriter(spool, add_timeout_s=0.2)
+        with pytest.raises(SpoolUnavailable, match="busy"):
+            await writer.add([make_event(1)], [])  # Meta gets a 503 and retries
+        gate.set()
+        await writer.aclose()
+
+    asyncio.run(scenario())
+    assert spool.depth() == 1  # committed once the spool freed up; the retry is a duplicate
+
+
 def test_writer_refuses_after_close(spool: Spool) -> None:
     async def scenario() -> None:
         writer = SpoolWriter(spool)
