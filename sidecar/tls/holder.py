@@ -1,6 +1,6 @@
 """The live TLS state of the public listener, and its validated hot reload.
 
-Hypercorn gets one *listener* context for its whole life.  Two hooks on it make the
+The listener gets one *listener* context for its whole life.  Two hooks on it make the
 state reloadable and the identity check part of the handshake:
 
 * ``sni_callback`` runs at ClientHello (with or without SNI) and switches the

@@ -149,3 +149,19 @@ def test_stop_lets_a_request_in_progress_finish_then_closes():
             await asyncio.open_connection("127.0.0.1", port)  # no longer accepting
 
     _run(test)
+
+
+@pytest.mark.parametrize("raw", [
+    b"POST /x HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"POST /x HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    b"GET /x HTTP/1.1\r\nHost: t\r\n folded\r\n\r\n",
+    b"G\x00T /x HTTP/1.1\r\n\r\n",
+], ids=["cl-and-te", "two-cl", "obs-fold", "nul-in-method"])
+def test_ambiguous_or_malformed_requests_get_400_and_a_close(raw: bytes):
+    async def test(port: int, stop: asyncio.Event) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        data, _ = await _read_all(reader, 3)
+        assert data.startswith(b"HTTP/1.1 400"), data
+
+    _run(test)
