@@ -74,7 +74,7 @@ class UpstreamConfig:
     timeout_s: float = 5.0
     signing_secret: Secret | None = None
     batch_max: int = 1
-    max_in_flight: int = 8
+    max_in_flight: int = 32
 
 
 @dataclass(frozen=True)
