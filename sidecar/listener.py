@@ -22,6 +22,9 @@ this module adds what uvicorn does not do but the SPEC's slow-client limits need
   so a huge header costs no memory;
 * an **idle keep-alive timeout** of its own (``keepalive_timeout_s``), separate from the
   header deadline;
+* **one write per response**: uvicorn writes a response's head and body separately,
+  which over TLS is two records and two ``send`` calls; the head is held until the body
+  follows (or the loop turns), so a small response is one of each;
 * a **graceful stop**: stop accepting, close idle connections, let requests in progress
   finish (their connections close after the response), cancel what is left after
   ``graceful_timeout_s``.
@@ -153,9 +156,11 @@ class _Protocol(HttpToolsProtocol):
         self._awaiting_headers = True
         self._header_bytes = 0
         self._header_deadline: asyncio.TimerHandle | None = None
+        self._writer: _ResponseWriter | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._writer = _ResponseWriter(transport, self.loop)
         self._arm_header_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -169,6 +174,8 @@ class _Protocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing():
             return
+        if self._writer is not None:
+            self._writer.flush()  # anything the parser answers itself (400) goes after it
         while data and self._awaiting_headers:
             if self._header_deadline is None:
                 self._arm_header_deadline()
@@ -191,6 +198,8 @@ class _Protocol(HttpToolsProtocol):
         self._awaiting_headers = False
         self._cancel_header_deadline()
         super().on_headers_complete()
+        if self.cycle is not None and self._writer is not None:
+            self.cycle.transport = self._writer  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -229,7 +238,41 @@ class _Protocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             self.transport.close()  # a response is under way: no second one on the wire
             return
+        if self._writer is not None:
+            self._writer.flush()
         self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
                              % (status, reason))
         self.transport.close()
 
+
+class _ResponseWriter:
+    """What a request cycle writes through: holds a response's head until its body
+    follows, then writes both at once (one TLS record, one ``send``).  Anything held is
+    written at the end of the loop turn at the latest, and before a close."""
+
+    __slots__ = ("_transport", "_loop", "_held")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._held is None:
+            self._held = data
+            self._loop.call_soon(self.flush)
+        else:
+            held, self._held = self._held, None
+            self._transport.write(held + data)
+
+    def flush(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._transport.write(held)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()

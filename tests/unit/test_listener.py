@@ -165,3 +165,38 @@ def test_ambiguous_or_malformed_requests_get_400_and_a_close(raw: bytes):
         assert data.startswith(b"HTTP/1.1 400"), data
 
     _run(test)
+
+
+class _RecordingTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_response_head_and_body_go_out_in_one_write_and_nothing_is_held_past_a_turn():
+    from sidecar.listener import _ResponseWriter
+
+    async def scenario() -> None:
+        transport = _RecordingTransport()
+        writer = _ResponseWriter(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+        writer.write(b"HEAD")
+        writer.write(b"BODY")
+        assert transport.writes == [b"HEADBODY"]
+        writer.write(b"100 Continue")  # nothing follows in this turn
+        assert transport.writes == [b"HEADBODY"]
+        await asyncio.sleep(0)
+        assert transport.writes == [b"HEADBODY", b"100 Continue"]
+        writer.write(b"HEAD2")
+        writer.close()  # flushes before closing
+        assert transport.writes[-1] == b"HEAD2" and transport.closed
+
+    asyncio.run(scenario())
