@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -226,6 +227,35 @@ def test_writer_failure_fails_every_caller_in_the_group(spool: Spool) -> None:
     results = asyncio.run(scenario())
     assert all(isinstance(r, SpoolUnavailable) for r in results)
     assert spool.depth() == 0
+
+
+def test_writer_delays_a_commit_only_under_concurrent_load(spool: Spool) -> None:
+    original = spool.add_many
+    groups: list[int] = []
+
+    def counting(batches):  # type: ignore[no-untyped-def]
+        groups.append(len(batches))
+        return original(batches)
+
+    spool.add_many = counting  # type: ignore[method-assign]
+
+    async def scenario() -> float:
+        writer = SpoolWriter(spool, commit_window_s=0.3)
+        start = time.monotonic()
+        await writer.add([make_event(0)], [])  # alone: committed at once
+        lone = time.monotonic() - start
+        await asyncio.gather(*(writer.add([make_event(i)], []) for i in (1, 2)))  # together
+        # Under load now: a commit waits up to the window, so later arrivals join it.
+        first = asyncio.create_task(writer.add([make_event(3)], []))
+        await asyncio.sleep(0.1)
+        await asyncio.gather(first, writer.add([make_event(4)], []))
+        await writer.aclose()
+        return lone
+
+    lone = asyncio.run(scenario())
+    assert lone < 0.25
+    assert groups == [1, 2, 2]
+    assert spool.depth() == 5
 
 
 def test_writer_times_out_a_caller_but_still_commits_its_batch(spool: Spool) -> None:
