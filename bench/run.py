@@ -1,4 +1,4 @@
-"""Every ingest scenario, side by side with nginx, in one run: one table, ratios vs nginx-w1.
+"""Every ingest scenario, side by side with nginx, in one run: one table, ratios vs the best nginx.
 
     python bench/run.py [--duration 10] [--rounds 1] [--scenarios keepalive,big,...]
                         [--peers nginx-w1,spool,...] [--soak] [--workdir DIR]
@@ -232,13 +232,17 @@ def upstream_stats(port: int) -> dict[str, int]:
 @dataclass(frozen=True)
 class Peer:
     name: str
-    kind: str  # "nginx" or "sidecar"
+    kind: str  # "nginx", "sidecar" or "ref" (bench/refapp.py: answers, forwards nothing)
     workers: int = 1
-    mode: str = ""  # the sidecar's delivery.mode
+    mode: str = ""  # the sidecar's delivery.mode; the ref app's HTTP server
 
     @property
     def is_sidecar(self) -> bool:
         return self.kind == "sidecar"
+
+    @property
+    def forwards(self) -> bool:
+        return self.kind != "ref"
 
 
 PEERS = {p.name: p for p in (
@@ -247,6 +251,8 @@ PEERS = {p.name: p for p in (
     Peer("spool", "sidecar", mode="spool"),
     Peer("direct", "sidecar", mode="direct"),
     Peer("spool-w2", "sidecar", mode="spool", workers=2),
+    Peer("ref-hypercorn", "ref", mode="hypercorn"),
+    Peer("ref-uvicorn", "ref", mode="uvicorn"),
 )}
 
 
@@ -360,6 +366,16 @@ http {{
     return conf
 
 
+def ensure_hypercorn() -> None:
+    """The ref-hypercorn peer needs Hypercorn, which the sidecar no longer depends on."""
+    try:
+        import hypercorn  # noqa: F401
+    except ImportError:
+        log("hypercorn not installed: pip install 'hypercorn==0.18.*' (ref-hypercorn peer)")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "hypercorn==0.18.*"],
+                       check=True)
+
+
 def start_peer(bench: Bench, peer: Peer, tag: str, port: int, upstream_port: int,
                logs: Any) -> tuple[subprocess.Popen[bytes], Path | None]:
     """Start ``peer`` on ``port`` and wait until it is ready; returns (process, spool)."""
@@ -370,6 +386,16 @@ def start_peer(bench: Bench, peer: Peer, tag: str, port: int, upstream_port: int
              "-e", str(conf.parent / "error.log"), "-g", "daemon off;"],
             stdout=logs, stderr=logs)
         wait_for(lambda: port_open(port), 10, f"nginx ({tag})", proc)
+        return proc, None
+    if peer.kind == "ref":
+        if peer.mode == "hypercorn":
+            ensure_hypercorn()
+        c = bench.certs
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "bench" / "refapp.py"), "--server", peer.mode,
+             "--port", str(port), "--cert", str(c.server_cert), "--key", str(c.server_key),
+             "--ca", str(c.ca_cert)], stdout=logs, stderr=logs)
+        wait_for(lambda: port_open(port), 15, f"ref app ({tag})", proc)
         return proc, None
     admin_port = free_port()
     config, spool = write_sidecar_config(bench, tag, port, admin_port, upstream_port,
@@ -514,7 +540,10 @@ def measure(bench: Bench, scenario: str, peer: Peer, rnd: int, load: Load) -> Ro
             f"{load.body} body")
         p = drive(bench, server, load, bench.duration, tag)
         at_end = server.upstream_count()
-        delivered, drain_s = drain(bench, server, p.accepted)
+        if peer.forwards:
+            delivered, drain_s = drain(bench, server, p.accepted)
+        else:  # the ref app answers and forwards nothing: nothing to wait for
+            delivered, drain_s = p.accepted, 0.0
         rss = rss_mb(server.proc.pid) if peer.is_sidecar else None
     return row_from_pass(scenario, peer, rnd, p, at_end, delivered, drain_s, rss)
 
@@ -645,13 +674,15 @@ class Scenario:
 
 # In run order: every keep-alive scenario before the handshake one (TIME_WAIT pitfall).
 SCENARIOS = (
-    Scenario("keepalive", run_keepalive, ("nginx-w1", "nginx-w2", "spool", "direct",
+    Scenario("keepalive", run_keepalive, ("nginx-w1", "nginx-w2", "ref-hypercorn",
+                                          "ref-uvicorn", "spool", "direct",
                                           "spool-w2")),
     Scenario("big", run_big, ("nginx-w1", "spool", "spool-w2")),
     Scenario("e2e", run_e2e, ("spool", "spool-w2")),
     Scenario("latency", run_latency, ("nginx-w1", "spool", "spool-w2")),
     Scenario("soak", run_soak, ("spool",)),
-    Scenario("handshake", run_handshake, ("nginx-w1", "nginx-w2", "spool", "spool-w2")),
+    Scenario("handshake", run_handshake, ("nginx-w1", "nginx-w2", "ref-hypercorn",
+                                          "ref-uvicorn", "spool", "spool-w2")),
 )
 DEFAULT_SCENARIOS = "keepalive,big,e2e,latency,handshake"
 
@@ -686,7 +717,7 @@ def run_all(bench: Bench, names: list[str], rounds: int, only: set[str] | None) 
 
 def pick_best(rows: list[Row]) -> list[Row]:
     """Best of the rounds per (scenario, peer), by headline rate; sets ratios vs the
-    best nginx-w1 of the same scenario (e2e: of keepalive, the issue's reference)."""
+    faster of nginx-w1 and nginx-w2 in the same scenario (e2e: of keepalive, the issue's reference)."""
     best: dict[tuple[str, str], Row] = {}
     samples: dict[tuple[str, str], list[float]] = {}
     for r in rows:
@@ -699,7 +730,9 @@ def pick_best(rows: list[Row]) -> list[Row]:
         if len(samples[key]) > 1:
             r.notes.insert(0, "rounds: " + " / ".join(f"{x:,.0f}" for x in samples[key]))
         ref_scenario = "keepalive" if r.scenario == "e2e" else r.scenario
-        ref = best.get((ref_scenario, "nginx-w1"))
+        nginx = [best[k] for k in ((ref_scenario, "nginx-w1"), (ref_scenario, "nginx-w2"))
+                 if k in best]
+        ref = max(nginx, key=lambda n: n.rps) if nginx else None
         if ref is not None and ref.rps:
             r.vs_nginx = r.rps / ref.rps
     return list(best.values())
@@ -707,6 +740,8 @@ def pick_best(rows: list[Row]) -> list[Row]:
 
 def fmt_row(r: Row) -> list[str]:
     delivered = f"{r.delivered:,} / {r.accepted:,}"
+    if not PEERS[r.peer].forwards:
+        delivered = "- (forwards nothing)"
     if r.drain_s is None and r.delivered < r.accepted:
         delivered += " NOT DRAINED"
     ratio = "-" if r.vs_nginx is None else f"{r.vs_nginx:.3f}x"
@@ -719,7 +754,7 @@ def fmt_row(r: Row) -> list[str]:
 
 
 def table(best: list[Row], rounds: int) -> str:
-    head = ["scenario", "peer", "req/s", "vs nginx-w1", "p50 ms", "p99 ms", "errors",
+    head = ["scenario", "peer", "req/s", "vs best nginx", "p50 ms", "p99 ms", "errors",
             "CPU server", "CPU loadgen", "CPU upstream", "delivered / accepted", "RSS MB",
             "notes"]
     lines = ["| " + " | ".join(head) + " |",

@@ -2,8 +2,9 @@
 
 Why uvicorn's protocol (llhttp, the C parser behind Node.js, through ``httptools``)
 rather than Hypercorn + h11: the same Starlette app with the same HMAC and JSON work,
-over the same mTLS, answered 2.8x the requests per second on keep-alive connections and
-1.5x the new handshakes per second on the project's 2-core machine (``bench/RESULTS.md``).
+over the same mTLS, answered 2.6-4x the requests per second on keep-alive connections
+and 1.2-1.5x the new handshakes per second on the project's 2-core machine
+(``bench/RESULTS.md``: the ``ref-hypercorn`` and ``ref-uvicorn`` peers).
 h11 is pure Python and Hypercorn adds a task group, an idle task and three writes per
 request; at a few thousand deliveries a second that was most of the sidecar's CPU.
 
