@@ -21,6 +21,8 @@ this module adds what uvicorn does not do but the SPEC's slow-client limits need
 * a **header size cap**: more than ``max_header_bytes`` before the end of the headers
   gets 431 and the connection is closed; nothing past the cap is handed to the parser,
   so a huge header costs no memory;
+* **no unread bodies**: a connection whose request was answered before its body was
+  all read is closed after the answer, instead of reading the rest with no deadline;
 * an **idle keep-alive timeout** of its own (``keepalive_timeout_s``), separate from the
   header deadline;
 * **one write per response**: uvicorn writes a response's head and body separately,
@@ -207,6 +209,15 @@ class _Protocol(HttpToolsProtocol):
         # Whatever comes next belongs to the next request's header phase.
         self._awaiting_headers = True
         self._header_bytes = 0
+
+    def on_response_complete(self) -> None:
+        if self.cycle is not None and self.cycle.more_body:
+            # Answered before the body was all read (404, 405, a GET with a body): the
+            # rest of the body is not waited for.  uvicorn would go on reading and
+            # discarding it with no deadline, so a client could trickle it forever.
+            self.transport.close()
+            return
+        super().on_response_complete()
 
     # Header deadline.
 

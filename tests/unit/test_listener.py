@@ -134,6 +134,18 @@ def test_headers_just_under_the_cap_with_a_body_in_the_same_read_are_fine():
     _run(test)
 
 
+def test_answer_before_the_body_is_read_closes_the_connection():
+    async def test(port: int, stop: asyncio.Event) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        # The app answers without reading the body; the client would trickle the rest.
+        writer.write(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\nsome")
+        data, elapsed = await _read_all(reader, 3)
+        assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"hello"), data
+        assert elapsed < LIMITS.header_timeout_s  # closed after the answer, not on a timer
+
+    _run(test)
+
+
 def test_stop_lets_a_request_in_progress_finish_then_closes():
     async def test(port: int, stop: asyncio.Event) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
