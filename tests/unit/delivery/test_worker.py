@@ -347,6 +347,34 @@ def test_wake_starts_delivery_without_waiting_for_the_poll(spool: Spool, metrics
     asyncio.run(run_until(worker, client, add_and_wake))
 
 
+def test_a_trickle_of_wakeups_after_the_spool_emptied_shares_claims(
+        spool: Spool, metrics: Metrics, clock: Clock) -> None:
+    upstream = Upstream()
+    worker, client = make_worker(spool, upstream, metrics, clock, poll_interval_s=30,
+                                 max_in_flight=8)
+    original = spool.settle_and_claim
+    claims: list[int] = []
+
+    def counting(settlement, limit, *, lease_s):  # type: ignore[no-untyped-def]
+        claimed = original(settlement, limit, lease_s=lease_s)
+        claims.append(len(claimed))
+        return claimed
+
+    spool.settle_and_claim = counting  # type: ignore[method-assign]
+
+    async def trickle() -> None:
+        await wait_until(lambda: len(claims) >= 1)  # the first visit found the spool empty
+        for n in range(20):  # one commit and one wake-up at a time, as a light load does
+            spool.add_many([([make_event(n)], [])])
+            worker.wake()
+            await asyncio.sleep(0.001)
+        await wait_until(lambda: spool.stats().delivered == 20, timeout_s=2)
+
+    asyncio.run(run_until(worker, client, trickle))
+    assert sum(claims) == 20
+    assert len([n for n in claims if n]) < 14, claims  # shared, not one per wake-up
+
+
 def test_run_recovers_events_left_in_flight_by_a_crash(spool: Spool, metrics: Metrics,
                                                        clock: Clock) -> None:
     upstream = Upstream()
