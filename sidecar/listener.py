@@ -50,7 +50,7 @@ from uvicorn.config import Config as UvicornConfig
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-__all__ = ["ListenerLimits", "Listener", "listen_socket"]
+__all__ = ["ListenerLimits", "Listener", "bind_socket"]
 
 log = logging.getLogger("sidecar.listener")
 
@@ -73,11 +73,11 @@ class ListenerLimits:
             raise ValueError("max_header_bytes must be at least 1024.")
 
 
-def listen_socket(host: str, port: int, *, backlog: int, reuse_port: bool = False,
-                  listen: bool = True) -> socket.socket:
-    """A bound (and, with ``listen``, listening) TCP socket; ``OSError`` when the port is
-    taken.  ``reuse_port`` lets several ingest processes each listen on the same port
-    (``SO_REUSEPORT``: the kernel spreads new connections across them)."""
+def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A bound TCP socket, not yet listening (``Listener.serve`` listens on it with its
+    backlog); ``OSError`` when the port is taken.  ``reuse_port`` lets several ingest
+    processes each listen on the same port (``SO_REUSEPORT``: the kernel spreads new
+    connections across them)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -85,8 +85,6 @@ def listen_socket(host: str, port: int, *, backlog: int, reuse_port: bool = Fals
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
-        if listen:
-            sock.listen(backlog)
         sock.setblocking(False)
     except OSError:
         sock.close()
@@ -95,7 +93,7 @@ def listen_socket(host: str, port: int, *, backlog: int, reuse_port: bool = Fals
 
 
 class Listener:
-    """Serves one ASGI app on one socket until ``stop`` is set, then drains."""
+    """Serves one ASGI app on one bound socket until ``stop`` is set, then drains."""
 
     def __init__(self, app: Any, sock: socket.socket, *, limits: ListenerLimits,
                  ssl_context: ssl.SSLContext | None = None, backlog: int = 1024) -> None:

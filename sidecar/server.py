@@ -25,6 +25,7 @@ to every ingest process).  Each process also reloads every ``tls.reload_interval
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -48,7 +49,7 @@ from sidecar.delivery.ingest import DirectIngest, Ingest, SpoolIngest
 from sidecar.delivery.upstream import UpstreamClient
 from sidecar.delivery.worker import DeliveryWorker
 from sidecar.errors import SidecarError
-from sidecar.listener import Listener, ListenerLimits, listen_socket
+from sidecar.listener import Listener, ListenerLimits, bind_socket
 from sidecar.logs import setup_logging
 from sidecar.metrics import Metrics
 from sidecar.spool import Spool, SpoolWriter
@@ -147,18 +148,17 @@ def _listener_limits(config: Config, *, graceful_timeout_s: float) -> ListenerLi
                           graceful_timeout_s=graceful_timeout_s)
 
 
-def _public_socket(config: Config, *, reuse_port: bool, listen: bool = True) -> socket.socket:
+def _public_socket(config: Config, *, reuse_port: bool) -> socket.socket:
     """``reuse_port`` for ``--workers N``: each ingest process listens on its own socket
     (one shared socket would not spread the load: one process's accept loop takes a whole
-    burst of connections, and keep-alive keeps them there).  The parent binds one without
-    listening, to fail early (one line) when the port is taken and to hold it for the
-    ingest processes (a bound, non-listening socket gets no connections)."""
-    return listen_socket(config.listen.host, config.listen.port, backlog=_backlog(config),
-                         reuse_port=reuse_port, listen=listen)
+    burst of connections, and keep-alive keeps them there).  The parent binds one and
+    never listens on it, to fail early (one line) when the port is taken and to hold it
+    for the ingest processes (a bound, non-listening socket gets no connections)."""
+    return bind_socket(config.listen.host, config.listen.port, reuse_port=reuse_port)
 
 
 def _admin_socket(config: Config) -> socket.socket:
-    return listen_socket(config.admin.host, config.admin.port, backlog=128)
+    return bind_socket(config.admin.host, config.admin.port)
 
 
 def _backlog(config: Config) -> int:
@@ -268,7 +268,7 @@ class DeliveryRole:
                        if self.worker is not None else None)
         housekeeping = asyncio.create_task(self._housekeeping(stop))
         try:
-            await Listener(self.app, sock, limits=_listener_limits(
+            await Listener(self.app, sock, backlog=128, limits=_listener_limits(
                 self.live.config, graceful_timeout_s=1.0)).serve(stop)
         finally:
             housekeeping.cancel()
@@ -478,7 +478,7 @@ class _Supervisor:
         # one line, and the certificate gauges and readiness come from here.
         self.live = LiveState(config, self.metrics, max_connections=None)
         self.spool = spool
-        self.sock = _public_socket(config, reuse_port=True, listen=False)
+        self.sock = _public_socket(config, reuse_port=True)
         try:
             self.admin_sock = _admin_socket(config)
         except OSError:
@@ -654,21 +654,12 @@ def run_server(config_path: Path, *, loop: str = "auto", workers: int = 1) -> in
         raise
     if workers <= 1:
         try:
-            public_sock = _public_socket(config, reuse_port=False)
-        except BaseException:
-            spool.close()
-            raise
-        try:
-            admin_sock = _admin_socket(config)
-        except BaseException:
-            public_sock.close()
-            spool.close()
-            raise
-        try:
-            _run_loop(lambda: _serve_single(config, spool, public_sock, admin_sock), loop)
+            with contextlib.ExitStack() as sockets:  # closed however the run ends
+                public_sock = sockets.enter_context(_public_socket(config, reuse_port=False))
+                admin_sock = sockets.enter_context(_admin_socket(config))
+                _run_loop(lambda: _serve_single(config, spool, public_sock, admin_sock), loop)
         finally:
-            public_sock.close()
-            admin_sock.close()
+            spool.close()  # idempotent; _serve_single closes it when it ran
         return 0
     try:
         supervisor = _Supervisor(config, spool, workers, loop)

@@ -162,14 +162,14 @@ class DeliveryWorker:
 
         If the spool fails, the outcomes are lost with it; their leases expire and the
         events are sent again (at-least-once), so nothing is lost."""
-        if limit <= 0 and not self._outcomes:
-            self._last_sync = time.monotonic()
-            return []
-        gap = self._last_sync + _MIN_SYNC_GAP_S - time.monotonic()
-        if self._drained and gap > 0:
-            await asyncio.sleep(gap)  # let a trickle of new events gather
+        if self._drained and (limit > 0 or self._outcomes):
+            gap = self._last_sync + _MIN_SYNC_GAP_S - time.monotonic()
+            if gap > 0:
+                await asyncio.sleep(gap)  # let a trickle of new events gather
         outcomes, self._outcomes = self._outcomes, Settlement()
         self._last_sync = time.monotonic()
+        if limit <= 0 and not outcomes:
+            return []
         self._wakeup.clear()  # anything added from here on wakes the next idle
         try:
             # The spool-depth gauge is refreshed on each /metrics scrape, not here.

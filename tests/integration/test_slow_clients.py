@@ -34,6 +34,13 @@ def _connect(sidecar) -> ssl.SSLSocket:
     return ctx.wrap_socket(raw, server_hostname="127.0.0.1")
 
 
+def _timed_answer(conn: ssl.SSLSocket, wait_s: float) -> tuple[bytes | None, float]:
+    """``_closed_or_answered`` and how long it took."""
+    start = time.monotonic()
+    answer = _closed_or_answered(conn, wait_s)
+    return answer, time.monotonic() - start
+
+
 def _closed_or_answered(conn: ssl.SSLSocket, wait_s: float) -> bytes | None:
     """Data the server sent (b"" when it closed), or None if it said nothing in wait_s."""
     conn.settimeout(wait_s)
@@ -105,9 +112,7 @@ def test_idle_connection_without_a_request_is_closed_at_the_header_timeout(start
     sidecar = start_sidecar(extra=LIMITS)
     conn = _connect(sidecar)
     try:
-        start = time.monotonic()
-        answer = _closed_or_answered(conn, KEEPALIVE_TIMEOUT_S + 3)
-        elapsed = time.monotonic() - start
+        answer, elapsed = _timed_answer(conn, KEEPALIVE_TIMEOUT_S + 3)
     finally:
         conn.close()
     assert answer == b""
@@ -136,9 +141,7 @@ def test_idle_keepalive_connection_outlives_the_header_timeout(start_sidecar):
         assert _closed_or_answered(conn, HEADER_TIMEOUT_S + SLACK_S) is None  # still open
         conn.sendall(get)
         assert answer().startswith(b"HTTP/1.1 200")
-        idle_start = time.monotonic()
-        closed = _closed_or_answered(conn, KEEPALIVE_TIMEOUT_S + 3)
-        elapsed = time.monotonic() - idle_start
+        closed, elapsed = _timed_answer(conn, KEEPALIVE_TIMEOUT_S + 3)
     finally:
         conn.close()
     assert closed == b""
@@ -156,9 +159,7 @@ def test_stalled_body_gets_408_or_closed_and_nothing_is_forwarded(start_sidecar,
     try:
         traffic.start()
         conn.sendall(head + body[:10])
-        start = time.monotonic()
-        answer = _closed_or_answered(conn, BODY_TIMEOUT_S + 5)
-        elapsed = time.monotonic() - start
+        answer, elapsed = _timed_answer(conn, BODY_TIMEOUT_S + 5)
     finally:
         conn.close()
     traffic.finish()

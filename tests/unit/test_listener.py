@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.listener import Listener, ListenerLimits, listen_socket
+from sidecar.listener import Listener, ListenerLimits, bind_socket
 
 LIMITS = ListenerLimits(header_timeout_s=0.5, keepalive_timeout_s=1.5, max_header_bytes=4096,
                         handshake_timeout_s=1.0, graceful_timeout_s=2.0)
@@ -28,10 +28,11 @@ async def _hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 def _run(test: Callable[[int, asyncio.Event], Awaitable[None]]) -> None:
     async def main() -> None:
-        sock = listen_socket("127.0.0.1", 0, backlog=16)
+        sock = bind_socket("127.0.0.1", 0)
         port = sock.getsockname()[1]
         stop = asyncio.Event()
-        served = asyncio.create_task(Listener(_hello, sock, limits=LIMITS).serve(stop))
+        served = asyncio.create_task(Listener(_hello, sock, limits=LIMITS, backlog=16)
+                                     .serve(stop))
         try:
             await asyncio.wait_for(test(port, stop), 10)
         finally:
