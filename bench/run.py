@@ -9,7 +9,8 @@ What it does, in order (bench/README.md says why, and what every scenario and co
    when Go is missing and we are root) and finds nginx (``apt-get install -y
    nginx-light`` when it is missing and we are root);
 2. makes dev certificates (``sidecar.tls.devcerts.write_dev_certs``: one CA, a server
-   cert for 127.0.0.1, a client cert with Meta's CN), used by every peer;
+   cert for 127.0.0.1, a client cert with Meta's CN), used by every peer: ECDSA P-256,
+   and an RSA-2048 set (the baseline's key type) for the ``handshake-rsa`` scenario;
 3. for each scenario, for each round, for each peer (A B A B): starts a fresh fast
    upstream (``bench/upstream.py``) and a fresh server (nginx, or ``python -m sidecar
    serve`` with an empty spool) on free ports, drives it with the loadgen (mTLS, every
@@ -40,7 +41,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -261,7 +262,8 @@ class Bench:
     """What every scenario shares: tools, certificates, bodies, options."""
     loadgen: Path
     nginx: str
-    certs: Any
+    certs: Any  # ECDSA P-256 (sidecar.tls.devcerts' default)
+    certs_rsa: Any  # RSA-2048, as in the performance baseline (handshake-rsa)
     work: Path
     bodies: dict[str, Path]
     duration: int
@@ -593,6 +595,13 @@ def run_handshake(bench: Bench, peer: Peer, rnd: int) -> Row:
     return measure(bench, "handshake", peer, rnd, HANDSHAKE)
 
 
+def run_handshake_rsa(bench: Bench, peer: Peer, rnd: int) -> Row:
+    """The same with RSA-2048 certificates on both sides (the baseline's), where the
+    handshake's own crypto is a larger share of every peer's cost."""
+    return measure(replace(bench, certs=bench.certs_rsa), "handshake-rsa", peer, rnd,
+                   HANDSHAKE)
+
+
 def run_big(bench: Bench, peer: Peer, rnd: int) -> Row:
     """Ingest, c=32 keep-alive, a ~100 KB delivery (long text body), unique and signed."""
     return measure(bench, "big", peer, rnd, BIG)
@@ -683,8 +692,10 @@ SCENARIOS = (
     Scenario("soak", run_soak, ("spool",)),
     Scenario("handshake", run_handshake, ("nginx-w1", "nginx-w2", "ref-hypercorn",
                                           "ref-uvicorn", "spool", "spool-w2")),
+    Scenario("handshake-rsa", run_handshake_rsa, ("nginx-w1", "nginx-w2", "spool",
+                                                  "spool-w2")),
 )
-DEFAULT_SCENARIOS = "keepalive,big,e2e,latency,handshake"
+DEFAULT_SCENARIOS = "keepalive,big,e2e,latency,handshake,handshake-rsa"
 
 
 def sidecar_has_workers_option() -> bool:
@@ -839,6 +850,8 @@ def main(argv: list[str] | None = None) -> int:
         nginx=find_nginx(),
         certs=write_dev_certs(work / "certs", server_names=("localhost",),
                               server_ips=("127.0.0.1",)),
+        certs_rsa=write_dev_certs(work / "certs-rsa", server_names=("localhost",),
+                                  server_ips=("127.0.0.1",), key_type="rsa"),
         work=work, bodies=bodies, duration=args.duration,
         e2e_duration=args.e2e_duration or args.duration,
         latency_concurrency=args.latency_concurrency,

@@ -1,7 +1,9 @@
 """Make a local CA and leaf certificates: for ``certs dev``, ``demo`` and the tests.
 
 Never for production: the CA key is written next to the certificates.  ECDSA P-256
-keys (fast handshakes); the client certificate carries Meta's CN and DNS SAN.
+keys by default (fast handshakes), RSA-2048 on request (``key_type="rsa"``: the
+benchmark's second handshake scenario); the client certificate carries Meta's CN and
+DNS SAN.
 """
 
 from __future__ import annotations
@@ -11,15 +13,19 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sidecar.config import META_CLIENT_NAME
 
-__all__ = ["CertAuthority", "IssuedCert", "DevCertFiles", "write_dev_certs"]
+__all__ = ["CertAuthority", "IssuedCert", "DevCertFiles", "KeyType", "write_dev_certs"]
+
+KeyType = Literal["ecdsa", "rsa"]
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +39,10 @@ class IssuedCert:
 
 
 class CertAuthority:
-    def __init__(self, name: str = "sidecar dev CA", *, valid_days: int = 3650) -> None:
-        self._key = ec.generate_private_key(ec.SECP256R1())
+    def __init__(self, name: str = "sidecar dev CA", *, valid_days: int = 3650,
+                 key_type: KeyType = "ecdsa") -> None:
+        self.key_type = key_type  # of the CA and of every certificate it issues
+        self._key = _new_key(key_type)
         now = datetime.now(timezone.utc)
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         self.cert = (
@@ -72,7 +80,7 @@ class CertAuthority:
         not_before: datetime | None = None,
         not_after: datetime | None = None,
     ) -> IssuedCert:
-        key = ec.generate_private_key(ec.SECP256R1())
+        key = _new_key(self.key_type)
         now = datetime.now(timezone.utc)
         sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
         sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
@@ -108,10 +116,11 @@ class DevCertFiles:
 
 
 def write_dev_certs(out_dir: Path, *, server_names: tuple[str, ...] = ("localhost",),
-                    server_ips: tuple[str, ...] = ("127.0.0.1", "::1")) -> DevCertFiles:
+                    server_ips: tuple[str, ...] = ("127.0.0.1", "::1"),
+                    key_type: KeyType = "ecdsa") -> DevCertFiles:
     """One CA signing both the server certificate and a client certificate with Meta's CN."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    ca = CertAuthority()
+    ca = CertAuthority(key_type=key_type)
     files = DevCertFiles(
         ca_cert=out_dir / "ca.pem", ca_key=out_dir / "ca.key",
         server_cert=out_dir / "server.pem", server_key=out_dir / "server.key",
@@ -126,7 +135,15 @@ def write_dev_certs(out_dir: Path, *, server_names: tuple[str, ...] = ("localhos
     return files
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def _new_key(key_type: KeyType) -> PrivateKey:
+    if key_type == "ecdsa":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    raise ValueError(f"unknown key type {key_type!r} (ecdsa or rsa)")
+
+
+def _key_pem(key: PrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 

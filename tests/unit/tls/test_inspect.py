@@ -52,6 +52,22 @@ def test_good_files_are_ok(tmp_path: Path, ca: CertAuthority, server: IssuedCert
     json.dumps(report.to_json())  # JSON-serialisable as is
 
 
+def test_rsa_files_are_ok_and_a_key_of_the_other_kind_is_not(
+        tmp_path: Path, server: IssuedCert) -> None:
+    rsa_ca = CertAuthority("inspect test RSA CA", key_type="rsa")
+    rsa_server = rsa_ca.issue("localhost", dns_names=("localhost",), server=True)
+    assert b"BEGIN PRIVATE KEY" in rsa_server.key_pem
+    report = check_tls(_config(tmp_path, rsa_ca, rsa_server), warn_days=30)
+    assert (report.status, report.exit_code) == (OK, 0)
+    _, chain = read_pem_certs(tmp_path / "server.pem", "tls.cert_file")
+    assert chain[0].public_key().key_size == 2048  # type: ignore[union-attr]
+
+    mismatched = check_tls(_config(tmp_path, rsa_ca, rsa_server, key=server.key_pem),
+                           warn_days=30)
+    assert (mismatched.status, mismatched.exit_code) == (INVALID, 2)
+    assert mismatched.items[1].extra["matches_leaf"] is False
+
+
 def test_expiry_within_warn_days_is_expiring(tmp_path: Path, ca: CertAuthority,
                                              server: IssuedCert) -> None:
     config = _config(tmp_path, ca, server)
