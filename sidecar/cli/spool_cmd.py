@@ -65,11 +65,14 @@ def register(subparsers: Any) -> None:
 
     purge = sub.add_parser(
         "purge", help="delete delivered events (dedup is kept)",
-        description="Delete events delivered longer ago than DURATION. Their ids keep "
-                    "blocking repeats until delivery.dedup_retention_s has passed.")
+        description="Delete delivered events (all of them, or those delivered longer ago "
+                    "than --delivered-before). Their ids keep blocking repeats until "
+                    "delivery.dedup_retention_s has passed. Pending, dead and quarantined "
+                    "events are never purged.")
     _common(purge)
-    purge.add_argument("--delivered-before", required=True, metavar="DURATION",
-                       help="age such as 7d, 12h, 30m, 3600s or 3600 (seconds)")
+    purge.add_argument("--delivered-before", default="0s", metavar="DURATION",
+                       help="only events delivered at least this long ago: 7d, 12h, 30m, "
+                            "3600s or 3600 (seconds); default 0s, every delivered event")
     purge.set_defaults(spool_func=_purge)
 
 

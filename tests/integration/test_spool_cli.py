@@ -150,11 +150,21 @@ def test_replay_needs_ids_or_all_dead(capsys: pytest.CaptureFixture[str], config
     assert code == 2 and err.count("\n") == 1
 
 
-def test_purge(capsys: pytest.CaptureFixture[str], config: str, filled: Spool) -> None:
+def test_purge_without_an_age_deletes_every_delivered_event(
+        capsys: pytest.CaptureFixture[str], config: str, filled: Spool) -> None:
+    before = filled.stats()
+    code, out, _ = run_cli(capsys, "purge", "-c", config)
+    assert code == 0 and "purged 1 delivered events" in out
+    after = filled.stats()
+    assert after.delivered == 0
+    assert (after.pending, after.dead) == (before.pending, before.dead)  # only delivered go
+    assert filled.filter_new(["evt_0"]) == set()  # dedup survives the purge
+
+
+def test_purge_with_age_zero_is_the_same(capsys: pytest.CaptureFixture[str], config: str,
+                                        filled: Spool) -> None:
     code, out, _ = run_cli(capsys, "purge", "-c", config, "--delivered-before", "0s")
     assert code == 0 and "purged 1 delivered events" in out
-    assert filled.stats().delivered == 0
-    assert filled.filter_new(["evt_0"]) == set()  # dedup survives the purge
 
 
 def test_purge_keeps_recent(capsys: pytest.CaptureFixture[str], config: str,
