@@ -2,9 +2,11 @@
 
 Knows certificates, not connections or HTTP (ghostunnel's ``auth`` package).  A
 certificate is allowed when its subject CN, or one of its DNS SANs, equals one of the
-configured names exactly — no substring, no wildcard, no case folding beyond DNS's
-own case-insensitivity.  Chaining to a trusted CA is checked by OpenSSL before this;
-it is never enough on its own.
+configured names exactly, character for character (the SPEC's "matched exactly", as
+ghostunnel's ``--allow-cn``): no substring, no wildcard, no case folding, no trailing
+dot.  Meta's certificate carries the lower-case name it documents, so exactness costs
+nothing and leaves no look-alike to reason about.  Chaining to a trusted CA is checked
+by OpenSSL before this; it is never enough on its own.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class IdentityPolicy:
     __slots__ = ("allowed_names",)
 
     def __init__(self, allowed_names: Iterable[str]) -> None:
-        self.allowed_names = frozenset(_fold(name) for name in allowed_names)
+        self.allowed_names = frozenset(allowed_names)
         if not self.allowed_names:
             raise ValueError("IdentityPolicy needs at least one allowed name")
 
@@ -38,18 +40,10 @@ class IdentityPolicy:
             return False
         cns, sans = peer_names(peer_cert)
         # A certificate with several CNs is ambiguous; only a single CN counts.
-        if len(cns) == 1 and _fold(cns[0]) in self.allowed_names:
+        if len(cns) == 1 and cns[0] in self.allowed_names:
             return True
-        return any(_fold(san) in self.allowed_names for san in sans)
+        return any(san in self.allowed_names for san in sans)
 
     def __repr__(self) -> str:
         return f"IdentityPolicy({sorted(self.allowed_names)!r})"
 
-
-def _fold(name: str) -> str:
-    """DNS case folding: ASCII letters only.  ``str.lower`` would also fold look-alikes
-    (the Kelvin sign K becomes k), letting a non-ASCII name match an allowed one."""
-    return name.translate(_ASCII_LOWER)
-
-
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")

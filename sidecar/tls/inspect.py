@@ -243,6 +243,9 @@ def _check_client_name(name: str) -> NameCheck:
     if "*" in name:
         return NameCheck(name, "contains a wildcard: names are matched exactly, so it can "
                                "only match a certificate carrying that literal text")
+    if name != name.lower():
+        return NameCheck(name, "has upper-case letters: names are matched exactly, case "
+                               "included, and Meta's certificate is lower-case")
     labels = name.rstrip(".").split(".")
     if not name or len(name) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
         return NameCheck(name, "not a plausible DNS name: it can only match a CN with "

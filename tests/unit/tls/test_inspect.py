@@ -116,3 +116,11 @@ def test_wildcard_client_name_is_warned_about(tmp_path: Path, ca: CertAuthority,
     names = check_tls(config, warn_days=30).client_names
     assert names[0].warning is not None and "wildcard" in names[0].warning
     assert names[1].warning is None
+
+
+def test_upper_case_client_name_is_warned_about(tmp_path: Path, ca: CertAuthority,
+                                                server: IssuedCert) -> None:
+    config = _config(tmp_path, ca, server,
+                     extra=', allowed_client_names: ["Client.Webhooks.FBClientCerts.com"]')
+    names = check_tls(config, warn_days=30).client_names
+    assert names[0].warning is not None and "upper-case" in names[0].warning
