@@ -51,6 +51,7 @@ THROTTLE_CODES = frozenset({4, 17, 32, 613, 80008})
 AUTH_CODES = frozenset({190})
 _MAX_BODY_BYTES = 1024 * 1024
 _MAX_MESSAGE_CHARS = 200
+_MASK_ANYWHERE_CHARS = 16  # Graph access tokens are ~200 characters
 _WABA_ID = re.compile(r"[0-9]{1,32}")
 _API_VERSION = re.compile(r"v[0-9]{1,3}\.[0-9]{1,3}")
 _TOKEN = re.compile(r"[\x21-\x7e]+")  # visible ASCII: safe in a header, never echoed
@@ -317,11 +318,19 @@ def _advertised_wait_s(response: httpx.Response) -> float | None:
 
 def _clean(value: object, token: Secret, limit: int = _MAX_MESSAGE_CHARS) -> str:
     """One line, at most ``limit`` characters, with the token (if echoed) masked."""
-    text = " ".join(str(value).split())
-    secret = token.reveal()
-    if secret:
-        text = text.replace(secret, "***")
+    text = _mask(" ".join(str(value).split()), token.reveal())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _mask(text: str, secret: str) -> str:
+    """``text`` with ``secret`` replaced by ``***``.  A real access token is long and
+    masked wherever it appears; a short one (a test token such as ``tok``) only where it
+    stands alone, so that Graph's own words ("token") are not mangled into "***en"."""
+    if not secret:
+        return text
+    if len(secret) >= _MASK_ANYWHERE_CHARS:
+        return text.replace(secret, "***")
+    return re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
 
 
 def _graph_error_line(error: dict[str, Any], status: int, token: Secret) -> str:

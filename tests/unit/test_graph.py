@@ -49,10 +49,11 @@ class Recorder:
         return self.responses[index]
 
 
-def make_client(handler: Handler, **kwargs: object) -> tuple[GraphClient, list[float], list[str]]:
+def make_client(handler: Handler, token: str = TOKEN,
+                **kwargs: object) -> tuple[GraphClient, list[float], list[str]]:
     sleeps: list[float] = []
     waits: list[str] = []
-    client = GraphClient(BASE, "v24.0", Secret(TOKEN), transport=httpx.MockTransport(handler),
+    client = GraphClient(BASE, "v24.0", Secret(token), transport=httpx.MockTransport(handler),
                          sleep=sleeps.append, on_wait=waits.append, **kwargs)  # type: ignore[arg-type]
     return client, sleeps, waits
 
@@ -143,6 +144,20 @@ def test_token_echoed_by_graph_is_masked_and_long_message_truncated() -> None:
     text = str(info.value)
     assert_no_token(text)
     assert "***" in text and len(text) < 300
+
+
+@pytest.mark.parametrize(("secret", "message", "shown"), [
+    ("tok", "bad token", "bad token"),                    # a short token inside a word stays
+    ("tok", "bad token tok.", "bad token ***."),          # standing alone it is masked
+    ("tok", "url?access_token=tok&x=1", "url?access_token=***&x=1"),
+    (TOKEN, f"x{TOKEN}y", "x***y"),                        # a long one is masked anywhere
+])
+def test_masking_hides_the_token_without_mangling_graph_words(secret: str, message: str,
+                                                              shown: str) -> None:
+    client, _, _ = make_client(Recorder([graph_error(190, message=message)]), token=secret)
+    with pytest.raises(GraphAuthError) as info:
+        client.list_subscribed_apps("123")
+    assert f"): {shown} [fbtrace_id" in str(info.value)
 
 
 @pytest.mark.parametrize(("response", "needle"), [
