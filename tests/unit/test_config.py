@@ -117,6 +117,25 @@ def test_both_forms_of_a_secret_is_an_error(tmp_path):
     assert "either verify_token or verify_token_file" in _error(tmp_path, text)
 
 
+@pytest.mark.parametrize("form", ["inline", "file"])
+def test_whsec_signing_secret_must_be_base64(tmp_path, form):
+    bad, good = "whsec_not base64!", "whsec_" + "QUJD" * 8
+    def config_text(secret: str) -> str:
+        if form == "file":
+            (tmp_path / "signing.txt").write_text(secret + "\n")
+            line = "  signing_secret_file: signing.txt\n"
+        else:
+            line = f'  signing_secret: "{secret}"\n'
+        return MINIMAL.replace("upstream:\n", "upstream:\n" + line)
+    key = "upstream.signing_secret_file" if form == "file" else "upstream.signing_secret"
+    message = _error(tmp_path, config_text(bad))
+    assert message.startswith(f"config key '{key}': a whsec_ secret must be base64")
+    assert "not base64!" not in message  # the secret itself is never echoed
+    config = load_config(_write(tmp_path, config_text(good)), env=ENV)
+    assert config.upstream.signing_secret is not None
+    assert config.upstream.signing_secret.reveal() == good
+
+
 def test_missing_secret_file_names_key_and_file(tmp_path):
     text = MINIMAL.replace('  verify_token: "${VERIFY_TOKEN}"\n', "  verify_token_file: gone.txt\n")
     message = _error(tmp_path, text)
