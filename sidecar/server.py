@@ -48,7 +48,7 @@ from sidecar.config import Config, load_config
 from sidecar.delivery.ingest import DirectIngest, Ingest, SpoolIngest
 from sidecar.delivery.upstream import UpstreamClient
 from sidecar.delivery.worker import DeliveryWorker
-from sidecar.errors import SidecarError
+from sidecar.errors import SidecarError, SpoolUnavailable
 from sidecar.listener import Listener, ListenerLimits, bind_socket
 from sidecar.logs import setup_logging
 from sidecar.metrics import Metrics
@@ -312,7 +312,10 @@ class DeliveryRole:
             "server certificate expired"
 
     async def _spool_ready(self) -> str | None:
-        await asyncio.to_thread(self.spool.depth)
+        try:
+            await asyncio.to_thread(self.spool.check_writable)
+        except SpoolUnavailable:
+            return "spool not writable"
         return None
 
     async def _upstream_ready(self) -> str | None:

@@ -545,6 +545,14 @@ class Spool:
             )
             return cur.rowcount
 
+    def check_writable(self) -> None:
+        """Raise ``SpoolUnavailable`` unless a write commits now (``/readyz``: "spool
+        writable").  A read passes on a read-only file, and in WAL mode while another
+        writer holds the lock; this takes the same locks as an ingest commit and commits
+        a header write (no fsync), so it fails exactly when ingest would."""
+        with self._tx(durable=False) as conn:
+            conn.execute(f"pragma user_version = {self.SCHEMA_VERSION}")
+
     # ------------------------------------------------------------------ inspection
 
     def depth(self) -> int:

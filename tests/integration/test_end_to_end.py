@@ -89,7 +89,8 @@ def test_direct_mode_upstream_down_is_503_and_retry_succeeds(start_sidecar, sink
     sidecar = start_sidecar(mode="direct", upstream_url=f"http://127.0.0.1:{free_port()}/events",
                             wait=False)
     # /readyz is 503 in direct mode while the upstream refuses connections.
-    import httpx, time
+    import httpx
+    import time
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         try:
@@ -114,3 +115,27 @@ def test_direct_mode_upstream_500_is_503_without_leaking_its_body(start_sidecar,
     sink.status = 200
     assert sidecar.post(body).status_code == 200  # Meta's retry goes through
     assert len(sink.delivered()) == 1
+
+
+def test_readyz_fails_while_the_spool_cannot_take_a_write(start_sidecar, tmp_path):
+    """ "Spool writable": a read would still pass while another writer holds the lock."""
+    import sqlite3
+    import time
+
+    import httpx
+
+    sidecar = start_sidecar()
+    assert httpx.get(sidecar.admin_url + "/readyz", timeout=5).status_code == 200
+    holder = sqlite3.connect(tmp_path / "var" / "spool.db", isolation_level=None, timeout=10)
+    try:
+        holder.execute("begin immediate")  # the write lock, as a stuck writer would hold it
+        r = httpx.get(sidecar.admin_url + "/readyz", timeout=10)
+        assert r.status_code == 503 and "spool" in r.json()["failing"]
+        assert httpx.get(sidecar.admin_url + "/healthz", timeout=5).status_code == 200
+    finally:
+        holder.execute("rollback")
+        holder.close()
+    deadline = time.monotonic() + 15
+    while httpx.get(sidecar.admin_url + "/readyz", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "readyz did not recover after the lock was freed"
+        time.sleep(0.2)

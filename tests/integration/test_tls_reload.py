@@ -4,7 +4,6 @@ and the onboarding switch from client_auth optional to required — all without 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import ssl
 import threading
