@@ -13,6 +13,7 @@ Either raises an ``Unavailable`` error, which the app turns into a 503 so Meta r
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -61,12 +62,16 @@ class DirectIngest:
     async def accept(self, normalized: Normalized) -> None:
         events = normalized.events
         if events:
+            received = time.monotonic()
             new_ids = await asyncio.to_thread(self._spool.filter_new, [e.id for e in events])
             fresh = [e for e in events if e.id in new_ids]
             self._metrics.events_duplicate.inc(len(events) - len(fresh))
             for start in range(0, len(fresh), self._batch_max):
                 group = fresh[start:start + self._batch_max]
                 await self._upstream.send(group, as_array=self._batch_max > 1)
+                latency = time.monotonic() - received
+                for _ in group:  # the same histogram as the spool's worker, per event
+                    self._metrics.delivery_latency.observe(latency)
             events = fresh
         await asyncio.to_thread(self._spool.record_delivered, events, normalized.quarantined)
         self._metrics.events_delivered.inc(len(events))

@@ -115,6 +115,11 @@ def test_direct_mode_upstream_500_is_503_without_leaking_its_body(start_sidecar,
     sink.status = 200
     assert sidecar.post(body).status_code == 200  # Meta's retry goes through
     assert len(sink.delivered()) == 1
+    # The delivery metrics count the synchronous forward as the worker counts its sends.
+    import httpx
+    text = httpx.get(sidecar.admin_url + "/metrics", timeout=5).text
+    assert "sidecar_events_delivered_total 1.0" in text
+    assert "sidecar_delivery_latency_seconds_count 1.0" in text
 
 
 def test_readyz_fails_while_the_spool_cannot_take_a_write(start_sidecar, tmp_path):
