@@ -233,7 +233,8 @@ def upstream_stats(port: int) -> dict[str, int]:
 @dataclass(frozen=True)
 class Peer:
     name: str
-    kind: str  # "nginx", "sidecar" or "ref" (bench/refapp.py: answers, forwards nothing)
+    kind: str  # "nginx", "sidecar", "ref" (bench/refapp.py) or "layer" (bench/layers.py);
+    #            the last two answer and forward nothing
     workers: int = 1
     mode: str = ""  # the sidecar's delivery.mode; the ref app's HTTP server
 
@@ -243,7 +244,7 @@ class Peer:
 
     @property
     def forwards(self) -> bool:
-        return self.kind != "ref"
+        return self.kind not in ("ref", "layer")
 
 
 PEERS = {p.name: p for p in (
@@ -254,6 +255,8 @@ PEERS = {p.name: p for p in (
     Peer("spool-w2", "sidecar", mode="spool", workers=2),
     Peer("ref-hypercorn", "ref", mode="hypercorn"),
     Peer("ref-uvicorn", "ref", mode="uvicorn"),
+    *(Peer(f"layer-{layer}", "layer", mode=layer)
+      for layer in ("tls", "identity", "http", "checks", "spool")),
 )}
 
 
@@ -400,6 +403,14 @@ def start_peer(bench: Bench, peer: Peer, tag: str, port: int, upstream_port: int
         wait_for(lambda: port_open(port), 15, f"ref app ({tag})", proc)
         return proc, None
     admin_port = free_port()
+    if peer.kind == "layer":  # the sidecar's own config and spool path, served by one layer
+        config, spool = write_sidecar_config(bench, tag, port, admin_port, upstream_port,
+                                             "spool")
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "bench" / "layers.py"), "--layer", peer.mode,
+             "--config", str(config), "--port", str(port)], stdout=logs, stderr=logs)
+        wait_for(lambda: port_open(port), 15, f"layer {peer.mode} ({tag})", proc)
+        return proc, spool
     config, spool = write_sidecar_config(bench, tag, port, admin_port, upstream_port,
                                          peer.mode)
     cmd = [sys.executable, "-m", "sidecar", "serve", "-c", str(config), "--loop", bench.loop]
@@ -602,6 +613,16 @@ def run_handshake_rsa(bench: Bench, peer: Peer, rnd: int) -> Row:
                    HANDSHAKE)
 
 
+def run_handshake_layers(bench: Bench, peer: Peer, rnd: int) -> Row:
+    """The handshake scenario against the sidecar's request path built up layer by layer
+    (``bench/layers.py``), with each server's CPU per connection in the notes."""
+    row = measure(bench, "handshake-layers", peer, rnd, HANDSHAKE)
+    if row.accepted:
+        row.notes.append(f"{row.cpu_server * row.load_s / row.accepted * 1e6:,.0f} us of "
+                         "server CPU per connection")
+    return row
+
+
 def run_big(bench: Bench, peer: Peer, rnd: int) -> Row:
     """Ingest, c=32 keep-alive, a ~100 KB delivery (long text body), unique and signed."""
     return measure(bench, "big", peer, rnd, BIG)
@@ -694,6 +715,10 @@ SCENARIOS = (
                                           "ref-uvicorn", "spool", "spool-w2")),
     Scenario("handshake-rsa", run_handshake_rsa, ("nginx-w1", "nginx-w2", "spool",
                                                   "spool-w2")),
+    # Opt-in (not in DEFAULT_SCENARIOS): an analysis of the handshake row, not a target.
+    Scenario("handshake-layers", run_handshake_layers, (
+        "nginx-w1", "layer-tls", "layer-identity", "layer-http", "layer-checks",
+        "layer-spool", "spool")),
 )
 DEFAULT_SCENARIOS = "keepalive,big,e2e,latency,handshake,handshake-rsa"
 
