@@ -257,6 +257,7 @@ class Spool:
         try:
             for pragma in self.PRAGMAS:
                 conn.execute(pragma)
+            _require_json1(conn, path)
             self._migrate(conn)
         except (sqlite3.Error, SpoolUnavailable) as exc:
             conn.close()
@@ -736,6 +737,17 @@ class Spool:
             purged += len(ids)
             if len(ids) < _PURGE_CHUNK:
                 return purged
+
+
+def _require_json1(conn: sqlite3.Connection, path: Path) -> None:
+    """The dedup lookup uses ``json_each`` (built into SQLite since 3.38, and compiled in
+    by the usual distributions before): say so at start, not at the first commit."""
+    try:
+        conn.execute("select count(*) from json_each('[]')").fetchone()
+    except sqlite3.OperationalError:
+        raise SpoolUnavailable(
+            f"spool {path}: this Python's SQLite {sqlite3.sqlite_version} has no JSON "
+            "functions (json_each); use SQLite 3.38 or newer") from None
 
 
 _Batch = tuple[Sequence[Event], Sequence["QuarantinedChange"]]
