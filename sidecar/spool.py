@@ -375,11 +375,12 @@ class Spool:
         the depth past ``max_spool_events`` or the database cannot be written.  Repeats
         of stored ids still succeed when the spool is full: they add nothing.
         """
+        every = [e for events, _ in batches for e in events]
+        bodies = _bodies(every)  # before the write lock, which other writers queue on
         now = self._clock()
         with self._tx(durable=True) as conn:
             depth = self._depth(conn)
-            inserted = iter(self._insert_events(
-                conn, [e for events, _ in batches for e in events], state="pending", now=now))
+            inserted = iter(self._insert_events(conn, every, bodies, state="pending", now=now))
             results = []
             for events, quarantined in batches:
                 stored = [e.id for e in events if next(inserted)]
@@ -401,9 +402,10 @@ class Spool:
         self, events: Sequence[Event], quarantined: Sequence[QuarantinedChange]
     ) -> None:
         """Direct mode: keep the ids the upstream accepted (dedup) and the quarantine."""
+        bodies = _bodies(events)
         now = self._clock()
         with self._tx(durable=True) as conn:
-            self._insert_events(conn, events, state="delivered", now=now)
+            self._insert_events(conn, events, bodies, state="delivered", now=now)
             for q in quarantined:
                 self._insert_quarantined(conn, q, now)
 
@@ -434,17 +436,18 @@ class Spool:
                 status.setdefault(id_, created_at >= cutoff)
         return status
 
-    def _insert_events(self, conn: sqlite3.Connection, events: Sequence[Event], *, state: str,
-                       now: float) -> list[bool]:
-        """Insert each event unless its id is stored within the dedup window (or came
-        earlier in ``events``); per event, True when inserted."""
+    def _insert_events(self, conn: sqlite3.Connection, events: Sequence[Event],
+                       bodies: Sequence[str], *, state: str, now: float) -> list[bool]:
+        """Insert each event (``bodies``: their ``encode_event`` text) unless its id is
+        stored within the dedup window (or came earlier in ``events``); per event, True
+        when inserted."""
         status = self._stored_status(conn, [e.id for e in events], now)
         delivered_at = now if state == "delivered" else None
         attempts = 1 if state == "delivered" else 0
         inserted: list[bool] = []
         stale: list[tuple[str]] = []
         rows: list[tuple[object, ...]] = []
-        for event in events:
+        for event, body in zip(events, bodies, strict=True):
             known = status.get(event.id)
             if known:
                 inserted.append(False)
@@ -452,8 +455,7 @@ class Spool:
             if known is False:  # a row or tombstone past its retention no longer blocks
                 stale.append((event.id,))
             status[event.id] = True
-            rows.append((event.id, encode_event(event).decode("utf-8"), state, attempts,
-                         now, now, delivered_at, now))
+            rows.append((event.id, body, state, attempts, now, now, delivered_at, now))
             inserted.append(True)
         if stale:
             conn.executemany("delete from events where id = ?", stale)
@@ -710,7 +712,8 @@ class Spool:
             )
         except SidecarError as exc:
             return str(exc)
-        added = sum(self._insert_events(conn, events, state="pending", now=now))
+        added = sum(self._insert_events(conn, events, _bodies(events), state="pending",
+                                        now=now))
         conn.execute("update quarantine set replayed_at = ? where id = ?", (now, id_))
         return added
 
@@ -737,6 +740,11 @@ class Spool:
             purged += len(ids)
             if len(ids) < _PURGE_CHUNK:
                 return purged
+
+
+def _bodies(events: Sequence[Event]) -> list[str]:
+    """What the spool stores for each event: the JSON the upstream receives."""
+    return [encode_event(e).decode("utf-8") for e in events]
 
 
 def _require_json1(conn: sqlite3.Connection, path: Path) -> None:
