@@ -55,6 +55,7 @@ BIG_BODY_BYTES = 100 * 1024
 LOADGEN_MAX_S = 15  # the loadgen caps -d at 15 s; longer loads run as back-to-back segments
 WARMUP_S = 1.0  # the loadgen's warm-up, at full load, before every measured window
 TIME_WAIT_LIMIT = 5000
+CHURN_LIMIT = 500  # new connections in one kept-alive pass past which it is flagged
 
 
 # ---------------------------------------------------------------------- building blocks
@@ -223,6 +224,14 @@ def rss_mb(pid: int) -> float:
         except OSError:
             continue
     return best / 1024
+
+
+def passive_opens() -> int:
+    """The kernel's count of TCP connections accepted so far (all ports)."""
+    for header, values in zip(*[iter(Path("/proc/net/snmp").read_text().splitlines())] * 2):
+        if header.startswith("Tcp:"):
+            return int(values.split()[header.split().index("PassiveOpens")])
+    return 0
 
 
 def time_wait_sockets() -> int:
@@ -487,6 +496,7 @@ class Pass:
     cpu_server: float
     cpu_upstream: float
     cpu_loadgen: float
+    new_connections: int = 0  # TCP connections accepted on the box during the pass
 
     @property
     def accepted(self) -> int:
@@ -502,6 +512,7 @@ def drive(bench: Bench, server: Server, load: Load, seconds: int, tag: str) -> P
            "-cert", str(bench.certs.client_cert), "-key", str(bench.certs.client_key),
            "-cacert", str(bench.certs.ca_cert), "-label", tag]
     cpu0 = cpu_seconds(server.proc.pid), cpu_seconds(server.upstream.pid)
+    opens0 = passive_opens()
     t0 = time.monotonic()
     with open(bench.work / f"{tag}.loadgen.log", "ab") as err:
         gen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
@@ -515,7 +526,8 @@ def drive(bench: Bench, server: Server, load: Load, seconds: int, tag: str) -> P
     return Pass(result=json.loads(out.decode().strip().splitlines()[-1]), wall_s=wall,
                 cpu_server=(cpu1[0] - cpu0[0]) / wall,
                 cpu_upstream=(cpu1[1] - cpu0[1]) / wall,
-                cpu_loadgen=(usage.ru_utime + usage.ru_stime) / wall)
+                cpu_loadgen=(usage.ru_utime + usage.ru_stime) / wall,
+                new_connections=passive_opens() - opens0)
 
 
 def drain(bench: Bench, server: Server, accepted: int) -> tuple[int, float | None]:
@@ -558,11 +570,17 @@ class Row:
 def row_from_pass(scenario: str, peer: Peer, rnd: int, p: Pass, delivered_at_end: int,
                   delivered: int, drain_s: float | None, rss: float | None) -> Row:
     r = p.result
-    return Row(scenario=scenario, peer=peer.name, round=rnd, rps=r["rps"], p50=r["p50_ms"],
-               p99=r["p99_ms"], errors=int(r["errors"]), first_error=r.get("first_error", ""),
-               accepted=p.accepted, delivered=delivered, delivered_at_load_end=delivered_at_end,
-               load_s=p.wall_s, drain_s=drain_s, cpu_server=p.cpu_server,
-               cpu_loadgen=p.cpu_loadgen, cpu_upstream=p.cpu_upstream, rss_mb=rss)
+    row = Row(scenario=scenario, peer=peer.name, round=rnd, rps=r["rps"], p50=r["p50_ms"],
+              p99=r["p99_ms"], errors=int(r["errors"]), first_error=r.get("first_error", ""),
+              accepted=p.accepted, delivered=delivered, delivered_at_load_end=delivered_at_end,
+              load_s=p.wall_s, drain_s=drain_s, cpu_server=p.cpu_server,
+              cpu_loadgen=p.cpu_loadgen, cpu_upstream=p.cpu_upstream, rss_mb=rss)
+    if not scenario.startswith("handshake") and p.new_connections > CHURN_LIMIT:
+        # A kept-alive pass opens a few dozen connections (the loadgen's, nginx's or the
+        # sidecar's upstream pool); thousands mean the load churned, not the server.
+        row.notes.append(f"CHURN: {p.new_connections:,} new TCP connections on the box "
+                         "during a keep-alive pass")
+    return row
 
 
 def measure(bench: Bench, scenario: str, peer: Peer, rnd: int, load: Load) -> Row:
@@ -603,7 +621,8 @@ def merge_passes(passes: list[Pass]) -> Pass:
         return sum(float(getattr(p, attr)) * p.wall_s for p in passes) / wall
 
     return Pass(result=result, wall_s=wall, cpu_server=avg("cpu_server"),
-                cpu_upstream=avg("cpu_upstream"), cpu_loadgen=avg("cpu_loadgen"))
+                cpu_upstream=avg("cpu_upstream"), cpu_loadgen=avg("cpu_loadgen"),
+                new_connections=sum(p.new_connections for p in passes))
 
 
 def segments(total_s: int) -> list[int]:
