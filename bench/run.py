@@ -81,7 +81,7 @@ def apt_install(package: str, binary: str) -> None:
         sys.exit(f"bench: {binary} is needed (apt-get install {package})")
 
 
-# The shared loadgen sets ``http.Client{Timeout: 10s}``.  With Go before 1.23 that
+# The shared loadgen sets ``http.Client{Timeout: 10s}``.  With Go 1.19 (Debian 12's) that
 # timeout's context also governs the dials a request starts, and it is cancelled when the
 # request ends: a spare connection still waiting to be accepted is then abandoned, the
 # server still handshakes it, and kept-alive runs fall into a churn of dead connections
@@ -497,6 +497,7 @@ class Pass:
     cpu_upstream: float
     cpu_loadgen: float
     new_connections: int = 0  # TCP connections accepted on the box during the pass
+    keepalive: bool = True  # the load kept its connections (then new ones mean churn)
 
     @property
     def accepted(self) -> int:
@@ -527,7 +528,7 @@ def drive(bench: Bench, server: Server, load: Load, seconds: int, tag: str) -> P
                 cpu_server=(cpu1[0] - cpu0[0]) / wall,
                 cpu_upstream=(cpu1[1] - cpu0[1]) / wall,
                 cpu_loadgen=(usage.ru_utime + usage.ru_stime) / wall,
-                new_connections=passive_opens() - opens0)
+                new_connections=passive_opens() - opens0, keepalive=load.keepalive)
 
 
 def drain(bench: Bench, server: Server, accepted: int) -> tuple[int, float | None]:
@@ -575,7 +576,7 @@ def row_from_pass(scenario: str, peer: Peer, rnd: int, p: Pass, delivered_at_end
               accepted=p.accepted, delivered=delivered, delivered_at_load_end=delivered_at_end,
               load_s=p.wall_s, drain_s=drain_s, cpu_server=p.cpu_server,
               cpu_loadgen=p.cpu_loadgen, cpu_upstream=p.cpu_upstream, rss_mb=rss)
-    if not scenario.startswith("handshake") and p.new_connections > CHURN_LIMIT:
+    if p.keepalive and p.new_connections > CHURN_LIMIT:
         # A kept-alive pass opens a few dozen connections (the loadgen's, nginx's or the
         # sidecar's upstream pool); thousands mean the load churned, not the server.
         row.notes.append(f"CHURN: {p.new_connections:,} new TCP connections on the box "
@@ -596,7 +597,7 @@ def measure(bench: Bench, scenario: str, peer: Peer, rnd: int, load: Load) -> Ro
         at_end = server.upstream_count()
         if peer.forwards:
             delivered, drain_s = drain(bench, server, p.accepted)
-        else:  # the ref app answers and forwards nothing: nothing to wait for
+        else:  # ref and layer peers answer and forward nothing: nothing to wait for
             delivered, drain_s = p.accepted, 0.0
         rss = rss_mb(server.proc.pid) if peer.is_sidecar else None
     return row_from_pass(scenario, peer, rnd, p, at_end, delivered, drain_s, rss)
@@ -622,7 +623,8 @@ def merge_passes(passes: list[Pass]) -> Pass:
 
     return Pass(result=result, wall_s=wall, cpu_server=avg("cpu_server"),
                 cpu_upstream=avg("cpu_upstream"), cpu_loadgen=avg("cpu_loadgen"),
-                new_connections=sum(p.new_connections for p in passes))
+                new_connections=sum(p.new_connections for p in passes),
+                keepalive=all(p.keepalive for p in passes))
 
 
 def segments(total_s: int) -> list[int]:

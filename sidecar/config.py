@@ -9,7 +9,6 @@ is an error.  Relative paths are relative to the config file's folder.
 
 from __future__ import annotations
 
-import base64
 import math
 import os
 import re
@@ -22,7 +21,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from sidecar.errors import ConfigError
-from sidecar.secret import Secret
+from sidecar.secret import Secret, standard_webhooks_key
 
 __all__ = [
     "Config",
@@ -396,10 +395,13 @@ def _upstream(s: _Section) -> UpstreamConfig:
         raise ConfigError(f"config key '{s.key('url')}': must be an http:// or https:// URL "
                           "with a host (and a port from 1 to 65535, if given)")
     signing_secret = s.secret("signing_secret", required=False)
-    if signing_secret is not None and not _is_usable_signing_secret(signing_secret):
-        form = "signing_secret_file" if s.has("signing_secret_file") else "signing_secret"
-        raise ConfigError(f"config key '{s.key(form)}': a whsec_ secret must be base64 after "
-                          "the prefix (Standard Webhooks)")
+    if signing_secret is not None:
+        try:  # so that ``config check`` fails where ``serve`` would
+            standard_webhooks_key(signing_secret)
+        except ValueError:
+            form = "signing_secret_file" if s.has("signing_secret_file") else "signing_secret"
+            raise ConfigError(f"config key '{s.key(form)}': a whsec_ secret must be base64 "
+                              "after the prefix (Standard Webhooks)") from None
     return UpstreamConfig(
         url=url,
         timeout_s=s.number("timeout_s", UpstreamConfig.timeout_s, exclusive=True),
@@ -407,19 +409,6 @@ def _upstream(s: _Section) -> UpstreamConfig:
         batch_max=s.integer("batch_max", UpstreamConfig.batch_max, minimum=1),
         max_in_flight=s.integer("max_in_flight", UpstreamConfig.max_in_flight, minimum=1),
     )
-
-
-def _is_usable_signing_secret(secret: Secret) -> bool:
-    """A ``whsec_`` secret's key is the base64 after the prefix (``delivery.signing``
-    decodes it); checked here so that ``config check`` fails where ``serve`` would."""
-    raw = secret.reveal()
-    if not raw.startswith("whsec_"):
-        return True
-    try:
-        base64.b64decode(raw[len("whsec_"):], validate=True)
-    except ValueError:  # binascii.Error is a ValueError
-        return False
-    return True
 
 
 def _is_http_url(url: str) -> bool:

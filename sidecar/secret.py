@@ -1,8 +1,11 @@
-"""A value that must never be printed: logs, reprs and tracebacks show ``***``."""
+"""A value that must never be printed: logs, reprs and tracebacks show ``***``; and the
+one rule for the HMAC key a signing secret stands for."""
 
 from __future__ import annotations
 
-__all__ = ["Secret"]
+import base64
+
+__all__ = ["Secret", "standard_webhooks_key"]
 
 
 class Secret:
@@ -25,3 +28,14 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+def standard_webhooks_key(secret: Secret) -> bytes:
+    """The key of an upstream signing secret: the base64-decoded part after ``whsec_``
+    when it has that prefix (what Standard Webhooks libraries expect), else its UTF-8
+    bytes.  ``ValueError`` when a ``whsec_`` secret is not base64.  Used where the config
+    is checked and where requests are signed, so both agree."""
+    raw = secret.reveal()
+    if raw.startswith("whsec_"):
+        return base64.b64decode(raw[len("whsec_"):], validate=True)  # binascii.Error: ValueError
+    return raw.encode("utf-8")

@@ -11,26 +11,22 @@ The key is the base64-decoded part after ``whsec_`` when the secret has that pre
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 
 from sidecar.errors import ConfigError
-from sidecar.secret import Secret
+from sidecar.secret import Secret, standard_webhooks_key
 
 __all__ = ["Signer", "signing_key"]
 
 
 def signing_key(secret: Secret) -> bytes:
-    raw = secret.reveal()
-    if raw.startswith("whsec_"):
-        try:
-            return base64.b64decode(raw[len("whsec_"):], validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ConfigError(
-                "config key 'upstream.signing_secret': a whsec_ secret must be base64 after the prefix"
-            ) from exc
-    return raw.encode("utf-8")
+    try:
+        return standard_webhooks_key(secret)
+    except ValueError as exc:
+        raise ConfigError(
+            "config key 'upstream.signing_secret': a whsec_ secret must be base64 after the prefix"
+        ) from exc
 
 
 class Signer:
