@@ -8,18 +8,29 @@ With several processes (``serve --workers N``) every process is built with the s
 ``multiprocess_dir``: values then live in prometheus_client's memory-mapped files and
 ``render()`` (in the parent) merges them — the library's multiprocess mode.  Gauges say
 how to merge (``multiprocess_mode``); that argument is ignored in one process.
+
+Certificate expiry is not a stored value but computed at scrape time from the
+certificates loaded then (``watch_certificates``), so a certificate a reload replaced
+leaves the output with it; a multiprocess gauge cannot drop a label and would keep
+reporting the old certificate, which then "expires" and pages whoever just rotated it.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import values as _values
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "CertExpiry"]
+
+# (role, subject, file, seconds until it expires) for one loaded certificate
+CertExpiry = tuple[str, str, str, float]
 
 
 def _use_multiprocess_values(directory: Path) -> None:
@@ -76,10 +87,8 @@ class Metrics:
             "sidecar_open_connections",
             "Established TLS connections on the public listener (capped by "
             "limits.max_connections).", multiprocess_mode="livesum", registry=r)
-        self.cert_expiry_seconds = Gauge(
-            "sidecar_certificate_expiry_seconds",
-            "Seconds until each loaded certificate expires (negative once expired).",
-            ["role", "subject", "file"], multiprocess_mode="livemin", registry=r)
+        self._cert_expiry = _CertExpiryCollector()
+        r.register(self._cert_expiry)
         self.tls_reloads = Counter(
             "sidecar_tls_reloads_total", "TLS material reloads by result.", ["result"],
             registry=r)
@@ -91,18 +100,30 @@ class Metrics:
             "1 while tls.client_auth is 'optional' (onboarding): deliveries admitted on the "
             "signature alone.", multiprocess_mode="livemax", registry=r)
 
-    def set_cert_expiry(self, entries: list[tuple[str, str, str, float]]) -> None:
-        """(role, subject, file, seconds left) for every loaded certificate.  In one
-        process, certificates no longer loaded disappear; prometheus_client cannot drop
-        labels in multiprocess mode, so there they keep their last value."""
-        if self._multiprocess_dir is None:
-            self.cert_expiry_seconds.clear()
-        for role, subject, file, seconds in entries:
-            self.cert_expiry_seconds.labels(role, subject, file).set(seconds)
+    def watch_certificates(self, loaded: Callable[[], list[CertExpiry]]) -> None:
+        """Report ``loaded()`` as ``sidecar_certificate_expiry_seconds`` at every scrape
+        (in the process that renders: the one serving /metrics)."""
+        self._cert_expiry.loaded = loaded
 
     def render(self) -> bytes:
         if self._multiprocess_dir is None:
             return generate_latest(self.registry)
         merged = CollectorRegistry()
         MultiProcessCollector(merged, path=str(self._multiprocess_dir))  # type: ignore[no-untyped-call]
+        merged.register(self._cert_expiry)  # computed here, not merged from files
         return generate_latest(merged)
+
+
+class _CertExpiryCollector(Collector):
+    NAME = "sidecar_certificate_expiry_seconds"
+    HELP = "Seconds until each loaded certificate expires (negative once expired)."
+
+    def __init__(self) -> None:
+        self.loaded: Callable[[], list[CertExpiry]] = list
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["role", "subject", "file"])
+        for role, subject, file, seconds in self.loaded():
+            family.add_metric([role, subject, file], seconds)
+        yield family
+

@@ -36,7 +36,7 @@ import ssl
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,7 +51,7 @@ from sidecar.delivery.worker import DeliveryWorker
 from sidecar.errors import SidecarError, SpoolUnavailable
 from sidecar.listener import Listener, ListenerLimits, bind_socket
 from sidecar.logs import setup_logging
-from sidecar.metrics import Metrics
+from sidecar.metrics import CertExpiry, Metrics
 from sidecar.spool import Spool, SpoolWriter
 from sidecar.tls.holder import TLSHolder
 
@@ -254,6 +254,7 @@ class DeliveryRole:
         if config.delivery.mode == "direct":
             checks["upstream"] = self._upstream_ready
         checks.update(extra_checks or {})
+        live.metrics.watch_certificates(self._loaded_certificates)
         self.app = build_admin_app(metrics=live.metrics, checks=checks,
                                    refresh_gauges=self._refresh_gauges)
 
@@ -297,14 +298,16 @@ class DeliveryRole:
             except TimeoutError:
                 pass
 
-    async def _refresh_gauges(self, now: datetime) -> None:
-        metrics, state = self.live.metrics, self.live.holder.state
-        metrics.set_cert_expiry(
-            [(role, facts.subject, facts.file, facts.seconds_left(now))
-             for role, certs in (("server", state.material.server_chain),
-                                 ("client_ca", state.material.client_cas))
-             for facts in certs])
-        metrics.spool_depth.set(await asyncio.to_thread(self.spool.depth))
+    def _loaded_certificates(self) -> list[CertExpiry]:
+        material = self.live.holder.state.material  # this process's, reloaded like the others'
+        now = datetime.now(timezone.utc)
+        return [(role, facts.subject, facts.file, facts.seconds_left(now))
+                for role, certs in (("server", material.server_chain),
+                                    ("client_ca", material.client_cas))
+                for facts in certs]
+
+    async def _refresh_gauges(self) -> None:
+        self.live.metrics.spool_depth.set(await asyncio.to_thread(self.spool.depth))
 
     async def _certs_ready(self) -> str | None:
         leaf = self.live.holder.state.material.server_chain[0]

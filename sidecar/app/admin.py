@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime, timezone
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -26,7 +25,7 @@ def build_admin_app(
     *,
     metrics: Metrics,
     checks: Mapping[str, ReadinessCheck],
-    refresh_gauges: Callable[[datetime], Awaitable[None]],
+    refresh_gauges: Callable[[], Awaitable[None]],
 ) -> Starlette:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -47,7 +46,7 @@ def build_admin_app(
         return JSONResponse({"status": "ready"})
 
     async def metrics_endpoint(request: Request) -> Response:
-        await refresh_gauges(datetime.now(timezone.utc))
+        await refresh_gauges()
         return Response(metrics.render(), media_type=PROMETHEUS_TEXT)
 
     return Starlette(routes=[

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trustme
+from cryptography import x509
 
 from conftest import META_CN, VERIFY_TOKEN
 
@@ -207,3 +208,46 @@ def test_broken_config_on_reload_keeps_serving(start_sidecar, pki):
     assert _wait_until(lambda: "config.reload_failed" in sidecar.log())
     assert _accepted(lambda: sidecar.client(pki.meta_client))
     assert "bogus_key" in sidecar.log()
+
+
+def _expiry_series(metrics_text: str) -> dict[tuple[str, str], float]:
+    """``sidecar_certificate_expiry_seconds`` as {(role, subject): seconds}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.labels["role"], s.labels["subject"]): s.value
+            for family in text_string_to_metric_families(metrics_text)
+            if family.name == "sidecar_certificate_expiry_seconds"
+            for s in family.samples}
+
+
+def _seconds_left(pem: bytes) -> float:
+    cert = x509.load_pem_x509_certificate(pem)
+    return (cert.not_valid_after_utc - datetime.now(timezone.utc)).total_seconds()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_certificate_expiry_metric_follows_a_rotation(start_sidecar, pki, workers):
+    """/metrics reports the seconds left of every loaded certificate.  After a rotation
+    only the new server certificate is reported, with several ingest processes too: an
+    expiry alert must not keep firing for a certificate that is no longer served."""
+    sidecar = start_sidecar(workers=workers)
+    series = _expiry_series(sidecar.metrics())
+    server = {subject: v for (role, subject), v in series.items() if role == "server"}
+    client_cas = [v for (role, _), v in series.items() if role == "client_ca"]
+    (old_subject, old_left), = server.items()
+    assert old_left == pytest.approx(_seconds_left((pki.dir / "server.pem").read_bytes()), abs=60)
+    assert client_cas == [pytest.approx(_seconds_left((pki.dir / "client-ca.pem").read_bytes()),
+                                        abs=60)]
+
+    new_server = trustme.CA().issue_cert(
+        "127.0.0.1", "localhost", not_after=datetime.now(timezone.utc) + timedelta(days=20))
+    _replace(pki.dir / "server.key", new_server.private_key_pem.bytes())
+    _replace(pki.dir / "server.pem", b"".join(p.bytes() for p in new_server.cert_chain_pems))
+
+    def only_the_new_one() -> bool:
+        server = {s: v for (role, s), v in _expiry_series(sidecar.metrics()).items()
+                  if role == "server"}
+        return (len(server) == 1 and old_subject not in server
+                and abs(next(iter(server.values())) - 20 * 86400) < 120)
+
+    assert _wait_until(only_the_new_one)
