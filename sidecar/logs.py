@@ -12,9 +12,11 @@ import json
 import logging
 import re
 import sys
+import time
+from collections.abc import Callable, Hashable
 from datetime import datetime, timezone
 
-__all__ = ["setup_logging", "redact_query", "JSONFormatter"]
+__all__ = ["setup_logging", "redact_query", "JSONFormatter", "Throttle"]
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 _TOKEN_IN_QUERY = re.compile(r"(hub\.verify_token=)[^&]*", re.IGNORECASE)
@@ -22,6 +24,29 @@ _TOKEN_IN_QUERY = re.compile(r"(hub\.verify_token=)[^&]*", re.IGNORECASE)
 
 def redact_query(query: str) -> str:
     return _TOKEN_IN_QUERY.sub(r"\1***", query)
+
+
+class Throttle:
+    """At most one log line per key per ``interval_s``, for lines that anyone on the
+    network can cause (refused handshakes): the next line that passes says how many were
+    left out.  Metrics count every one."""
+
+    def __init__(self, interval_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval_s = interval_s
+        self._clock = clock
+        self._last: dict[Hashable, float] = {}
+        self._skipped: dict[Hashable, int] = {}
+
+    def allow(self, key: Hashable) -> int | None:
+        """None: leave this line out.  Otherwise log it, with this many left out before it."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval_s:
+            self._skipped[key] = self._skipped.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._skipped.pop(key, 0)
 
 
 class JSONFormatter(logging.Formatter):

@@ -50,7 +50,7 @@ from sidecar.delivery.upstream import UpstreamClient
 from sidecar.delivery.worker import DeliveryWorker
 from sidecar.errors import SidecarError, SpoolUnavailable
 from sidecar.listener import Listener, ListenerLimits, bind_socket
-from sidecar.logs import setup_logging
+from sidecar.logs import Throttle, setup_logging
 from sidecar.metrics import CertExpiry, Metrics
 from sidecar.spool import Spool, SpoolWriter
 from sidecar.tls.holder import TLSHolder
@@ -60,6 +60,7 @@ __all__ = ["run_server", "default_workers"]
 log = logging.getLogger("sidecar.server")
 
 HOUSEKEEPING_INTERVAL_S = 3600.0
+REFUSAL_LOG_INTERVAL_S = 10.0  # per reason; every refusal is counted in the metrics
 _CHILD_RESTART_DELAY_S = 1.0
 
 
@@ -77,12 +78,23 @@ class LiveState:
         self.holder = TLSHolder(
             config.tls, max_connections=max_connections,
             on_connections=metrics.open_connections.set,
-            on_refused=lambda reason: metrics.handshake_failures.labels(reason).inc())
+            on_refused=self._refused)
+        self._refusals = Throttle(REFUSAL_LOG_INTERVAL_S)
         self._settings = _settings_from(config)
         self._warn_if_optional(config)
 
     def settings(self) -> RequestSettings:
         return self._settings
+
+    def _refused(self, reason: str, facts: dict[str, object]) -> None:
+        self.metrics.handshake_failures.labels(reason).inc()
+        left_out = self._refusals.allow(reason)
+        if left_out is not None:
+            # A trusted certificate with a name not allowed is a config matter (or Meta
+            # changed its name): say it louder than scanners and clients without one.
+            level = logging.WARNING if reason == "name_not_allowed" else logging.INFO
+            log.log(level, "tls.handshake_refused",
+                    extra={"reason": reason, **facts, "similar_left_out": left_out})
 
     def reload(self) -> None:
         try:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from sidecar.config import TLSConfig
-from sidecar.tls.identity import IdentityPolicy
+from sidecar.tls.identity import IdentityPolicy, peer_names
 from sidecar.tls.material import TLSMaterial, build_context, load_material
 
 __all__ = ["TLSState", "TLSHolder", "HandshakeRefused"]
@@ -65,13 +65,14 @@ class TLSHolder:
         self,
         tls: TLSConfig,
         *,
-        on_refused: Callable[[str], None] | None = None,
+        on_refused: Callable[[str, dict[str, object]], None] | None = None,
         max_connections: int | None = None,
         on_connections: Callable[[int], None] | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
         self._now = now
-        self._on_refused = on_refused or (lambda reason: None)
+        # (reason, facts for the log): a label-sized reason, and what the client presented
+        self._on_refused = on_refused or (lambda reason, facts: None)
         self._max_connections = max_connections
         self._on_connections = on_connections or (lambda count: None)
         self._admitted = 0
@@ -129,7 +130,7 @@ class TLSHolder:
                 except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                     raise
                 except ssl.SSLError as exc:
-                    holder._on_refused(_reason(exc))
+                    holder._on_refused(_reason(exc), {"error": _error_text(exc)})
                     raise
                 holder.check_peer(self)
                 holder.admit_connection(self)
@@ -156,7 +157,7 @@ class TLSHolder:
             if not refused:
                 self._admitted += 1
         if refused:
-            self._on_refused("too_many_connections")
+            self._on_refused("too_many_connections", {"limit": limit})
             raise HandshakeRefused("connection limit reached")
         self._on_connections(self.active_connections)
         weakref.finalize(sslobj, self._release_connection)
@@ -173,12 +174,25 @@ class TLSHolder:
         peer = sslobj.getpeercert()
         if not peer:
             if state.require_client_cert:
-                self._on_refused("no_certificate")
+                self._on_refused("no_certificate", {})
                 raise HandshakeRefused("client certificate required")
             return
         if not state.policy.allows(peer):
-            self._on_refused("name_not_allowed")
+            cns, sans = peer_names(peer)
+            # What it presented, so a wrong name can be told from a wrong config.  The
+            # certificate chains to a trusted CA, but is bounded anyway.
+            self._on_refused("name_not_allowed", {"common_names": _bounded(cns),
+                                                  "dns_names": _bounded(sans)})
             raise HandshakeRefused("client certificate name not allowed")
+
+
+def _error_text(exc: ssl.SSLError) -> str:
+    verify = getattr(exc, "verify_message", None)  # "unable to get local issuer certificate"
+    return str(verify or exc.reason or type(exc).__name__)
+
+
+def _bounded(names: list[str], count: int = 5, length: int = 100) -> list[str]:
+    return [name[:length] for name in names[:count]]
 
 
 def _reason(exc: ssl.SSLError) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import httpx
 import pytest
 
@@ -46,3 +49,36 @@ def test_dns_san_matches_when_cn_differs(start_sidecar, pki):
                                        "hub.verify_token": "test-verify-token",
                                        "hub.challenge": "7"})
     assert r.status_code == 200
+
+
+def _refused_lines(sidecar) -> list[dict]:
+    return [json.loads(line) for line in sidecar.log().splitlines()
+            if '"tls.handshake_refused"' in line]
+
+
+def test_refused_handshakes_are_logged_with_what_was_presented(start_sidecar):
+    """An operator sees why a client was refused and, for a trusted certificate with a
+    name not allowed, which names it carried: the way to tell Meta's name change or a
+    typo in allowed_client_names from an attack.  Lines are throttled per reason (anyone
+    can cause them); the metric counts every refusal."""
+    sidecar = start_sidecar()
+    pki = sidecar.pki
+    for pem in (pki.other_name_client, pki.other_name_client, pki.other_name_client,
+                pki.rogue_client):
+        with pytest.raises((httpx.ReadError, httpx.ConnectError, httpx.RemoteProtocolError)):
+            with sidecar.client(pem) as c:
+                c.get(sidecar.url)
+
+    deadline = time.monotonic() + 5
+    while len({line["reason"] for line in _refused_lines(sidecar)}) < 2:
+        assert time.monotonic() < deadline, sidecar.log()
+        time.sleep(0.05)
+    lines = _refused_lines(sidecar)
+    (name,) = [line for line in lines if line["reason"] == "name_not_allowed"]
+    assert name["level"] == "warning"
+    assert name["common_names"] == ["evil.example.com"] and name["dns_names"] == []
+    (untrusted,) = [line for line in lines if line["reason"] == "untrusted_certificate"]
+    assert untrusted["level"] == "info"
+    assert untrusted["error"] == "unable to get local issuer certificate"
+    assert ('sidecar_tls_handshake_failures_total{reason="name_not_allowed"} 3.0'
+            in sidecar.metrics())
