@@ -126,4 +126,3 @@ class _CertExpiryCollector(Collector):
         for role, subject, file, seconds in self.loaded():
             family.add_metric([role, subject, file], seconds)
         yield family
-
