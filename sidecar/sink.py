@@ -82,11 +82,11 @@ class RecordingSink:
         return self.delivered()
 
     def _record(self, request: ReceivedRequest) -> None:
+        if self._on_request is not None:
+            self._on_request(request)  # first: whoever waits for this request sees its effect
         with self._changed:
             self.requests.append(request)
             self._changed.notify_all()
-        if self._on_request is not None:
-            self._on_request(request)
 
     def _check_signature(self, headers: dict[str, str], body: bytes) -> bool | None:
         if self._signer is None:

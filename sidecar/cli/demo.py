@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -77,6 +78,16 @@ logging: {{level: warning, format: text}}
     return config
 
 
+_OUTPUT = threading.Lock()
+
+
+def _say(line: str) -> None:
+    """One whole line per write: the sink's threads print while the demo sends."""
+    with _OUTPUT:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
 def _print_request(request: ReceivedRequest) -> None:
     signature = {True: "signature ok", False: "SIGNATURE BAD", None: "unsigned"}[
         request.signature_ok]
@@ -84,8 +95,7 @@ def _print_request(request: ReceivedRequest) -> None:
         data = event.get("data", {})
         detail = (data.get("text", {}) or {}).get("body") or data.get("status") or \
             data.get("event") or data.get("decision") or ""
-        print(f"  sink <- {event['type']:<42} {event['id']}  ({signature}) {detail}"[:140],
-              flush=True)
+        _say(f"  sink <- {event['type']:<42} {event['id']}  ({signature}) {detail}"[:140])
 
 
 def _wait_ready(admin_port: int, proc: subprocess.Popen[bytes], deadline: float) -> None:
@@ -108,21 +118,21 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     deadline = started + args.timeout_s
     folder = Path(tempfile.mkdtemp(prefix="sidecar-demo-"))
-    print(f"demo folder: {folder}")
+    _say(f"demo folder: {folder}")
     certs = write_dev_certs(folder / "certs")
-    print("1. made a dev CA, a server certificate and a client certificate with Meta's CN")
+    _say("1. made a dev CA, a server certificate and a client certificate with Meta's CN")
     sink = RecordingSink(signing_secret=Secret(DEMO_SIGNING_SECRET), on_request=_print_request)
     sink.start()
     port, admin_port = _free_port(), _free_port()
     config = _write_config(folder, port=port, admin_port=admin_port, sink_url=sink.url)
     env = dict(os.environ, DEMO_APP_SECRET=DEMO_APP_SECRET, DEMO_VERIFY_TOKEN=DEMO_VERIFY_TOKEN,
                DEMO_SIGNING_SECRET=DEMO_SIGNING_SECRET)
-    print(f"2. started a sink upstream on {sink.url}")
+    _say(f"2. started a sink upstream on {sink.url}")
     proc = subprocess.Popen([sys.executable, "-m", "sidecar", "serve", "-c", str(config)], env=env)
     try:
         _wait_ready(admin_port, proc, deadline)
         url = f"https://127.0.0.1:{port}/webhooks/whatsapp"
-        print(f"3. the sidecar listens on {url} (mTLS, spool mode); sending deliveries:")
+        _say(f"3. the sidecar listens on {url} (mTLS, spool mode); sending deliveries:")
         tls = ClientTLS(certs.client_cert, certs.client_key, certs.ca_cert)
         token = uuid.uuid4().hex[:8]
         deliveries: list[tuple[str, JSONValue]] = [
@@ -133,15 +143,15 @@ def run(args: argparse.Namespace) -> int:
         for label, payload in deliveries:
             result = send_delivery(url, payload, secret=Secret(DEMO_APP_SECRET), tls=tls)
             failed += result.status != 200
-            print(f"  POST {label:<38} -> {result.status} {result.body}", flush=True)
+            _say(f"  POST {label:<38} -> {result.status} {result.body}")
         expected = _accepted_events(deliveries)
         received = sink.wait_for(expected, timeout_s=max(0.5, deadline - time.monotonic()))
         ok = failed == 0 and len(received) >= expected and \
             all(r.signature_ok for r in sink.requests)
-        print(f"4. summary: {len(deliveries)} deliveries sent, {len(deliveries) - failed} "
-              f"accepted; {len(received)}/{expected} events delivered to the sink; "
-              f"{time.monotonic() - started:.1f} s")
-        print("demo OK" if ok else "demo FAILED")
+        _say(f"4. summary: {len(deliveries)} deliveries sent, {len(deliveries) - failed} "
+             f"accepted; {len(received)}/{expected} events delivered to the sink; "
+             f"{time.monotonic() - started:.1f} s")
+        _say("demo OK" if ok else "demo FAILED")
         return 0 if ok else 1
     except RuntimeError as exc:
         print(f"demo FAILED: {exc}", file=sys.stderr)
