@@ -17,7 +17,9 @@ certificate is *required* is decided per handshake from the current state, so
 
 The same hook enforces ``limits.max_connections``: an established connection is counted
 from its handshake until its ``SSLObject`` is released (a ``weakref.finalize``), and a
-handshake past the cap is refused.  A connection is released once the server has closed
+handshake past the cap is refused: at once when the cap is already reached as the
+connection starts (before its ClientHello is read, so an overload costs no crypto), else
+once it completes.  A connection is released once the server has closed
 it — for a client that vanished without a TLS close_notify, at the latest when the idle
 timeout fires — and its objects may wait for the cyclic collector, which is run before
 refusing anyone.  Connections still handshaking are bounded by the handshake timeout.
@@ -124,7 +126,14 @@ class TLSHolder:
         holder = self
 
         class IdentityCheckedSSLObject(ssl.SSLObject):
+            _capacity_checked = False
+
             def do_handshake(self) -> None:
+                if not self._capacity_checked:
+                    # The first call comes before the ClientHello is read: past the cap,
+                    # refuse here, before any crypto is spent on the connection.
+                    self._capacity_checked = True
+                    holder.check_capacity()
                 try:
                     super().do_handshake()
                 except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
@@ -141,17 +150,31 @@ class TLSHolder:
     def active_connections(self) -> int:
         return self._admitted - self._released
 
+    def check_capacity(self) -> None:
+        """Refuse a new connection when the cap is already reached (a cheap early check;
+        ``admit_connection`` decides once the handshake is done)."""
+        limit = self._max_connections
+        if limit is None or self.active_connections < limit:
+            return
+        self._collect_released()
+        if self.active_connections >= limit:
+            self._on_refused("too_many_connections", {"limit": limit})
+            raise HandshakeRefused("connection limit reached")
+
+    def _collect_released(self) -> None:
+        # Closed connections' SSLObjects can sit in reference cycles (transport ↔
+        # protocol) until the cyclic collector runs; at the cap, run it (at most once a
+        # second) before refusing anyone.
+        now = time.monotonic()
+        if now - self._last_collect >= 1.0:
+            self._last_collect = now
+            gc.collect()
+
     def admit_connection(self, sslobj: ssl.SSLObject) -> None:
         """Count an established connection, or refuse it past ``max_connections``."""
         limit = self._max_connections
         if limit is not None and self.active_connections >= limit:
-            # Closed connections' SSLObjects can sit in reference cycles (transport ↔
-            # protocol) until the cyclic collector runs; at the cap, run it (at most
-            # once a second) before refusing anyone.
-            now = time.monotonic()
-            if now - self._last_collect >= 1.0:
-                self._last_collect = now
-                gc.collect()
+            self._collect_released()
         with self._admit_lock:  # only admissions race each other; releases never block
             refused = limit is not None and self.active_connections >= limit
             if not refused:
