@@ -122,7 +122,13 @@ class _CertExpiryCollector(Collector):
         self.loaded: Callable[[], list[CertExpiry]] = list
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["role", "subject", "file"])
+        # Two certificates can share role, subject and file (a cross-signed or renewed CA
+        # in one bundle): one series each, reporting the one that expires first.
+        soonest: dict[tuple[str, str, str], float] = {}
         for role, subject, file, seconds in self.loaded():
-            family.add_metric([role, subject, file], seconds)
+            key = (role, subject, file)
+            soonest[key] = min(seconds, soonest.get(key, seconds))
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["role", "subject", "file"])
+        for labels, seconds in soonest.items():
+            family.add_metric(list(labels), seconds)
         yield family

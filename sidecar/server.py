@@ -75,11 +75,11 @@ class LiveState:
     def __init__(self, config: Config, metrics: Metrics, *, max_connections: int | None) -> None:
         self.config = config
         self.metrics = metrics
+        self._refusals = Throttle(REFUSAL_LOG_INTERVAL_S)
         self.holder = TLSHolder(
             config.tls, max_connections=max_connections,
             on_connections=metrics.open_connections.set,
             on_refused=self._refused)
-        self._refusals = Throttle(REFUSAL_LOG_INTERVAL_S)
         self._settings = _settings_from(config)
         self._warn_if_optional(config)
 

@@ -139,7 +139,7 @@ class TLSHolder:
                 except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                     raise
                 except ssl.SSLError as exc:
-                    holder._on_refused(_reason(exc), {"error": _error_text(exc)})
+                    holder._report_refusal(_reason(exc), {"error": _error_text(exc)})
                     raise
                 holder.check_peer(self)
                 holder.admit_connection(self)
@@ -158,8 +158,16 @@ class TLSHolder:
             return
         self._collect_released()
         if self.active_connections >= limit:
-            self._on_refused("too_many_connections", {"limit": limit})
+            self._report_refusal("too_many_connections", {"limit": limit})
             raise HandshakeRefused("connection limit reached")
+
+    def _report_refusal(self, reason: str, facts: dict[str, object]) -> None:
+        # Runs inside the handshake, where the loop only expects ssl.SSLError: a failing
+        # report (metrics, logging) must not change what happens to the connection.
+        try:
+            self._on_refused(reason, facts)
+        except Exception:
+            log.exception("tls.refusal_report_failed", extra={"reason": reason})
 
     def _collect_released(self) -> None:
         # Closed connections' SSLObjects can sit in reference cycles (transport ↔
@@ -180,7 +188,7 @@ class TLSHolder:
             if not refused:
                 self._admitted += 1
         if refused:
-            self._on_refused("too_many_connections", {"limit": limit})
+            self._report_refusal("too_many_connections", {"limit": limit})
             raise HandshakeRefused("connection limit reached")
         self._on_connections(self.active_connections)
         weakref.finalize(sslobj, self._release_connection)
@@ -197,15 +205,15 @@ class TLSHolder:
         peer = sslobj.getpeercert()
         if not peer:
             if state.require_client_cert:
-                self._on_refused("no_certificate", {})
+                self._report_refusal("no_certificate", {})
                 raise HandshakeRefused("client certificate required")
             return
         if not state.policy.allows(peer):
             cns, sans = peer_names(peer)
             # What it presented, so a wrong name can be told from a wrong config.  The
             # certificate chains to a trusted CA, but is bounded anyway.
-            self._on_refused("name_not_allowed", {"common_names": _bounded(cns),
-                                                  "dns_names": _bounded(sans)})
+            self._report_refusal("name_not_allowed", {"common_names": _bounded(cns),
+                                                      "dns_names": _bounded(sans)})
             raise HandshakeRefused("client certificate name not allowed")
 
 

@@ -80,7 +80,8 @@ def test_demo_runs_end_to_end():
     assert done.returncode == 0, done.stdout + done.stderr
     assert "demo OK" in done.stdout and "SIGNATURE BAD" not in done.stdout
     # The sink's threads print while the demo sends: every line must still be whole,
-    # and every event the sink got is printed before the summary.
+    # and every event the sink got is printed before the summary (a redelivery may add
+    # a line: at-least-once).
     lines = done.stdout.splitlines()
     prefixes = ("demo folder: ", "1. ", "2. ", "3. ", "  POST ", "  sink <- ", "4. summary: ",
                 "demo OK")
@@ -88,5 +89,5 @@ def test_demo_runs_end_to_end():
     assert all(line.count("sink <- ") + line.count("POST ") <= 1 for line in lines), done.stdout
     summary = next(i for i, line in enumerate(lines) if line.startswith("4. summary: "))
     delivered = int(lines[summary].split("; ")[1].split("/")[0])
-    assert sum(line.startswith("  sink <- ") for line in lines[:summary]) == delivered
-    assert lines[-1] == "demo OK"
+    assert sum(line.startswith("  sink <- ") for line in lines[:summary]) >= delivered
+    assert "demo OK" in lines[summary + 1:]

@@ -111,3 +111,27 @@ def test_release_never_waits_for_the_admission_lock(tls_config: TLSConfig) -> No
     t.start()
     assert done.wait(2), "release blocked on the admission lock"
     assert holder.active_connections == 0
+
+
+def test_a_failing_refusal_report_does_not_change_the_refusal(
+        tls_config: TLSConfig, caplog: pytest.LogCaptureFixture) -> None:
+    # The report runs inside the handshake, where the loop only handles ssl.SSLError:
+    # a broken metric or log call must still leave the connection refused, not escape.
+    from sidecar.tls.holder import HandshakeRefused
+
+    def broken(reason: str, facts: dict[str, object]) -> None:
+        raise OSError("metrics file gone")
+
+    holder = TLSHolder(tls_config, max_connections=1, on_refused=broken)
+
+    class Conn:
+        pass
+
+    kept = Conn()
+    holder.admit_connection(kept)  # type: ignore[arg-type]
+    with pytest.raises(HandshakeRefused):
+        holder.check_capacity()
+    with pytest.raises(HandshakeRefused):
+        holder.admit_connection(Conn())  # type: ignore[arg-type]
+    assert holder.active_connections == 1
+    assert [r.getMessage() for r in caplog.records].count("tls.refusal_report_failed") == 2
