@@ -766,6 +766,14 @@ ADD_TIMEOUT_S = 5.0
 # larger groups are cheaper; 1 ms raised two ingest processes' throughput by ~20%
 # (bench/RESULTS.md) and adds at most 1 ms to an answer under load, none to a lone one.
 COMMIT_WINDOW_S = 0.001
+# ... and only once the previous commit carried at least this many requests: the process
+# is then busy enough for more to arrive within the window.  With two (the old rule) the
+# window also applied at a moderate steady rate, where it bought little and cost a
+# millisecond per answer.  Open loop at 1,000 req/s with two ingest processes, four
+# back-to-back pairs: p50 2.3-3.3 ms before, 1.6-2.3 after; p99 6.4-14.0 ms before,
+# 5.2-9.2 after.  Kept-alive throughput at c=32 (groups of ~13) did not change, and
+# new-connection throughput moved within the noise (bench/RESULTS.md).
+COMMIT_WINDOW_MIN_GROUP = 4
 
 
 class SpoolWriter:
@@ -775,19 +783,21 @@ class SpoolWriter:
     so far, commits it in one transaction (one fsync) in a worker thread, and resolves
     every caller's future; whatever arrives during that commit goes into the next one.
     So N requests arriving in the same instant share one fsync instead of queueing
-    behind N of them.  When the previous commit carried more than one batch (the
-    process is under concurrent load), the next one first waits ``commit_window_s``
+    behind N of them.  When the previous commit carried ``commit_window_min_group``
+    batches or more (the process is busy), the next one first waits ``commit_window_s``
     for more to join.  A failed commit fails every caller in it with
     ``SpoolUnavailable`` (nothing of that group was stored).
     """
 
     def __init__(self, spool: Spool, *, max_group: int = 512,
                  add_timeout_s: float = ADD_TIMEOUT_S,
-                 commit_window_s: float = COMMIT_WINDOW_S) -> None:
+                 commit_window_s: float = COMMIT_WINDOW_S,
+                 commit_window_min_group: int = COMMIT_WINDOW_MIN_GROUP) -> None:
         self._spool = spool
         self._max_group = max_group
         self._add_timeout_s = add_timeout_s
         self._commit_window_s = commit_window_s
+        self._commit_window_min_group = commit_window_min_group
         self._last_group = 0  # batches in the previous commit
         self._queue: list[tuple[_Batch, asyncio.Future[AddResult]]] = []
         self._wakeup: asyncio.Event | None = None
@@ -834,7 +844,8 @@ class SpoolWriter:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
-                if (self._last_group > 1 and len(self._queue) < self._max_group
+                if (self._last_group >= self._commit_window_min_group
+                        and len(self._queue) < self._max_group
                         and not self._closing):
                     # Under concurrent load, let the requests being checked right now
                     # join this commit (PostgreSQL's commit_delay, with its siblings rule:

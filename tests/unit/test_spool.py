@@ -242,7 +242,7 @@ def test_writer_delays_a_commit_only_under_concurrent_load(spool: Spool) -> None
     spool.add_many = counting  # type: ignore[method-assign]
 
     async def scenario() -> float:
-        writer = SpoolWriter(spool, commit_window_s=0.3)
+        writer = SpoolWriter(spool, commit_window_s=0.3, commit_window_min_group=2)
         start = time.monotonic()
         await writer.add([make_event(0)], [])  # alone: committed at once
         lone = time.monotonic() - start
@@ -258,6 +258,28 @@ def test_writer_delays_a_commit_only_under_concurrent_load(spool: Spool) -> None
     assert lone < 0.25
     assert groups == [1, 2, 2]
     assert spool.depth() == 5
+
+
+def test_writer_waits_only_after_a_commit_of_several_requests(spool: Spool) -> None:
+    # At a moderate rate commits carry a few requests; the window would only add latency.
+    async def alone_after_a_group_of(size: int, writer: SpoolWriter, first_id: int) -> float:
+        await asyncio.gather(*(writer.add([make_event(first_id + i)], [])
+                               for i in range(size)))  # queued in one turn: one commit
+        start = time.monotonic()
+        await writer.add([make_event(first_id + 100)], [])
+        return time.monotonic() - start
+
+    async def scenario() -> tuple[float, float]:
+        writer = SpoolWriter(spool, commit_window_s=0.3)  # the default threshold, 4
+        after_three = await alone_after_a_group_of(3, writer, 0)
+        after_four = await alone_after_a_group_of(4, writer, 1000)
+        await writer.aclose()
+        return after_three, after_four
+
+    after_three, after_four = asyncio.run(scenario())
+    assert after_three < 0.25  # not delayed
+    assert after_four >= 0.29  # the process was busy: it waited for others to join
+    assert spool.depth() == 9
 
 
 def test_writer_times_out_a_caller_but_still_commits_its_batch(spool: Spool) -> None:
