@@ -771,8 +771,9 @@ COMMIT_WINDOW_S = 0.001
 # window also applied at a moderate steady rate, where it bought little and cost a
 # millisecond per answer.  Open loop at 1,000 req/s with two ingest processes, four
 # back-to-back pairs: p50 2.3-3.3 ms before, 1.6-2.3 after; p99 6.4-14.0 ms before,
-# 5.2-9.2 after.  Kept-alive throughput at c=32 (groups of ~13) did not change, and
-# new-connection throughput moved within the noise (bench/RESULTS.md).
+# 5.2-9.2 after.  Kept-alive throughput at c=32 (groups of ~13) did not change; a new
+# connection per request (groups of ~2.4) lost ~6%, the price of this rule
+# (bench/RESULTS.md).
 COMMIT_WINDOW_MIN_GROUP = 4
 
 
