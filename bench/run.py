@@ -121,8 +121,8 @@ _OPEN_LOOP_HEAD = """\t\t\tvar n uint64
 
 
 def build_loadgen(src: Path, out: Path) -> Path:
-    """Build a copy of the loadgen at ``src`` with the request timeout moved from the
-    client to the transport (above); exits when the source is not the one expected."""
+    """Build a copy of the loadgen at ``src`` with the two changes above (the request
+    timeout on the transport, ``-rate``); exits when the source is not the one expected."""
     if not (src / "main.go").is_file():
         sys.exit(f"bench: no load generator source at {src} (give --loadgen-src)")
     apt_install("golang-go", "go")

@@ -14,28 +14,19 @@ import base64
 import hashlib
 import hmac
 
-from sidecar.errors import ConfigError
 from sidecar.secret import Secret, standard_webhooks_key
 
-__all__ = ["Signer", "signing_key"]
-
-
-def signing_key(secret: Secret) -> bytes:
-    try:
-        return standard_webhooks_key(secret)
-    except ValueError as exc:
-        raise ConfigError(
-            "config key 'upstream.signing_secret': a whsec_ secret must be base64 after the prefix"
-        ) from exc
+__all__ = ["Signer"]
 
 
 class Signer:
-    """Signs bodies with one key, decoded once."""
+    """Signs bodies with one key, decoded once.  The config refuses a secret that has no
+    key (``standard_webhooks_key``), naming the key at fault, before a Signer is made."""
 
     __slots__ = ("_key",)
 
     def __init__(self, secret: Secret) -> None:
-        self._key = signing_key(secret)
+        self._key = standard_webhooks_key(secret)
 
     def headers(self, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
         signed = f"{msg_id}.{timestamp}.".encode() + body

@@ -37,6 +37,7 @@ import time
 import threading
 import weakref
 from collections.abc import Callable
+from typing import NoReturn
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -158,8 +159,11 @@ class TLSHolder:
             return
         self._collect_released()
         if self.active_connections >= limit:
-            self._report_refusal("too_many_connections", {"limit": limit})
-            raise HandshakeRefused("connection limit reached")
+            self._refuse_over_capacity(limit)
+
+    def _refuse_over_capacity(self, limit: int) -> NoReturn:
+        self._report_refusal("too_many_connections", {"limit": limit})
+        raise HandshakeRefused("connection limit reached")
 
     def _report_refusal(self, reason: str, facts: dict[str, object]) -> None:
         # Runs inside the handshake, where the loop only expects ssl.SSLError: a failing
@@ -188,8 +192,8 @@ class TLSHolder:
             if not refused:
                 self._admitted += 1
         if refused:
-            self._report_refusal("too_many_connections", {"limit": limit})
-            raise HandshakeRefused("connection limit reached")
+            assert limit is not None
+            self._refuse_over_capacity(limit)
         self._on_connections(self.active_connections)
         weakref.finalize(sslobj, self._release_connection)
 
