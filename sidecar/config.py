@@ -230,10 +230,11 @@ class _Section:
                 raise ConfigError(f"config key '{self.key(k)}': required")
             return default
         value = self.raw[k]
-        if isinstance(value, str):
-            value = [value]
+        # A lone string is refused too (a wrong type, SPEC 6), not read as a list of one:
+        # e.g. `app_secrets: "a, b"` would otherwise become one secret with a comma in it.
         if not isinstance(value, list):
-            raise ConfigError(f"config key '{self.key(k)}': must be a list of strings")
+            raise ConfigError(f"config key '{self.key(k)}': must be a list of strings "
+                              "(write [\"...\"] even for one)")
         return tuple(self.reader.string(v, f"{self.key(k)}[{i}]") for i, v in enumerate(value))
 
     def path(self, k: str, default: str | None = None) -> Path:

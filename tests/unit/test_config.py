@@ -83,6 +83,13 @@ def test_example_config_parses_and_documents_every_key(tmp_path):
     (MINIMAL + "delivery: {backoff_initial_s: 10, backoff_max_s: 1}\n", "'delivery.backoff_max_s'"),
     (MINIMAL.replace('  verify_token: "${VERIFY_TOKEN}"\n', ""), "'meta.verify_token': required"),
     ("- just\n- a list\n", "must be a mapping"),
+    # A lone string where a list belongs is a wrong type, not a list of one.
+    (MINIMAL.replace('["${APP_SECRET}"]', '"${APP_SECRET}"'),
+     "'meta.app_secrets': must be a list of strings"),
+    (MINIMAL.replace("[certs/ca.pem]", "certs/ca.pem"),
+     "'tls.client_ca_files': must be a list of strings"),
+    (MINIMAL.replace("tls:\n", "tls:\n  allowed_client_names: client.webhooks.fbclientcerts.com\n"),
+     "'tls.allowed_client_names': must be a list of strings"),
 ])
 def test_bad_values_name_the_key(tmp_path, text, expected):
     assert expected in _error(tmp_path, text)
