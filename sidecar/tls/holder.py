@@ -1,19 +1,15 @@
 """The live TLS state of the public listener, and its validated hot reload.
 
-The listener gets one *listener* context for its whole life.  Two hooks on it make the
-state reloadable and the identity check part of the handshake:
-
-* ``sni_callback`` runs at ClientHello (with or without SNI) and switches the
-  connection to the current context (``SSL_set_SSL_CTX``): new server certificate,
-  new client-CA store.  A CA dropped from the config is therefore no longer trusted.
-* ``sslobject_class`` is a ``ssl.SSLObject`` subclass whose ``do_handshake`` — once
-  OpenSSL has verified the chain — checks the client identity against the current
-  policy and refuses the handshake when it is not allowed, before any HTTP byte is read.
-
-The listener's ``verify_mode`` is ``CERT_OPTIONAL`` (OpenSSL still verifies any
-certificate presented and fails the handshake if it does not chain); whether a
-certificate is *required* is decided per handshake from the current state, so
-``tls.client_auth`` can change on reload without a restart.
+The listener gets one *listener* context for its whole life, and hands every new
+connection to the context of the current state (its ``wrap_bio``): new server
+certificate, new client-CA store, new ``verify_mode`` (``tls.client_auth``).  A CA dropped
+from the config is therefore no longer trusted, and since each context has its own
+session cache, no TLS 1.2 session verified against the old CA set can be resumed after
+the swap (a resumed session skips the chain check).  A hook on every context makes the
+identity check part of the handshake: ``sslobject_class`` is a ``ssl.SSLObject``
+subclass whose ``do_handshake`` — once OpenSSL has verified the chain — checks the
+client identity against the current policy and refuses the handshake when it is not
+allowed, before any HTTP byte is read.
 
 The same hook enforces ``limits.max_connections``: an established connection is counted
 from its handshake until its ``SSLObject`` is released (a ``weakref.finalize``), and a
@@ -82,15 +78,18 @@ class TLSHolder:
         self._released = 0
         self._admit_lock = threading.Lock()
         self._last_collect = 0.0
+        self._sslobject_cls = self._sslobject_class()
         # The constructor validates once: broken material fails at startup, not later.
         self.state = self._build(tls, generation=1)
 
     def _build(self, tls: TLSConfig, *, generation: int) -> TLSState:
         material = load_material(tls, now=self._now())
         require = tls.client_auth == "required"
+        context = build_context(material, require_client_cert=require)
+        context.sslobject_class = self._sslobject_cls
         return TLSState(
             material=material,
-            context=build_context(material, require_client_cert=require),
+            context=context,
             policy=IdentityPolicy(tls.allowed_client_names),
             require_client_cert=require,
             generation=generation,
@@ -112,16 +111,16 @@ class TLSHolder:
     # ------------------------------------------------------------------ listener
 
     def listener_context(self) -> ssl.SSLContext:
-        """The context handed to the server once; every handshake reads ``self.state``."""
-        ctx = build_context(self.state.material, require_client_cert=False)
-        ctx.sni_callback = self._use_current_context
-        ctx.sslobject_class = self._sslobject_class()
+        """The context handed to the server once; each new connection gets the context
+        of ``self.state`` at the moment it starts."""
+        ctx = build_context(self.state.material, require_client_cert=True,
+                            context_class=_ListenerContext)
+        assert isinstance(ctx, _ListenerContext)
+        ctx.holder = self
+        # Never used for a handshake while transports call wrap_bio; if one ever did not,
+        # the identity check and a required certificate would still apply (fail closed).
+        ctx.sslobject_class = self._sslobject_cls
         return ctx
-
-    def _use_current_context(self, sslobj: ssl.SSLObject, server_name: str | None,
-                             listener: ssl.SSLContext) -> None:
-        sslobj.context = self.state.context
-        return None
 
     def _sslobject_class(self) -> type[ssl.SSLObject]:
         holder = self
@@ -219,6 +218,21 @@ class TLSHolder:
             self._report_refusal("name_not_allowed", {"common_names": _bounded(cns),
                                                       "dns_names": _bounded(sans)})
             raise HandshakeRefused("client certificate name not allowed")
+
+
+class _ListenerContext(ssl.SSLContext):
+    """The listener's context: a complete server context (so nothing that inspects it is
+    surprised), but connections are made from the current state's context.  Asyncio's
+    and uvloop's TLS transports create every connection through ``wrap_bio``."""
+
+    holder: TLSHolder
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
+                 server_side: bool = False, server_hostname: str | bytes | None = None,
+                 session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+        return self.holder.state.context.wrap_bio(
+            incoming, outgoing, server_side=server_side, server_hostname=server_hostname,
+            session=session)
 
 
 def _error_text(exc: ssl.SSLError) -> str:

@@ -168,15 +168,18 @@ def load_material(tls: TLSConfig, *, now: datetime | None = None) -> TLSMaterial
     return TLSMaterial(cert_pem, key_pem, ca_pem, server_chain, tuple(client_cas), digest)
 
 
-def build_context(material: TLSMaterial, *, require_client_cert: bool) -> ssl.SSLContext:
+def build_context(material: TLSMaterial, *, require_client_cert: bool,
+                  context_class: type[ssl.SSLContext] = ssl.SSLContext) -> ssl.SSLContext:
     """A server context for exactly these bytes.  Never trusts the system's roots."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = context_class(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(SERVER_CIPHERS)
     ctx.options |= (ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_TICKET
                     | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_SINGLE_ECDH_USE)
-    # No session resumption: a resumed session skips client-certificate verification,
-    # so a client from a CA removed by a reload could otherwise keep coming back.
+    # No tickets: a resumed session skips client-certificate verification, and a ticket
+    # would let a client from a CA removed by a reload keep coming back.  (TLS 1.2
+    # session-ID resumption stays within one context: the holder makes a new context,
+    # with an empty session cache, at every swap.)
     ctx.num_tickets = 0
     ctx.set_alpn_protocols(["http/1.1"])
     _load_chain_from_bytes(ctx, material.cert_pem, material.key_pem)

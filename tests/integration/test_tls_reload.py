@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -110,6 +111,33 @@ def test_replaced_client_ca_is_no_longer_trusted(start_sidecar, pki):
         assert not _accepted(old_client)
         # Open connections are not dropped by a reload.
         assert kept_alive.get(sidecar.url, params=PARAMS).status_code == 200
+
+
+def test_tls12_session_from_before_a_ca_removal_does_not_resume(start_sidecar, pki):
+    """A resumed TLS 1.2 session skips the chain check, so sessions must not outlive the
+    CA set they were verified against: each reload that swaps the TLS state starts an
+    empty session cache."""
+    sidecar = start_sidecar()
+    URL[0] = sidecar.url
+    client = pki.client_context(pki.meta_client)
+    client.maximum_version = ssl.TLSVersion.TLSv1_2
+
+    def connect(session: ssl.SSLSession | None = None) -> tuple[ssl.SSLSession | None, bool]:
+        with socket.create_connection(("127.0.0.1", sidecar.port), timeout=5) as raw:
+            with client.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as conn:
+                conn.sendall(b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert conn.recv(100).startswith(b"HTTP/1.1 404")
+                return conn.session, conn.session_reused
+
+    session, reused = connect()
+    assert not reused
+    assert connect(session)[1]  # unchanged CAs: resuming is fine (the name check still runs)
+    new_ca = trustme.CA()
+    new_client = pki.client_pair("new", new_ca, common_name=META_CN)
+    _replace(pki.dir / "client-ca.pem", new_ca.cert_pem.bytes())
+    assert _wait_until(lambda: _accepted(lambda: sidecar.client(new_client)))
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        connect(session)  # a full handshake now, and the old CA is gone
 
 
 def test_broken_renewal_keeps_the_old_pair_serving(start_sidecar, pki):

@@ -41,7 +41,24 @@ def test_policy_options(tls_config: TLSConfig, which: str) -> None:
                  ssl.OP_CIPHER_SERVER_PREFERENCE):
         assert ctx.options & flag == flag, flag.name
     assert ctx.num_tickets == 0  # no TLS 1.3 resumption either
-    assert ctx.verify_mode == (ssl.CERT_REQUIRED if which == "required" else ssl.CERT_OPTIONAL)
+    # The listener's own verify mode is never used (see the test below); it fails closed.
+    assert ctx.verify_mode == (ssl.CERT_OPTIONAL if which == "optional" else ssl.CERT_REQUIRED)
+
+
+def test_listener_makes_each_connection_from_the_current_context(
+        tls_config: TLSConfig, tmp_path: Path) -> None:
+    holder = TLSHolder(tls_config)
+    listener = holder.listener_context()
+    first = listener.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
+    assert first.context is holder.state.context
+    # A swap (here: new client CA) gives new connections a new context, with its own
+    # session cache; the one already made keeps the context it started with.
+    trustme.CA().cert_pem.write_to_path(str(tmp_path / "client-ca.pem"))
+    assert holder.reload(tls_config)
+    second = listener.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
+    assert second.context is holder.state.context
+    assert second.context is not first.context
+    assert type(first) is type(second) is not ssl.SSLObject  # the identity-checking class
 
 
 def test_tls_1_2_suites_are_forward_secret_aead_only(tls_config: TLSConfig) -> None:
