@@ -8,8 +8,8 @@ and answers every POST 200, adding one piece of the real path to the layer befor
 
 ``tls``        the sidecar's TLS context (``tls.material.build_context``) on a bare
                ``asyncio.Protocol`` that reads one request and answers it: the floor;
-``identity``   the listener context of ``tls.holder`` instead (per-handshake context
-               swap for reloads, identity check, connection admission and gauge);
+``identity``   the listener context of ``tls.holder`` instead (each connection made from
+               the current context, identity check, connection admission and gauge);
 ``http``       ``sidecar.listener.Listener`` (uvicorn's httptools protocol with the
                sidecar's limits) and a trivial ASGI app that reads the body;
 ``checks``     the sidecar's public app: signature, strict JSON, schemas, normalize
