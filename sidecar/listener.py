@@ -21,8 +21,10 @@ this module adds what uvicorn does not do but the SPEC's slow-client limits need
 * a **header size cap**: more than ``max_header_bytes`` before the end of the headers
   gets 431 and the connection is closed; nothing past the cap is handed to the parser,
   so a huge header costs no memory;
-* **no unread bodies**: a connection whose request was answered before its body was
-  all read is closed after the answer, instead of reading the rest with no deadline;
+* **no unread bodies**: a request answered before its body was all read (404, 405, a
+  GET with a body) is answered with ``Connection: close`` and the connection is closed
+  after the answer, instead of reading the rest with no deadline (saying so in the
+  answer keeps a client from sending its next request on a connection about to close);
 * an **idle keep-alive timeout** of its own (``keepalive_timeout_s``), separate from the
   header deadline;
 * **one write per response**: uvicorn writes a response's head and body separately,
@@ -199,23 +201,27 @@ class _Protocol(HttpToolsProtocol):
         self._awaiting_headers = False
         self._cancel_header_deadline()
         super().on_headers_complete()
-        if self.cycle is not None and self._writer is not None:
-            self.cycle.transport = self._writer  # type: ignore[assignment]
+        cycle = self.cycle
+        if cycle is not None and self._writer is not None:
+            cycle.transport = self._writer  # type: ignore[assignment]
+            send = cycle.send
+
+            async def send_closing_if_body_unread(message: Any) -> None:
+                if message["type"] == "http.response.start" and cycle.more_body:
+                    # Answered before the body was all read: the rest is not waited for
+                    # (uvicorn would go on reading and discarding it with no deadline, so
+                    # a client could trickle it forever).  uvicorn then says
+                    # "connection: close" and closes after the answer.
+                    cycle.keep_alive = False
+                await send(message)
+
+            cycle.send = send_closing_if_body_unread  # type: ignore[method-assign]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         # Whatever comes next belongs to the next request's header phase.
         self._awaiting_headers = True
         self._header_bytes = 0
-
-    def on_response_complete(self) -> None:
-        if self.cycle is not None and self.cycle.more_body:
-            # Answered before the body was all read (404, 405, a GET with a body): the
-            # rest of the body is not waited for.  uvicorn would go on reading and
-            # discarding it with no deadline, so a client could trickle it forever.
-            self.transport.close()
-            return
-        super().on_response_complete()
 
     # Header deadline.
 

@@ -142,7 +142,22 @@ def test_answer_before_the_body_is_read_closes_the_connection():
         writer.write(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\nsome")
         data, elapsed = await _read_all(reader, 3)
         assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"hello"), data
+        # ... and says so, so no client sends a next request on it.
+        assert b"\r\nconnection: close\r\n" in data.lower(), data
         assert elapsed < LIMITS.header_timeout_s  # closed after the answer, not on a timer
+
+    _run(test)
+
+
+def test_answer_after_the_whole_body_keeps_the_connection():
+    async def test(port: int, stop: asyncio.Event) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(2):  # a body that arrived with the headers is all read
+            writer.write(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nsome")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and b"connection:" not in head.lower()
+            assert await reader.readexactly(5) == b"hello"
+        writer.close()
 
     _run(test)
 
