@@ -507,6 +507,13 @@ class Spool:
                              received_at=received_at)
                 for id_, body, attempts, received_at in rows]
 
+    def next_due(self) -> float | None:
+        """When the earliest pending event comes due (a retry's next attempt), or None."""
+        with self._read() as conn:
+            (due,) = conn.execute(
+                "select min(next_attempt_at) from events where state = 'pending'").fetchone()
+        return float(due) if due is not None else None
+
     def settle(self, settlement: Settlement) -> None:
         with self._tx(durable=False) as conn:
             self._settle(conn, settlement, self._clock())

@@ -9,7 +9,9 @@ Why it looks like this:
 * A pipeline, not rounds.  Up to ``max_in_flight`` sends run at once, each carrying up to
   ``batch_max`` events; as soon as one finishes the loop claims more, so one slow send
   does not hold the others back.  ``wake()`` (called after each spool add) starts
-  delivery at once; the poll interval only picks up retries coming due.
+  delivery at once.  A claim that empties the spool also reads when the earliest retry
+  comes due, and the worker wakes then (the poll interval is only the longest sleep), so
+  backoff and its jitter are kept to the millisecond, not rounded up to the next poll.
 * Backoff is exponential with "equal jitter" (half fixed, half random), so retries of
   many events spread out without ever retrying sooner than half the nominal delay.
   A ``Retry-After`` from the upstream is a lower bound, capped at ``backoff_max_s``.
@@ -54,6 +56,7 @@ log = logging.getLogger("sidecar.delivery")
 _SYNC_EVERY_S = 0.1  # at most this stale: outcomes recorded, new events claimed
 _SYNC_OUTCOMES = 64  # or sooner, once this many outcomes wait
 _MIN_SYNC_GAP_S = 0.02  # after a claim that emptied the spool: delivery waits <= 20 ms more
+_MIN_IDLE_S = 0.005  # the shortest sleep before a retry comes due (no busy loop on a clock edge)
 _MAX_EXPONENT = 62  # 2**62 * any sane initial delay is far past any backoff_max_s
 
 
@@ -100,6 +103,7 @@ class DeliveryWorker:
         self._slots = max_in_flight * batch_max
         self._last_sync = 0.0
         self._drained = False  # the last claim got fewer events than it asked for
+        self._next_due: float | None = None  # then: when the earliest pending retry is due
 
     # ------------------------------------------------------------------ public
 
@@ -176,22 +180,36 @@ class DeliveryWorker:
         self._wakeup.clear()  # anything added from here on wakes the next idle
         try:
             # The spool-depth gauge is refreshed on each /metrics scrape, not here.
-            claimed = await asyncio.to_thread(
-                self._spool.settle_and_claim, outcomes, max(0, limit), lease_s=self.lease_s)
+            claimed, self._next_due = await asyncio.to_thread(
+                self._claim, outcomes, max(0, limit))
         except SpoolUnavailable as exc:
             log.error("delivery.spool_error", extra={"op": "claim", "error": str(exc)})
             return []
         self._drained = len(claimed) < limit
         return claimed
 
+    def _claim(self, outcomes: Settlement, limit: int) -> tuple[list[SpooledEvent], float | None]:
+        """In a worker thread: settle and claim; when that emptied the spool of due
+        events, also when the next one comes due."""
+        claimed = self._spool.settle_and_claim(outcomes, limit, lease_s=self.lease_s)
+        if len(claimed) >= limit:
+            return claimed, None  # more may be due now: the loop comes back at once
+        try:
+            return claimed, self._spool.next_due()
+        except SpoolUnavailable:
+            return claimed, None  # the claim stands; the poll interval finds the retries
+
     async def _idle(self, stop: asyncio.Event, *, has_free_slot: bool) -> None:
-        """Wait for a stop, a send to finish, the poll interval or (with a free slot)
-        a wake-up.  A claim that filled every slot waits for a send to finish."""
+        """Wait for a stop, a send to finish, the next retry coming due, the poll interval
+        or (with a free slot) a wake-up.  A claim that filled every slot waits for a send to finish."""
         waiters = {asyncio.ensure_future(stop.wait())}
         if has_free_slot:
             waiters.add(asyncio.ensure_future(self._wakeup.wait()))
+        timeout = self.poll_interval_s
+        if self._next_due is not None:
+            timeout = min(timeout, max(_MIN_IDLE_S, self._next_due - self._clock()))
         try:
-            await asyncio.wait(waiters | set(self._sending), timeout=self.poll_interval_s,
+            await asyncio.wait(waiters | set(self._sending), timeout=timeout,
                                return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in waiters:

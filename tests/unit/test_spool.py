@@ -419,6 +419,17 @@ def test_retry_counts_an_attempt_and_waits(spool: Spool, clock: Clock) -> None:
     assert again.attempts == 1
 
 
+def test_next_due_is_the_earliest_pending_attempt(spool: Spool, clock: Clock) -> None:
+    assert spool.next_due() is None
+    add(spool, [make_event(1), make_event(2)])
+    assert spool.next_due() == clock.now  # new events are due at once
+    spool.claim(2, lease_s=30)
+    assert spool.next_due() is None  # in flight: not pending
+    spool.retry("evt_1", next_attempt_at=clock.now + 10, error="upstream answered 503")
+    spool.retry("evt_2", next_attempt_at=clock.now + 4, error="upstream answered 503")
+    assert spool.next_due() == clock.now + 4
+
+
 def test_dead_counts_an_attempt(spool: Spool) -> None:
     add(spool, [make_event(1)])
     spool.claim(1, lease_s=30)

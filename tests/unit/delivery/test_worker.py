@@ -7,6 +7,7 @@ import asyncio
 import inspect
 import json
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
@@ -373,6 +374,35 @@ def test_a_trickle_of_wakeups_after_the_spool_emptied_shares_claims(
     asyncio.run(run_until(worker, client, trickle))
     assert sum(claims) == 20
     assert len([n for n in claims if n]) < 14, claims  # shared, not one per wake-up
+
+
+def test_a_retry_is_sent_when_it_comes_due_not_at_the_next_poll(tmp_path: Path,
+                                                                  metrics: Metrics) -> None:
+    # The real clock: what counts is the wall-clock wait between the two attempts.
+    spool = Spool(tmp_path / "real-clock.db")
+    upstream = Upstream([503])
+    worker, client = make_worker(spool, upstream, metrics, time.time,  # type: ignore[arg-type]
+                                 poll_interval_s=30, backoff_initial_s=0.2)
+    spool.add_many([([make_event(1)], [])])
+    sent: list[float] = []
+    original = client.send_encoded
+
+    async def timed(*args, **kwargs):  # type: ignore[no-untyped-def]
+        sent.append(time.monotonic())
+        return await original(*args, **kwargs)
+
+    client.send_encoded = timed  # type: ignore[method-assign]
+
+    async def retried() -> None:
+        await wait_until(lambda: spool.stats().delivered == 1, timeout_s=3)
+
+    try:
+        asyncio.run(run_until(worker, client, retried))
+    finally:
+        spool.close()
+    # Equal jitter on 0.2 s: 0.1-0.2 s later (plus the worker's 20 ms gathering gap), not
+    # at the next 30 s poll.
+    assert len(sent) == 2 and 0.1 <= sent[1] - sent[0] < 1.0, sent
 
 
 def test_run_recovers_events_left_in_flight_by_a_crash(spool: Spool, metrics: Metrics,
