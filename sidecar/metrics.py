@@ -83,6 +83,11 @@ class Metrics:
         self.spool_depth = Gauge(
             "sidecar_spool_depth", "Events stored and not yet delivered or dead.",
             multiprocess_mode="livemax", registry=r)
+        self.spool_oldest_age = Gauge(
+            "sidecar_spool_oldest_age_seconds",
+            "Seconds since the oldest event not yet delivered or dead was received (0 when "
+            "there is none): how far delivery lags, whatever the depth.",
+            multiprocess_mode="livemax", registry=r)
         self.open_connections = Gauge(
             "sidecar_open_connections",
             "Established TLS connections on the public listener (capped by "

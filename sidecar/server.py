@@ -320,7 +320,9 @@ class DeliveryRole:
                 for facts in certs]
 
     async def _refresh_gauges(self) -> None:
-        self.live.metrics.spool_depth.set(await asyncio.to_thread(self.spool.depth))
+        depth, oldest_age = await asyncio.to_thread(self.spool.backlog)
+        self.live.metrics.spool_depth.set(depth)
+        self.live.metrics.spool_oldest_age.set(oldest_age or 0.0)
 
     async def _certs_ready(self) -> str | None:
         leaf = self.live.holder.state.material.server_chain[0]

@@ -589,6 +589,21 @@ class Spool:
         with self._read() as conn:
             return self._depth(conn)
 
+    def backlog(self) -> tuple[int, float | None]:
+        """The depth and the age of its oldest event (None when empty), in one snapshot."""
+        now = self._clock()
+        with self._read() as conn:
+            return self._depth(conn), self._oldest_age(conn, now)
+
+    @staticmethod
+    def _oldest_age(conn: sqlite3.Connection, now: float) -> float | None:
+        """Seconds since the oldest pending or in-flight event was received (two index
+        lookups, whatever the spool's size)."""
+        oldest = [conn.execute("select min(received_at) from events where state = ?",
+                               (s,)).fetchone()[0] for s in ("pending", "in_flight")]
+        known = [t for t in oldest if t is not None]
+        return max(0.0, now - min(known)) if known else None
+
     @staticmethod
     def _depth(conn: sqlite3.Connection) -> int:
         row = conn.execute(
@@ -602,16 +617,14 @@ class Spool:
             counts = dict(conn.execute("select state, n from state_counts").fetchall())
             (quarantined,) = conn.execute(
                 "select count(*) from quarantine where replayed_at is null").fetchone()
-            oldest = [conn.execute("select min(received_at) from events where state = ?",
-                                   (s,)).fetchone()[0] for s in ("pending", "in_flight")]
-        known = [t for t in oldest if t is not None]
+            oldest_age = self._oldest_age(conn, now)
         return SpoolStats(
             pending=counts.get("pending", 0),
             in_flight=counts.get("in_flight", 0),
             delivered=counts.get("delivered", 0),
             dead=counts.get("dead", 0),
             quarantined=quarantined,
-            oldest_pending_age_s=max(0.0, now - min(known)) if known else None,
+            oldest_pending_age_s=oldest_age,
         )
 
     def list_events(self, *, state: str | None = None, limit: int = 100) -> list[SpoolRow]:

@@ -95,6 +95,7 @@ def test_upstream_resetting_connections_then_recovering(start_sidecar, resetting
         assert time.monotonic() - started < 2
     _wait(lambda: resetting_upstream.resets >= 3, 10, "the sidecar never tried the upstream")
     assert _metric(sidecar, "sidecar_events_retried_total") >= 1
+    assert _metric(sidecar, "sidecar_spool_oldest_age_seconds") > 0  # delivery lags
     resetting_upstream.stop()
     healthy = RecordingSink(port=upstream_port, signing_secret=Secret(SIGNING_SECRET)).start()
     try:
@@ -105,6 +106,7 @@ def test_upstream_resetting_connections_then_recovering(start_sidecar, resetting
     finally:
         healthy.stop()
     _wait(lambda: _metric(sidecar, "sidecar_spool_depth") == 0, 5, "spool not drained")
+    assert _metric(sidecar, "sidecar_spool_oldest_age_seconds") == 0
 
 
 def test_upstream_resets_in_direct_mode_are_503(start_sidecar, resetting_upstream,

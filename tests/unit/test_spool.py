@@ -419,6 +419,20 @@ def test_retry_counts_an_attempt_and_waits(spool: Spool, clock: Clock) -> None:
     assert again.attempts == 1
 
 
+def test_backlog_is_the_depth_and_the_age_of_its_oldest_event(spool: Spool,
+                                                                clock: Clock) -> None:
+    assert spool.backlog() == (0, None)
+    add(spool, [make_event(1)])
+    clock.now += 5
+    add(spool, [make_event(2)])
+    clock.now += 2
+    assert spool.backlog() == (2, 7.0)
+    spool.claim(1, lease_s=30)  # in flight is still behind
+    assert spool.backlog() == (2, 7.0)
+    spool.ack(["evt_1"])
+    assert spool.backlog() == (1, 2.0)
+
+
 def test_next_due_is_the_earliest_pending_attempt(spool: Spool, clock: Clock) -> None:
     assert spool.next_due() is None
     add(spool, [make_event(1), make_event(2)])
