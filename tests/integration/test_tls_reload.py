@@ -113,11 +113,12 @@ def test_replaced_client_ca_is_no_longer_trusted(start_sidecar, pki):
         assert kept_alive.get(sidecar.url, params=PARAMS).status_code == 200
 
 
-def test_tls12_session_from_before_a_ca_removal_does_not_resume(start_sidecar, pki):
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_tls12_session_from_before_a_ca_removal_does_not_resume(start_sidecar, pki, loop):
     """A resumed TLS 1.2 session skips the chain check, so sessions must not outlive the
     CA set they were verified against: each reload that swaps the TLS state starts an
     empty session cache."""
-    sidecar = start_sidecar()
+    sidecar = start_sidecar(loop=loop)
     URL[0] = sidecar.url
     client = pki.client_context(pki.meta_client)
     client.maximum_version = ssl.TLSVersion.TLSv1_2
