@@ -207,7 +207,9 @@ class DeliveryWorker:
             waiters.add(asyncio.ensure_future(self._wakeup.wait()))
         timeout = self.poll_interval_s
         if self._next_due is not None:
-            timeout = min(timeout, max(_MIN_IDLE_S, self._next_due - self._clock()))
+            until_due = self._next_due - self._clock()
+            if until_due > 0:  # past it, the next claim (once there is room) finds it
+                timeout = min(timeout, max(_MIN_IDLE_S, until_due))
         try:
             await asyncio.wait(waiters | set(self._sending), timeout=timeout,
                                return_when=asyncio.FIRST_COMPLETED)
