@@ -44,12 +44,13 @@ import asyncio
 import logging
 import socket
 import ssl
+import weakref
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
 
 from uvicorn.config import Config as UvicornConfig
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 __all__ = ["ListenerLimits", "Listener", "bind_socket"]
@@ -204,16 +205,23 @@ class _Protocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and self._writer is not None:
             cycle.transport = self._writer  # type: ignore[assignment]
-            send = cycle.send
+            # A weak reference: a closure holding the cycle (or its bound send) would make
+            # a reference cycle, keeping every finished request's objects, and through
+            # them its connection, alive until a full garbage collection (measured: +16 MB
+            # after 5,000 new connections).
+            cycle_ref = weakref.ref(cycle)
 
             async def send_closing_if_body_unread(message: Any) -> None:
-                if message["type"] == "http.response.start" and cycle.more_body:
+                current = cycle_ref()
+                if current is None:
+                    return  # only the app still holds this send: the connection is gone
+                if message["type"] == "http.response.start" and current.more_body:
                     # Answered before the body was all read: the rest is not waited for
                     # (uvicorn would go on reading and discarding it with no deadline, so
                     # a client could trickle it forever).  uvicorn then says
                     # "connection: close" and closes after the answer.
-                    cycle.keep_alive = False
-                await send(message)
+                    current.keep_alive = False
+                await RequestResponseCycle.send(current, message)
 
             cycle.send = send_closing_if_body_unread  # type: ignore[method-assign]
 

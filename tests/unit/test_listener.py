@@ -26,12 +26,12 @@ async def _hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"hello"})
 
 
-def _run(test: Callable[[int, asyncio.Event], Awaitable[None]]) -> None:
+def _run(test: Callable[[int, asyncio.Event], Awaitable[None]], app: Any = _hello) -> None:
     async def main() -> None:
         sock = bind_socket("127.0.0.1", 0)
         port = sock.getsockname()[1]
         stop = asyncio.Event()
-        served = asyncio.create_task(Listener(_hello, sock, limits=LIMITS, backlog=16)
+        served = asyncio.create_task(Listener(app, sock, limits=LIMITS, backlog=16)
                                      .serve(stop))
         try:
             await asyncio.wait_for(test(port, stop), 10)
@@ -160,6 +160,29 @@ def test_answer_after_the_whole_body_keeps_the_connection():
         writer.close()
 
     _run(test)
+
+
+def test_the_send_given_to_the_app_does_not_hold_its_request():
+    # Holding the request's cycle (or its bound send) would make a reference cycle that
+    # keeps every finished request, and through it its connection, alive until a full
+    # garbage collection (measured: +16 MB after 5,000 new connections).
+    held_cycle: list[bool] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        cycle = receive.__self__
+        held = [cell.cell_contents for cell in (send.__closure__ or ())]
+        held_cycle.append(any(h is cycle or getattr(h, "__self__", None) is cycle
+                              for h in held))
+        await _hello(scope, receive, send)
+
+    async def test(port: int, stop: asyncio.Event) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(GET)
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        writer.close()
+
+    _run(test, app)
+    assert held_cycle == [False]
 
 
 def test_stop_lets_a_request_in_progress_finish_then_closes():
