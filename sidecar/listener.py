@@ -214,7 +214,7 @@ class _Protocol(HttpToolsProtocol):
             async def send_closing_if_body_unread(message: Any) -> None:
                 current = cycle_ref()
                 if current is None:
-                    return  # only the app still holds this send: the connection is gone
+                    return  # the request is over (a send after the app returned)
                 if message["type"] == "http.response.start" and current.more_body:
                     # Answered before the body was all read: the rest is not waited for
                     # (uvicorn would go on reading and discarding it with no deadline, so

@@ -201,7 +201,8 @@ class DeliveryWorker:
 
     async def _idle(self, stop: asyncio.Event, *, has_free_slot: bool) -> None:
         """Wait for a stop, a send to finish, the next retry coming due, the poll interval
-        or (with a free slot) a wake-up.  A claim that filled every slot waits for a send to finish."""
+        or (with a free slot) a wake-up.  A claim that filled every slot waits for a send
+        to finish."""
         waiters = {asyncio.ensure_future(stop.wait())}
         if has_free_slot:
             waiters.add(asyncio.ensure_future(self._wakeup.wait()))
