@@ -9,7 +9,8 @@ the swap (a resumed session skips the chain check).  A hook on every context mak
 identity check part of the handshake: ``sslobject_class`` is a ``ssl.SSLObject``
 subclass whose ``do_handshake`` — once OpenSSL has verified the chain — checks the
 client identity against the current policy and refuses the handshake when it is not
-allowed, before any HTTP byte is read.
+allowed, before any HTTP byte is read.  A resumed TLS 1.2 session is not re-verified by
+OpenSSL, so the hook also refuses one whose certificate has expired since.
 
 The same hook enforces ``limits.max_connections``: an established connection is counted
 from its handshake until its ``SSLObject`` is released (a ``weakref.finalize``), and a
@@ -218,6 +219,13 @@ class TLSHolder:
             self._report_refusal("name_not_allowed", {"common_names": _bounded(cns),
                                                       "dns_names": _bounded(sans)})
             raise HandshakeRefused("client certificate name not allowed")
+        if sslobj.session_reused and _expired(peer, time.time()):
+            # A resumed TLS 1.2 session skips the chain check, validity included: the
+            # certificate was valid when the session was made, and has expired since.
+            # Refused as a full handshake would refuse it.
+            self._report_refusal("untrusted_certificate",
+                                 {"error": "certificate has expired (resumed session)"})
+            raise HandshakeRefused("client certificate expired")
 
 
 class _ListenerContext(ssl.SSLContext):
@@ -238,6 +246,12 @@ class _ListenerContext(ssl.SSLContext):
 def _error_text(exc: ssl.SSLError) -> str:
     verify = getattr(exc, "verify_message", None)  # "unable to get local issuer certificate"
     return str(verify or exc.reason or type(exc).__name__)
+
+
+def _expired(peer: dict[str, object], now: float) -> bool:
+    not_after = peer.get("notAfter")
+    # OpenSSL's own check: valid through the notAfter second itself.
+    return not isinstance(not_after, str) or ssl.cert_time_to_seconds(not_after) < now
 
 
 def _bounded(names: list[str], count: int = 5, length: int = 100) -> list[str]:

@@ -10,12 +10,16 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import trustme
+
+from conftest import META_CN
 
 LEGACY_CIPHERS = "DEFAULT:@SECLEVEL=0"
 
@@ -142,3 +146,45 @@ def test_no_compression_and_no_session_tickets_on_the_wire(start_sidecar):
             session = conn.session
     # TLS 1.3 tickets arrive after the handshake; none means no resumption around a reload.
     assert session is None or not session.has_ticket
+
+
+def test_tls12_session_is_not_resumed_once_the_client_certificate_has_expired(start_sidecar):
+    """A resumed TLS 1.2 session skips OpenSSL's chain check, validity included, so the
+    identity hook refuses a resumption whose certificate has expired since the session
+    was made, as a full handshake would."""
+    sidecar = start_sidecar()
+    pki = sidecar.pki
+    not_after = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=4)
+    short_lived = pki.client_pair("short", pki.client_ca, common_name=META_CN,
+                                  not_after=not_after)
+    client = pki.client_context(short_lived)
+    client.maximum_version = ssl.TLSVersion.TLSv1_2
+
+    def request(session: ssl.SSLSession | None) -> tuple[ssl.SSLSession | None, bool, bytes]:
+        """(session, resumed?, the answer's first bytes: b"" when the server hung up)."""
+        with socket.create_connection(("127.0.0.1", sidecar.port), timeout=5) as raw:
+            # In an abbreviated handshake the client finishes first, so a refusal shows
+            # as the server hanging up on the request (or as an error, whichever comes).
+            with client.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as conn:
+                try:
+                    conn.sendall(b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    answer = conn.recv(100)
+                except (ssl.SSLError, ConnectionError):
+                    answer = b""
+                return conn.session, conn.session_reused, answer
+
+    session, resumed, answer = request(None)
+    assert not resumed and answer.startswith(b"HTTP/1.1 404")
+    session, resumed, answer = request(session)
+    assert resumed and answer.startswith(b"HTTP/1.1 404")  # still valid: resuming is fine
+    time.sleep(max(0.0, not_after.timestamp() + 1.1 - time.time()))
+    try:
+        _, resumed, answer = request(session)
+    except (ssl.SSLError, ConnectionError):
+        resumed, answer = True, b""
+    assert answer == b"", "a session of an expired certificate was resumed and answered"
+    assert 'sidecar_tls_handshake_failures_total{reason="untrusted_certificate"} 1.0' in \
+        sidecar.metrics()
+    assert "certificate has expired (resumed session)" in sidecar.log()
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        request(None)  # and a full handshake is refused by OpenSSL itself
