@@ -33,7 +33,7 @@ import ssl
 import time
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import NoReturn
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -248,7 +248,7 @@ def _error_text(exc: ssl.SSLError) -> str:
     return str(verify or exc.reason or type(exc).__name__)
 
 
-def _expired(peer: dict[str, object], now: float) -> bool:
+def _expired(peer: Mapping[str, object], now: float) -> bool:
     not_after = peer.get("notAfter")
     # OpenSSL's own check: valid through the notAfter second itself.
     return not isinstance(not_after, str) or ssl.cert_time_to_seconds(not_after) < now
