@@ -19,6 +19,10 @@ Behaviour:
   at-least-once and the upstream deduplicates by event id).
 * Response bodies are read (so the connection can be reused) up to 1 MiB and dropped:
   the worker never needs them, and they are never logged.
+* Framing is read as RFC 9112 says: 1xx responses before the final one are skipped;
+  chunked wins over Content-Length, and a response carrying both is not trusted to
+  leave the connection in sync (closed after it); conflicting Content-Length values are
+  malformed.
 * Every failure is ``UpstreamUnavailable``, with a message that names no body.
 """
 
@@ -36,6 +40,7 @@ __all__ = ["HTTP1Pool", "UpstreamResponse"]
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024
+MAX_INFORMATIONAL = 8  # 1xx responses skipped before the final one
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,31 +154,54 @@ class HTTP1Pool:
 
     async def _read_response(self, conn: _Connection) -> tuple[UpstreamResponse, bool]:
         await conn.writer.drain()
-        raw = await conn.reader.readuntil(b"\r\n\r\n")
-        lines = raw[:-4].decode("latin-1").split("\r\n")
-        version, _, rest = lines[0].partition(" ")
-        status = int(rest[:3])
-        if not version.startswith("HTTP/1.") or not 100 <= status <= 599:
-            raise ValueError("bad status line")
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep:
-                raise ValueError("bad header line")
-            headers[name.strip().lower()] = value.strip()
+        # A client must accept 1xx responses before the final one even unasked (RFC 9110
+        # §15.2): some servers send "100 Continue" or "103 Early Hints" anyway.
+        for _ in range(MAX_INFORMATIONAL + 1):
+            version, status, headers = await self._read_head(conn.reader)
+            if status >= 200:
+                break
+            if status == 101:
+                raise ValueError("protocol switch not asked for")
+        else:
+            raise ValueError("too many informational responses")
         keep_alive = version == "HTTP/1.1" and "close" not in headers.get("connection", "").lower()
-        if 100 <= status < 200:
-            raise ValueError("informational responses are not expected")
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            await self._skip_chunked(conn.reader)
+        transfer_encoding = headers.get("transfer-encoding")
+        if transfer_encoding is not None:
+            if transfer_encoding.rpartition(",")[2].strip().lower() == "chunked":
+                await self._skip_chunked(conn.reader)
+                if "content-length" in headers:
+                    # Both framings at once is how responses are split (RFC 9112 §6.3):
+                    # chunked wins, and the connection is not trusted with another request.
+                    keep_alive = False
+            else:
+                keep_alive = False  # delimited by close: we stop reading and drop it
         elif "content-length" in headers:
-            length = int(headers["content-length"])
+            length = _content_length(headers["content-length"])
             if length > MAX_BODY_BYTES:
                 raise ValueError("response body too large")
             await conn.reader.readexactly(length)
         elif status not in (204, 304):
             keep_alive = False  # body delimited by close: we stop reading and drop it
         return UpstreamResponse(status, headers), keep_alive
+
+    @staticmethod
+    async def _read_head(reader: asyncio.StreamReader) -> tuple[str, int, dict[str, str]]:
+        raw = await reader.readuntil(b"\r\n\r\n")
+        lines = raw[:-4].decode("latin-1").split("\r\n")
+        version, _, rest = lines[0].partition(" ")
+        code = rest[:3]
+        if (not version.startswith("HTTP/1.") or not (code.isascii() and code.isdigit())
+                or rest[3:4] not in ("", " ") or not 100 <= int(code) <= 599):
+            raise ValueError("bad status line")
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise ValueError("bad header line")
+            name, value = name.strip().lower(), value.strip()
+            # A repeated field is one list (RFC 9110 §5.3); Content-Length checks its own.
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        return version, int(code), headers
 
     @staticmethod
     async def _skip_chunked(reader: asyncio.StreamReader) -> None:
@@ -190,3 +218,15 @@ class HTTP1Pool:
                     pass
                 return
             await reader.readexactly(size + 2)
+
+
+def _content_length(value: str) -> int:
+    """The length, from one value or a list of identical ones (RFC 9112 §6.3); any other
+    value is malformed, never guessed at."""
+    values = {v.strip() for v in value.split(",")}
+    if len(values) != 1:
+        raise ValueError("conflicting content-length")
+    (only,) = values
+    if not (only.isascii() and only.isdigit()):
+        raise ValueError("bad content-length")
+    return int(only)

@@ -188,3 +188,73 @@ def test_never_more_connections_than_allowed() -> None:
             assert peak <= 3 and s.connections <= 3
             await pool.aclose()
     run(main())
+
+
+def test_informational_responses_before_the_final_one_are_skipped() -> None:
+    """RFC 9110 §15.2: a client must parse 1xx responses even when it did not ask for
+    them. An upstream that sends "100 Continue" anyway has still accepted the event."""
+    async def main() -> None:
+        box: list[Server] = []
+        response = (b"HTTP/1.1 100 Continue\r\n\r\n"
+                    b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n"
+                    b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
+        async with Server(keep_alive(response, box)) as s:
+            box.append(s)
+            pool = HTTP1Pool(s.url, timeout_s=5)
+            for _ in range(2):
+                assert (await pool.post(b"{}", {})).status == 202
+            assert s.connections == 1  # in sync after the 1xx heads: reused
+            await pool.aclose()
+
+        endless = b"HTTP/1.1 100 Continue\r\n\r\n" * 20
+        async with Server(keep_alive(endless, box)) as s:
+            box[0] = s
+            pool = HTTP1Pool(s.url, timeout_s=5)
+            with pytest.raises(UpstreamUnavailable, match="malformed"):
+                await pool.post(b"{}", {})
+            await pool.aclose()
+    run(main())
+
+
+@pytest.mark.parametrize("response, reused", [
+    # Both framings: chunked wins, and the connection is not reused.
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"4\r\nbusy\r\n0\r\n\r\n", False),
+    # A repeated, identical Content-Length is one value.
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok", True),
+    # Chunked only as the final coding; otherwise the body runs to the close.
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nwhatever", False),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"2\r\nok\r\n0\r\n\r\n", True),
+], ids=["both-framings", "repeated-length", "chunked-not-last", "chunked-last"])
+def test_response_framing(response: bytes, reused: bool) -> None:
+    async def main() -> None:
+        box: list[Server] = []
+        async with Server(keep_alive(response, box)) as s:
+            box.append(s)
+            pool = HTTP1Pool(s.url, timeout_s=5)
+            for _ in range(2):
+                assert (await pool.post(b"{}", {})).status == 200
+            assert s.connections == (1 if reused else 2)
+            await pool.aclose()
+    run(main())
+
+
+@pytest.mark.parametrize("response", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok!",
+    b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok",
+    b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 099 Low\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n",
+], ids=["conflicting-lengths", "signed-length", "four-digit-status", "status-below-100",
+        "unasked-switch"])
+def test_malformed_responses_are_refused_not_guessed(response: bytes) -> None:
+    async def main() -> None:
+        box: list[Server] = []
+        async with Server(keep_alive(response, box)) as s:
+            box.append(s)
+            pool = HTTP1Pool(s.url, timeout_s=5)
+            with pytest.raises(UpstreamUnavailable, match="malformed"):
+                await pool.post(b"{}", {})
+            await pool.aclose()
+    run(main())
