@@ -75,6 +75,7 @@ class UpstreamConfig:
     signing_secret: Secret | None = None
     batch_max: int = 1
     max_in_flight: int = 32
+    ca_file: Path | None = None  # https upstream: trust only these CAs (default: system roots)
 
 
 @dataclass(frozen=True)
@@ -390,11 +391,15 @@ def _meta(s: _Section) -> MetaConfig:
 
 def _upstream(s: _Section) -> UpstreamConfig:
     s.check_unknown({"url", "timeout_s", "signing_secret", "signing_secret_file", "batch_max",
-                     "max_in_flight"})
+                     "max_in_flight", "ca_file"})
     url = s.string("url", required=True)
     if not _is_http_url(url):
         raise ConfigError(f"config key '{s.key('url')}': must be an http:// or https:// URL "
                           "with a host (and a port from 1 to 65535, if given)")
+    ca_file = s.path("ca_file") if s.has("ca_file") else None
+    if ca_file is not None and urlsplit(url).scheme != "https":
+        raise ConfigError(f"config key '{s.key('ca_file')}': only used with an https:// "
+                          f"{s.key('url')}")
     signing_secret = s.secret("signing_secret", required=False)
     if signing_secret is not None:
         try:  # so that ``config check`` fails where ``serve`` would
@@ -409,6 +414,7 @@ def _upstream(s: _Section) -> UpstreamConfig:
         signing_secret=signing_secret,
         batch_max=s.integer("batch_max", UpstreamConfig.batch_max, minimum=1),
         max_in_flight=s.integer("max_in_flight", UpstreamConfig.max_in_flight, minimum=1),
+        ca_file=ca_file,
     )
 
 

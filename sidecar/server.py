@@ -55,6 +55,7 @@ from sidecar.logs import Throttle, setup_logging
 from sidecar.metrics import CertExpiry, Metrics
 from sidecar.spool import Spool, SpoolWriter
 from sidecar.tls.holder import TLSHolder
+from sidecar.tls.upstream_trust import UpstreamTrust
 
 __all__ = ["run_server", "default_workers"]
 
@@ -196,10 +197,15 @@ def _open_spool(config: Config) -> Spool:
                  dedup_retention_s=config.delivery.dedup_retention_s)
 
 
-def _upstream(config: Config) -> UpstreamClient:
+def _upstream(config: Config, trust: UpstreamTrust | None) -> UpstreamClient:
     return UpstreamClient(config.upstream.url, timeout_s=config.upstream.timeout_s,
                           signing_secret=config.upstream.signing_secret,
-                          max_connections=config.upstream.max_in_flight)
+                          max_connections=config.upstream.max_in_flight, trust=trust)
+
+
+def _upstream_trust(config: Config) -> UpstreamTrust | None:
+    ca_file = config.upstream.ca_file
+    return UpstreamTrust(ca_file) if ca_file is not None else None
 
 
 # =========================================================================== roles
@@ -217,7 +223,7 @@ class IngestRole:
             self._writer = SpoolWriter(spool)
             ingest = SpoolIngest(self._writer, wake, live.metrics)
         else:
-            self._upstream = _upstream(config)
+            self._upstream = _upstream(config, _upstream_trust(config))
             ingest = DirectIngest(spool, self._upstream, batch_max=config.upstream.batch_max,
                                   metrics=live.metrics)
         self.app = build_public_app(
@@ -251,7 +257,8 @@ class DeliveryRole:
         self.spool = spool
         config = live.config
         self.worker: DeliveryWorker | None = None
-        self._upstream = _upstream(config)
+        self._trust = _upstream_trust(config)
+        self._upstream = _upstream(config, self._trust)
         if config.delivery.mode == "spool":
             self.worker = DeliveryWorker(
                 spool, self._upstream, batch_max=config.upstream.batch_max,
@@ -314,9 +321,11 @@ class DeliveryRole:
     def _loaded_certificates(self) -> list[CertExpiry]:
         material = self.live.holder.state.material  # this process's, reloaded like the others'
         now = datetime.now(timezone.utc)
+        upstream_cas = self._trust.certificates if self._trust is not None else ()
         return [(role, facts.subject, facts.file, facts.seconds_left(now))
                 for role, certs in (("server", material.server_chain),
-                                    ("client_ca", material.client_cas))
+                                    ("client_ca", material.client_cas),
+                                    ("upstream_ca", upstream_cas))
                 for facts in certs]
 
     async def _refresh_gauges(self) -> None:

@@ -8,6 +8,7 @@ answer can be changed at run time (``status``, ``delay_s``) to play an unhealthy
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,7 +39,9 @@ class ReceivedRequest:
 class RecordingSink:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
                  signing_secret: Secret | None = None,
-                 on_request: Callable[[ReceivedRequest], None] | None = None) -> None:
+                 on_request: Callable[[ReceivedRequest], None] | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        """``ssl_context``: serve HTTPS with it (a server context), else plain HTTP."""
         self._signer = Signer(signing_secret) if signing_secret is not None else None
         self._on_request = on_request
         self._lock = threading.Lock()
@@ -48,6 +51,12 @@ class RecordingSink:
         self._changed = threading.Condition(self._lock)
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
         self._server.daemon_threads = True
+        self._scheme = "http"
+        if ssl_context is not None:
+            # The handshake runs in the handler's thread, so a stuck client holds only it.
+            self._server.socket = ssl_context.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False)
+            self._scheme = "https"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
                                         name="recording-sink")
 
@@ -57,7 +66,7 @@ class RecordingSink:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/events"
+        return f"{self._scheme}://127.0.0.1:{self.port}/events"
 
     def start(self) -> RecordingSink:
         self._thread.start()

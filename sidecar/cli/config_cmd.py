@@ -9,6 +9,7 @@ from typing import Any
 from sidecar.config import load_config
 from sidecar.errors import ConfigError
 from sidecar.tls.material import load_material
+from sidecar.tls.upstream_trust import UpstreamTrust
 
 __all__ = ["register", "run"]
 
@@ -29,6 +30,8 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     material = load_material(config.tls)
+    if config.upstream.ca_file is not None:
+        UpstreamTrust(config.upstream.ca_file)  # raises, naming upstream.ca_file
     spool_dir = config.delivery.spool_path.parent
     if spool_dir.exists() and not spool_dir.is_dir():
         raise ConfigError(f"config key 'delivery.spool_path': {spool_dir} is not a directory")
@@ -40,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"  clients  {', '.join(config.tls.allowed_client_names)} from "
           f"{len(material.client_cas)} CA certificate(s)")
     print(f"  secrets  {len(config.meta.app_secrets)} app secret(s), verify token set")
-    print(f"  delivery {config.delivery.mode} -> {config.upstream.url}")
+    print(f"  delivery {config.delivery.mode} -> {config.upstream.url}"
+          + (f" (trusting {config.upstream.ca_file})" if config.upstream.ca_file else ""))
     if config.tls.client_auth == "optional":
         print("  WARNING  tls.client_auth is optional: clients without a certificate are "
               "admitted (onboarding only)")

@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from sidecar.errors import UpstreamUnavailable
+from sidecar.tls.upstream_trust import UpstreamTrust
 
 __all__ = ["HTTP1Pool", "UpstreamResponse"]
 
@@ -67,14 +68,15 @@ class _Connection:
 
 class HTTP1Pool:
     def __init__(self, url: str, *, timeout_s: float, max_connections: int = 8,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 tls: Callable[[], ssl.SSLContext] | None = None) -> None:
+        """``tls`` gives the context for each new connection to an https URL (default:
+        the system's roots); it is asked again each time, so it may change."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url}")
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._ssl = (ssl_context or ssl.create_default_context()) if parts.scheme == "https" \
-            else None
+        self._tls = (tls or UpstreamTrust(None).context) if parts.scheme == "https" else None
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
@@ -116,7 +118,8 @@ class HTTP1Pool:
     async def _open(self) -> _Connection:
         try:
             reader, writer = await asyncio.open_connection(
-                self._host, self._port, ssl=self._ssl, limit=MAX_HEAD_BYTES)
+                self._host, self._port, ssl=self._tls() if self._tls else None,
+                limit=MAX_HEAD_BYTES)
         except (OSError, ssl.SSLError) as exc:
             raise UpstreamUnavailable(f"upstream unreachable: {type(exc).__name__}") from None
         return _Connection(reader, writer)

@@ -20,6 +20,7 @@ from sidecar.delivery.signing import Signer
 from sidecar.errors import UpstreamUnavailable
 from sidecar.events import Event, batch_id, encode_event, join_events
 from sidecar.secret import Secret
+from sidecar.tls.upstream_trust import UpstreamTrust
 
 __all__ = ["UpstreamClient", "UpstreamTransport", "parse_retry_after"]
 
@@ -57,6 +58,7 @@ class UpstreamClient:
         timeout_s: float,
         signing_secret: Secret | None,
         max_connections: int = 8,
+        trust: UpstreamTrust | None = None,
         transport: UpstreamTransport | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -64,7 +66,8 @@ class UpstreamClient:
         self._signer = Signer(signing_secret) if signing_secret is not None else None
         self._clock = clock
         self._transport: UpstreamTransport = transport or HTTP1Pool(
-            url, timeout_s=timeout_s, max_connections=max_connections)
+            url, timeout_s=timeout_s, max_connections=max_connections,
+            tls=trust.context if trust is not None else None)
 
     async def send(self, events: Sequence[Event], *, as_array: bool) -> None:
         """Deliver ``events`` in one request; raise ``UpstreamUnavailable`` unless 2xx."""

@@ -1,4 +1,5 @@
-"""Audit the TLS files named under ``tls:`` and report every problem, not just the first.
+"""Audit the TLS files named under ``tls:`` (and ``upstream.ca_file``) and report every
+problem, not just the first.
 
 ``load_material`` (in ``material.py``) stops at the first problem because the server must
 refuse to start; an operator fixing a deployment wants the whole list at once.  So
@@ -55,7 +56,7 @@ _DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.IGNORECASE)
 class CheckItem:
     """One certificate or key file that ``check_tls`` looked at."""
 
-    kind: str  # server_cert | server_key | client_ca
+    kind: str  # server_cert | server_key | client_ca | upstream_ca
     file: str
     facts: CertFacts | None = None
     problems: list[str] = field(default_factory=list)
@@ -125,7 +126,8 @@ class CheckReport:
 
 
 def check_tls(config: Config, *, warn_days: int, now: datetime | None = None) -> CheckReport:
-    """Look at every file named under ``tls:`` and collect every problem found."""
+    """Look at every file named under ``tls:`` and ``upstream.ca_file``, and collect every
+    problem found."""
     now = now or datetime.now(timezone.utc)
     tls = config.tls
     server_items, chain = _check_server_chain(tls.cert_file, now, warn_days)
@@ -133,6 +135,8 @@ def check_tls(config: Config, *, warn_days: int, now: datetime | None = None) ->
     ca_items: list[CheckItem] = []
     for path in tls.client_ca_files:
         ca_items += _check_client_ca_file(path, tls.client_ca_sha256, now, warn_days)
+    if config.upstream.ca_file is not None:
+        ca_items += _check_upstream_ca_file(config.upstream.ca_file, now, warn_days)
     names = tuple(_check_client_name(name) for name in tls.allowed_client_names)
     return CheckReport(warn_days, (*server_items, key_item, *ca_items), names)
 
@@ -197,6 +201,14 @@ def _check_client_ca_file(path: Path, pins: Sequence[str], now: datetime,
                                  "listed in tls.client_ca_sha256")
         items.append(item)
     return items
+
+
+def _check_upstream_ca_file(path: Path, now: datetime, warn_days: int) -> list[CheckItem]:
+    try:
+        _, certs = read_pem_certs(path, "upstream.ca_file")
+    except TLSMaterialError as exc:
+        return [CheckItem("upstream_ca", str(path), problems=[str(exc)])]
+    return [_cert_item("upstream_ca", cert, path, now, warn_days) for cert in certs]
 
 
 def _cert_item(kind: str, cert: x509.Certificate, path: Path, now: datetime,

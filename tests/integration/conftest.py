@@ -184,9 +184,10 @@ def write_config(folder: Path, *, port: int, admin_port: int, upstream_url: str,
                  spool_path: Path, extra: str = "", mode: str = "spool",
                  client_auth: str = "required", tls_extra: str = "",
                  secrets: tuple[str, ...] = ("${TEST_APP_SECRET}",),
-                 delivery_extra: str = "") -> Path:
-    """``extra`` is appended at top level; ``delivery_extra`` holds more ``delivery:``
-    keys, one ``key: value`` a line (a second ``delivery:`` block would replace this one)."""
+                 delivery_extra: str = "", upstream_extra: str = "") -> Path:
+    """``extra`` is appended at top level; ``delivery_extra`` and ``upstream_extra`` hold
+    more ``delivery:`` / ``upstream:`` keys, one ``key: value`` a line (a second block
+    would replace this one)."""
     config = folder / "sidecar.yaml"
     secret_list = ", ".join(f'"{s}"' for s in secrets)
     config.write_text(f"""\
@@ -205,7 +206,7 @@ upstream:
   url: {upstream_url}
   timeout_s: 2
   signing_secret: "{SIGNING_SECRET}"
-delivery:
+{_indent(upstream_extra)}delivery:
   mode: {mode}
   spool_path: {spool_path}
   backoff_initial_s: 0.05

@@ -91,3 +91,27 @@ def test_demo_runs_end_to_end():
     delivered = int(lines[summary].split("; ")[1].split("/")[0])
     assert sum(line.startswith("  sink <- ") for line in lines[:summary]) >= delivered
     assert "demo OK" in lines[summary + 1:]
+
+
+def test_upstream_ca_file_is_checked_and_listed(tmp_path):
+    """``upstream.ca_file`` (an https upstream on an internal CA): config check validates
+    it like the TLS files, and certs check lists its certificates with their expiry."""
+    path = _config(tmp_path)
+    path.write_text(path.read_text().replace(
+        'upstream: {url: "http://127.0.0.1:9/events"}',
+        'upstream: {url: "https://backend.internal/events", ca_file: certs/ca.pem}'))
+    done = _run("config", "check", "-c", str(path))
+    assert done.returncode == 0, done.stderr
+    assert f"(trusting {tmp_path / 'certs' / 'ca.pem'})" in done.stdout
+    done = _run("certs", "check", "-c", str(path), "--json")
+    assert done.returncode == 0, done.stdout
+    assert '"kind": "upstream_ca"' in done.stdout
+
+    path.write_text(path.read_text().replace("ca_file: certs/ca.pem", "ca_file: certs/none.pem"))
+    for command in (("config", "check"), ("serve",)):
+        done = _run(*command, "-c", str(path))
+        assert done.returncode == 2
+        assert done.stderr == (f"sidecar: error: upstream.ca_file {tmp_path / 'certs' / 'none.pem'}"
+                               ": file not found\n"), command
+    done = _run("certs", "check", "-c", str(path))
+    assert done.returncode == 2 and "upstream_ca" in done.stdout and "file not found" in done.stdout

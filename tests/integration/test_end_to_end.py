@@ -6,10 +6,14 @@ import base64
 import hashlib
 import hmac
 import json
+import ssl
 
 import pytest
+import trustme
 
 from conftest import SIGNING_SECRET, free_port
+from sidecar.secret import Secret
+from sidecar.sink import RecordingSink
 from sidecar.samples import META_DOC_EXAMPLE, SAMPLE_FIELDS, sample_delivery, sample_status_delivery
 
 
@@ -144,3 +148,32 @@ def test_readyz_fails_while_the_spool_cannot_take_a_write(start_sidecar, tmp_pat
     while httpx.get(sidecar.admin_url + "/readyz", timeout=10).status_code != 200:
         assert time.monotonic() < deadline, "readyz did not recover after the lock was freed"
         time.sleep(0.2)
+
+
+@pytest.mark.parametrize("mode", ["spool", "direct"])
+def test_events_reach_an_https_upstream_on_an_internal_ca(start_sidecar, pki, mode):
+    """``upstream.ca_file``: the upstream serves HTTPS with a certificate from a CA the
+    system does not know; the sidecar verifies it against that file (name included)."""
+    internal = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    internal.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    internal.cert_pem.write_to_path(str(pki.dir / "upstream-ca.pem"))
+    https_sink = RecordingSink(signing_secret=Secret(SIGNING_SECRET),
+                               ssl_context=server_ctx).start()
+    try:
+        assert https_sink.url.startswith("https://")
+        sidecar = start_sidecar(mode=mode, upstream_url=https_sink.url,
+                                upstream_extra="ca_file: certs/upstream-ca.pem")
+        r = sidecar.post(json.dumps(sample_delivery("messages", unique=f"https-{mode}")).encode())
+        assert r.status_code == 200, r.text
+        (event,) = https_sink.wait_for(1, timeout_s=10)
+        assert event["type"] == "whatsapp.message"
+        assert https_sink.requests[0].signature_ok
+        # Its expiry is watched like the listener's certificates.
+        (series,) = [line for line in sidecar.metrics().splitlines()
+                     if line.startswith("sidecar_certificate_expiry_seconds{")
+                     and 'role="upstream_ca"' in line]
+        assert f'file="{pki.dir / "upstream-ca.pem"}"' in series
+        assert float(series.rsplit(" ", 1)[1]) > 86400
+    finally:
+        https_sink.stop()

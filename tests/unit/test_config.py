@@ -81,6 +81,8 @@ def test_example_config_parses_and_documents_every_key(tmp_path):
     (MINIMAL.replace("limits", "limits") + "limits: {max_connections: " + "9" * 400 + "}\n",
      "'limits.max_connections'"),
     (MINIMAL + "delivery: {backoff_initial_s: 10, backoff_max_s: 1}\n", "'delivery.backoff_max_s'"),
+    (MINIMAL.replace("upstream:\n", "upstream:\n  ca_file: certs/up.pem\n"),
+     "config key 'upstream.ca_file': only used with an https:// upstream.url"),
     (MINIMAL.replace('  verify_token: "${VERIFY_TOKEN}"\n', ""), "'meta.verify_token': required"),
     ("- just\n- a list\n", "must be a mapping"),
     # A lone string where a list belongs is a wrong type, not a list of one.
@@ -163,3 +165,11 @@ def test_pins_are_normalized_and_checked(tmp_path):
     assert "'tls.client_ca_sha256[0]'" in _error(tmp_path, MINIMAL.replace(
         "  client_ca_files: [certs/ca.pem]\n",
         "  client_ca_files: [certs/ca.pem]\n  client_ca_sha256: [deadbeef]\n"))
+
+
+def test_upstream_ca_file_is_relative_to_the_config_folder(tmp_path):
+    text = MINIMAL.replace("  url: http://127.0.0.1:9000/events\n",
+                           "  url: https://backend.internal/events\n  ca_file: certs/up.pem\n")
+    config = load_config(_write(tmp_path, text), env=ENV)
+    assert config.upstream.ca_file == tmp_path / "certs" / "up.pem"
+    assert load_config(_write(tmp_path, MINIMAL), env=ENV).upstream.ca_file is None
