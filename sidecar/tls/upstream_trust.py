@@ -4,9 +4,9 @@ the CAs in ``upstream.ca_file`` (an internal PKI), re-read when that file change
 The delivery pool asks for a context each time it opens a connection (connections are
 kept alive, so that is rare).  A changed file is validated before it is used, as the
 listener's reload does: a file that no longer parses or holds no certificate leaves the
-last good context in use and is logged; the next change is tried again.  Hostname
-checking stays on either way (``ssl.create_default_context``), and a CA file replaces
-the system's roots rather than adding to them.
+last good context in use and is logged once; the next change is tried again.  Chain
+and host name are verified either way, and a CA file replaces the system's roots rather
+than adding to them.
 """
 
 from __future__ import annotations
