@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import random
 import shutil
 import signal
 import socket
@@ -65,9 +66,23 @@ def log(msg: str) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below the kernel's ephemeral range.  A port from ``bind(0)`` comes from
+    that range, and between this check and the server's own bind, one of the loadgen's
+    thousands of outgoing connections can take it as its source port (seen once: a
+    sidecar failed to start with "Address already in use" right after a handshake run)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = random.randrange(10000, max(10001, low))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise SystemExit("bench: no free port below the ephemeral range")
 
 
 def apt_install(package: str, binary: str) -> None:
@@ -824,8 +839,10 @@ def peers_for(bench: Bench, scenario: Scenario, only: set[str] | None) -> list[P
     return peers
 
 
-def run_all(bench: Bench, names: list[str], rounds: int, only: set[str] | None) -> list[Row]:
-    rows: list[Row] = []
+def run_all(bench: Bench, names: list[str], rounds: int, only: set[str] | None,
+            rows: list[Row]) -> None:
+    """Run every pass, appending each row to ``rows`` as it completes (so a pass that
+    fails part way still leaves the earlier ones to report)."""
     for scenario in (s for s in SCENARIOS if s.name in names):
         for rnd in range(1, rounds + 1):
             for peer in peers_for(bench, scenario, only):  # A B A B across rounds
@@ -834,7 +851,6 @@ def run_all(bench: Bench, names: list[str], rounds: int, only: set[str] | None) 
                     f"p99 {row.p99:.1f} ms, errors {row.errors}, "
                     f"delivered {row.delivered:,}/{row.accepted:,}")
                 rows.append(row)
-    return rows
 
 
 # ---------------------------------------------------------------------- output
@@ -985,11 +1001,14 @@ def main(argv: list[str] | None = None) -> int:
     log(f"payloads {bodies['small'].stat().st_size} and {bodies['big'].stat().st_size} bytes;"
         f" sidecar --workers: {'yes' if bench.sidecar_has_workers else 'no'}; workdir {work}")
 
-    rows = run_all(bench, names, args.rounds, only)
-    best = pick_best(rows)
-    jsonl = write_jsonl(rows, work)
-    print(table(best, args.rounds))
-    log(f"rows: {jsonl}; took {time.monotonic() - started:.0f}s")
+    rows: list[Row] = []
+    try:
+        run_all(bench, names, args.rounds, only, rows)
+    finally:  # on a failed pass too: report what was measured before it
+        if rows:
+            jsonl = write_jsonl(rows, work)
+            print(table(pick_best(rows), args.rounds))
+            log(f"rows: {jsonl}; took {time.monotonic() - started:.0f}s")
     return 0 if all(r.delivered >= r.accepted for r in rows) else 1
 
 
