@@ -55,6 +55,7 @@ from sidecar.logs import Throttle, setup_logging
 from sidecar.metrics import CertExpiry, Metrics
 from sidecar.spool import Spool, SpoolWriter
 from sidecar.tls.holder import TLSHolder
+from sidecar.tls.material import CertFacts
 from sidecar.tls.upstream_trust import UpstreamTrust
 
 __all__ = ["run_server", "default_workers"]
@@ -257,9 +258,10 @@ class DeliveryRole:
         self.spool = spool
         config = live.config
         self.worker: DeliveryWorker | None = None
-        self._trust = _upstream_trust(config)
-        self._upstream = _upstream(config, self._trust)
+        self._trust = _upstream_trust(config)  # also what the expiry gauge reports
+        self._upstream: UpstreamClient | None = None  # direct mode: the ingest side sends
         if config.delivery.mode == "spool":
+            self._upstream = _upstream(config, self._trust)
             self.worker = DeliveryWorker(
                 spool, self._upstream, batch_max=config.upstream.batch_max,
                 max_in_flight=config.upstream.max_in_flight,
@@ -300,7 +302,8 @@ class DeliveryRole:
                                            timeout=self.live.config.upstream.timeout_s + 5)
                 except (TimeoutError, asyncio.CancelledError):
                     pass
-            await self._upstream.aclose()
+            if self._upstream is not None:
+                await self._upstream.aclose()
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
         """Drop delivered events once they no longer serve dedup, so the file stays bounded."""
@@ -321,7 +324,10 @@ class DeliveryRole:
     def _loaded_certificates(self) -> list[CertExpiry]:
         material = self.live.holder.state.material  # this process's, reloaded like the others'
         now = datetime.now(timezone.utc)
-        upstream_cas = self._trust.certificates if self._trust is not None else ()
+        upstream_cas: tuple[CertFacts, ...] = ()
+        if self._trust is not None:
+            self._trust.context()  # re-read a changed file now, as the next connection would
+            upstream_cas = self._trust.certificates
         return [(role, facts.subject, facts.file, facts.seconds_left(now))
                 for role, certs in (("server", material.server_chain),
                                     ("client_ca", material.client_cas),
