@@ -10,7 +10,7 @@ and answers every POST 200, adding one piece of the real path to the layer befor
                ``asyncio.Protocol`` that reads one request and answers it: the floor;
 ``identity``   the listener context of ``tls.holder`` instead (each connection made from
                the current context, identity check, connection admission and gauge);
-``http``       ``sidecar.listener.Listener`` (uvicorn's httptools protocol with the
+``http``       ``sidecar.server.listen.Listener`` (uvicorn's httptools protocol with the
                sidecar's limits) and a trivial ASGI app that reads the body;
 ``checks``     the sidecar's public app: signature, strict JSON, schemas, normalize
                (the events are dropped);
@@ -32,7 +32,7 @@ import uvloop
 from sidecar.app.public import build_public_app
 from sidecar.config import load_config
 from sidecar.delivery.ingest import SpoolIngest
-from sidecar.listener import Listener, bind_socket
+from sidecar.server.listen import Listener, bind_socket
 from sidecar.metrics import Metrics
 from sidecar.normalize import Normalized
 from sidecar.server import LiveState, _listener_limits

@@ -8,7 +8,7 @@ What it does, in order (bench/README.md says why, and what every scenario and co
 1. builds the shared Go load generator (``go build``; installs ``golang-go`` with apt
    when Go is missing and we are root) and finds nginx (``apt-get install -y
    nginx-light`` when it is missing and we are root);
-2. makes dev certificates (``sidecar.tls.devcerts.write_dev_certs``: one CA, a server
+2. makes dev certificates (``sidecar.tools.devcerts.write_dev_certs``: one CA, a server
    cert for 127.0.0.1, a client cert with Meta's CN), used by every peer: ECDSA P-256,
    and an RSA-2048 set (the baseline's key type) for the ``handshake-rsa`` scenario;
 3. for each scenario, for each round, for each peer (A B A B): starts a fresh fast
@@ -343,7 +343,7 @@ class Bench:
     """What every scenario shares: tools, certificates, bodies, options."""
     loadgen: Path
     nginx: str
-    certs: Any  # ECDSA P-256 (sidecar.tls.devcerts' default)
+    certs: Any  # ECDSA P-256 (sidecar.tools.devcerts' default)
     certs_rsa: Any  # RSA-2048, as in the performance baseline (handshake-rsa)
     work: Path
     bodies: dict[str, Path]
@@ -977,7 +977,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or (only and only - set(PEERS)):
         parser.error(f"unknown scenario or peer: {sorted(unknown | ((only or set()) - set(PEERS)))}")
 
-    from sidecar.tls.devcerts import write_dev_certs
+    from sidecar.tools.devcerts import write_dev_certs
 
     started = time.monotonic()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="sidecar-bench-"))

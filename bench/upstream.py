@@ -1,6 +1,6 @@
 """A fast stand-in upstream for the benchmark: raw HTTP/1.1 on asyncio, answers 200.
 
-Why not ``sidecar.sink.RecordingSink``: that one is a thread-per-connection stdlib
+Why not ``sidecar.tools.sink.RecordingSink``: that one is a thread-per-connection stdlib
 server that keeps every request; under load it would be the bottleneck and would
 compete with the sidecar for the GIL-free CPU the box has.  This one parses just
 enough HTTP/1.1 (request line, Content-Length, keep-alive), counts requests and

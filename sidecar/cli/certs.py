@@ -1,8 +1,8 @@
 """``sidecar certs dev | check | probe``: make dev certificates, audit the configured ones,
 and try a real mTLS handshake against a running endpoint.
 
-Thin: parse flags, call ``sidecar.tls.devcerts.write_dev_certs``,
-``sidecar.tls.inspect.check_tls`` or ``sidecar.tls.probe.probe``, print the report (text
+Thin: parse flags, call ``sidecar.tools.devcerts.write_dev_certs``,
+``sidecar.tools.inspect.check_tls`` or ``sidecar.tools.probe.probe``, print the report (text
 or ``--json``) and return its exit code.
 
 Exit codes — ``check``: 0 all ok, 1 something expires within ``--warn-days``, 2 something
@@ -23,9 +23,9 @@ from sidecar.cli._args import non_negative_int, positive_float
 from sidecar.config import load_config
 from sidecar.errors import UsageError
 from sidecar.secret import Secret
-from sidecar.tls.devcerts import write_dev_certs
-from sidecar.tls.inspect import EXPIRING, INVALID, OK, CheckItem, CheckReport, check_tls
-from sidecar.tls.probe import DEFAULT_TIMEOUT_S, ProbeReport, probe
+from sidecar.tools.devcerts import write_dev_certs
+from sidecar.tools.inspect import EXPIRING, INVALID, OK, CheckItem, CheckReport, check_tls
+from sidecar.tools.probe import DEFAULT_TIMEOUT_S, ProbeReport, probe
 
 __all__ = ["register", "run"]
 

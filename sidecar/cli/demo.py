@@ -23,11 +23,11 @@ from typing import Any
 import httpx
 
 from sidecar.events import JSONValue
-from sidecar.samples import META_DOC_EXAMPLE, SAMPLE_FIELDS, sample_delivery, sample_status_delivery
+from sidecar.tools.samples import META_DOC_EXAMPLE, SAMPLE_FIELDS, sample_delivery, sample_status_delivery
 from sidecar.secret import Secret
-from sidecar.sender import ClientTLS, send_delivery
-from sidecar.sink import ReceivedRequest, RecordingSink
-from sidecar.tls.devcerts import write_dev_certs
+from sidecar.tools.sender import ClientTLS, send_delivery
+from sidecar.tools.sink import ReceivedRequest, RecordingSink
+from sidecar.tools.devcerts import write_dev_certs
 
 __all__ = ["register", "run"]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.config import load_config
-from sidecar.samples import SAMPLE_FIELDS, sample_delivery
-from sidecar.sender import default_client_tls, listener_url, send_delivery
+from sidecar.tools.samples import SAMPLE_FIELDS, sample_delivery
+from sidecar.tools.sender import default_client_tls, listener_url, send_delivery
 
 __all__ = ["register", "run"]
 

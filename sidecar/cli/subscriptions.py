@@ -1,7 +1,7 @@
 """``sidecar subscriptions list | subscribe | unsubscribe | check``: the WABA's subscribed apps.
 
 Thin: parse flags, build a ``GraphClient``, call it, print; ``check --probe`` sends the
-verification GET through ``sidecar.tls.probe`` (the same probe as ``certs probe``).
+verification GET through ``sidecar.tools.probe`` (the same probe as ``certs probe``).
 Graph failures are raised as ``GraphError`` subclasses and become one stderr line and
 exit 1/3/4/5 in ``cli.main``; bad flags are ``UsageError`` (exit 2).  Rate-limit waits are
 announced on stderr.
@@ -24,7 +24,7 @@ from sidecar.errors import UsageError
 from sidecar.graph import GraphClient, SubscribedApp, validate_waba_id
 from sidecar.logs import redact_query
 from sidecar.secret import Secret
-from sidecar.tls.probe import ProbeReport, probe
+from sidecar.tools.probe import ProbeReport, probe
 
 __all__ = ["register", "run"]
 

@@ -28,6 +28,10 @@ __all__ = ["Ingest", "SpoolIngest", "DirectIngest"]
 class Ingest(Protocol):
     async def accept(self, normalized: Normalized) -> None: ...
 
+    async def aclose(self) -> None:
+        """After the listener drained: finish what was accepted, then release."""
+        ...
+
 
 class SpoolIngest:
     def __init__(self, writer: SpoolWriter, wake: Callable[[], None], metrics: Metrics) -> None:
@@ -49,6 +53,9 @@ class SpoolIngest:
         if result.stored:
             self._metrics.events_spooled.inc(len(result.stored))
             self._wake()
+
+    async def aclose(self) -> None:
+        await self._writer.aclose()
 
 
 class DirectIngest:
@@ -76,3 +83,6 @@ class DirectIngest:
         await asyncio.to_thread(self._spool.record_delivered, events, normalized.quarantined)
         self._metrics.events_delivered.inc(len(events))
         self._metrics.events_quarantined.inc(len(normalized.quarantined))
+
+    async def aclose(self) -> None:
+        await self._upstream.aclose()

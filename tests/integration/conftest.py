@@ -22,7 +22,7 @@ import trustme
 
 from sidecar.checks.signature import sign
 from sidecar.secret import Secret
-from sidecar.sink import RecordingSink
+from sidecar.tools.sink import RecordingSink
 
 META_CN = "client.webhooks.fbclientcerts.com"
 APP_SECRET = "test-app-secret-\u00e9"  # non-ASCII on purpose

@@ -12,7 +12,7 @@ from cryptography import x509
 
 from sidecar.cli import main
 from sidecar.config import META_CLIENT_NAME
-from sidecar.tls.devcerts import CertAuthority
+from sidecar.tools.devcerts import CertAuthority
 
 DEV_FILES = ("ca.pem", "ca.key", "server.pem", "server.key", "client.pem", "client.key")
 

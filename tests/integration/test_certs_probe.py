@@ -23,7 +23,7 @@ import pytest
 
 from sidecar.cli import main
 from sidecar.config import META_CLIENT_NAME
-from sidecar.tls.devcerts import CertAuthority
+from sidecar.tools.devcerts import CertAuthority
 
 TOKEN = "tok"
 SECRET_TOKEN = "sekrit-token-value-42"  # a wrong token that must never be printed

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sidecar.tls.devcerts import write_dev_certs
+from sidecar.tools.devcerts import write_dev_certs
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

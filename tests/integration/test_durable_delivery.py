@@ -25,9 +25,9 @@ from typing import Any, TypeVar
 import pytest
 
 from conftest import SIGNING_SECRET, free_port
-from sidecar.samples import sample_delivery
+from sidecar.tools.samples import sample_delivery
 from sidecar.secret import Secret
-from sidecar.sink import RecordingSink
+from sidecar.tools.sink import RecordingSink
 
 T = TypeVar("T")
 

@@ -13,8 +13,8 @@ import trustme
 
 from conftest import SIGNING_SECRET, free_port
 from sidecar.secret import Secret
-from sidecar.sink import RecordingSink
-from sidecar.samples import META_DOC_EXAMPLE, SAMPLE_FIELDS, sample_delivery, sample_status_delivery
+from sidecar.tools.sink import RecordingSink
+from sidecar.tools.samples import META_DOC_EXAMPLE, SAMPLE_FIELDS, sample_delivery, sample_status_delivery
 
 
 @pytest.mark.parametrize("mode", ["spool", "direct"])

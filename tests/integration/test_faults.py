@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from conftest import SIGNING_SECRET, free_port
-from sidecar.samples import sample_delivery
+from sidecar.tools.samples import sample_delivery
 from sidecar.secret import Secret
-from sidecar.sink import RecordingSink
+from sidecar.tools.sink import RecordingSink
 
 
 def _delivery(tag: str, pad: int = 0) -> bytes:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import APP_SECRET, VERIFY_TOKEN
-from sidecar.samples import sample_delivery
+from sidecar.tools.samples import sample_delivery
 
 VALID = json.dumps(sample_delivery("messages", unique="refusals")).encode()
 

@@ -22,9 +22,9 @@ import pytest
 
 from conftest import META_CN, SidecarProcess, free_port, running_sink
 from sidecar.checks.signature import sign
-from sidecar.samples import sample_delivery
+from sidecar.tools.samples import sample_delivery
 from sidecar.secret import Secret
-from sidecar.sink import RecordingSink
+from sidecar.tools.sink import RecordingSink
 
 APP_SECRET_OLD = "appsecret-OLD-Qx81-\u00e9"
 APP_SECRET_NEW = "appsecret-NEW-Zr44"

@@ -16,7 +16,7 @@ import time
 
 from conftest import APP_SECRET
 from sidecar.checks.signature import sign
-from sidecar.samples import sample_delivery
+from sidecar.tools.samples import sample_delivery
 from sidecar.secret import Secret
 
 HEADER_TIMEOUT_S = 1.0

@@ -189,7 +189,7 @@ def test_client_certificate_outside_validity_is_refused(start_sidecar, pki, case
 def test_onboarding_optional_then_required_without_restart(start_sidecar, pki, sink):
     import json
 
-    from sidecar.samples import sample_delivery
+    from sidecar.tools.samples import sample_delivery
 
     sidecar = start_sidecar(client_auth="optional")
     URL[0] = sidecar.url
@@ -217,7 +217,7 @@ def test_onboarding_optional_then_required_without_restart(start_sidecar, pki, s
 def test_app_secret_rotates_by_config_reload(start_sidecar, pki, sink):
     import json
 
-    from sidecar.samples import sample_delivery
+    from sidecar.tools.samples import sample_delivery
 
     sidecar = start_sidecar()
     body = json.dumps(sample_delivery("security", unique="rotate")).encode()

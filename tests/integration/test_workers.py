@@ -18,7 +18,7 @@ import pytest
 import trustme
 
 from conftest import META_CN, VERIFY_TOKEN
-from sidecar.samples import sample_delivery
+from sidecar.tools.samples import sample_delivery
 
 PARAMS = {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "3"}
 

@@ -41,9 +41,35 @@ def test_core_modules_know_no_web_framework(module):
 
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_only_the_listener_imports_the_http_server(module):
-    if module != "sidecar.listener":
+    if module != "sidecar.server.listen":
         assert not _imports(module, "uvicorn")
     assert not _imports(module, "hypercorn")
+
+
+RUNTIME = sorted(m for m in MODULES if not m.startswith(("sidecar.cli", "sidecar.tools"))
+                 and m != "sidecar.__main__")
+
+
+@pytest.mark.parametrize("module", RUNTIME)
+def test_the_runtime_never_imports_the_operator_tools(module):
+    assert not _imports(module, "sidecar.tools")
+
+
+def test_the_top_level_reads_as_the_data_path():
+    """The package root holds the data path's modules and packages, and nothing else:
+    operator tools live under ``sidecar.tools``, serving under ``sidecar.server``."""
+    top = sorted(p.name for p in PACKAGE.iterdir()
+                 if p.name != "__pycache__" and (p.suffix == ".py" or p.is_dir()))
+    assert top == sorted([
+        "__init__.py", "__main__.py", "errors.py", "secret.py", "clock.py", "config.py",
+        "logs.py", "metrics.py", "tls", "checks", "events.py", "normalize.py", "spool",
+        "delivery", "app", "graph.py", "server", "cli", "tools"])
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_is_a_grab_bag(path):
+    """Small modules with one job each: none grows past ~450 lines."""
+    assert len(path.read_text(encoding="utf-8").splitlines()) <= 460
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))

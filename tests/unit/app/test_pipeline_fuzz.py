@@ -30,7 +30,7 @@ from sidecar.errors import BadPayload, SpoolUnavailable, UpstreamUnavailable
 from sidecar.events import content_event_id
 from sidecar.metrics import Metrics
 from sidecar.normalize import Normalized
-from sidecar.samples import SAMPLE_FIELDS, sample_delivery, sample_status_delivery
+from sidecar.tools.samples import SAMPLE_FIELDS, sample_delivery, sample_status_delivery
 from sidecar.secret import Secret
 
 PATH = "/whatsapp"

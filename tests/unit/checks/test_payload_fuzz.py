@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sidecar.checks.payload import parse_envelopes
 from sidecar.errors import BadPayload
 from sidecar.normalize import normalize
-from sidecar.samples import SAMPLE_FIELDS, sample_delivery, sample_status_delivery
+from sidecar.tools.samples import SAMPLE_FIELDS, sample_delivery, sample_status_delivery
 
 _RECEIVED = datetime(2026, 11, 24, 10, 15, 0, 412000, tzinfo=timezone.utc)
 _BODIES = [json.dumps(sample_delivery(f)).encode() for f in SAMPLE_FIELDS] + [

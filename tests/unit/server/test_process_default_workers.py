@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.server import default_workers
+from sidecar.server.process import default_workers
 
 CPUS = len(os.sched_getaffinity(0))
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from sidecar.config import Config, load_config
-from sidecar.tls.devcerts import CertAuthority, IssuedCert
-from sidecar.tls.inspect import EXPIRING, INVALID, OK, check_tls
+from sidecar.tools.devcerts import CertAuthority, IssuedCert
+from sidecar.tools.inspect import EXPIRING, INVALID, OK, check_tls
 from sidecar.tls.material import cert_facts, read_pem_certs
 
 

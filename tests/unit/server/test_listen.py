@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.listener import Listener, ListenerLimits, bind_socket
+from sidecar.server.listen import Listener, ListenerLimits, bind_socket
 
 LIMITS = ListenerLimits(header_timeout_s=0.5, keepalive_timeout_s=1.5, max_header_bytes=4096,
                         handshake_timeout_s=1.0, graceful_timeout_s=2.0)
@@ -234,7 +234,7 @@ class _RecordingTransport:
 
 
 def test_response_head_and_body_go_out_in_one_write_and_nothing_is_held_past_a_turn():
-    from sidecar.listener import _ResponseWriter
+    from sidecar.server.listen import _ResponseWriter
 
     async def scenario() -> None:
         transport = _RecordingTransport()

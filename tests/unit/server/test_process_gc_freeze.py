@@ -7,7 +7,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from sidecar.server import _freeze_startup_objects
+from sidecar.server.process import freeze_startup_objects
 
 
 class _Node:
@@ -16,7 +16,7 @@ class _Node:
 
 def test_objects_made_after_the_freeze_are_still_collected() -> None:
     try:
-        _freeze_startup_objects()
+        freeze_startup_objects()
         assert gc.get_freeze_count() > 0
         frozen_before = gc.get_freeze_count()
 

@@ -9,7 +9,7 @@ import pytest
 
 from sidecar.checks.payload import KNOWN_FIELDS, check_change_value, parse_envelopes
 from sidecar.normalize import normalize
-from sidecar.samples import (
+from sidecar.tools.samples import (
     META_DOC_EXAMPLE,
     SAMPLE_FIELDS,
     sample_delivery,

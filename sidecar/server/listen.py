@@ -55,7 +55,7 @@ from uvicorn.server import ServerState
 
 __all__ = ["ListenerLimits", "Listener", "bind_socket"]
 
-log = logging.getLogger("sidecar.listener")
+log = logging.getLogger("sidecar.server.listen")
 
 _DRAIN_POLL_S = 0.05
 

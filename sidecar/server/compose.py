@@ -1,0 +1,147 @@
+"""The one composition root: what a serving process is made of, for its role.
+
+Every entry point (one process, an ingest child, the delivering parent) calls
+``compose`` with the roles it plays; ``delivery.mode`` is looked up once, here, and the
+mode object builds both sides of it — what the ingest does with a checked delivery, and
+what the delivering side runs (a worker, or a readiness check of the upstream).
+Nothing else in the server branches on the mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from sidecar.app.admin import ReadinessCheck
+from sidecar.config import Config
+from sidecar.delivery.ingest import DirectIngest, Ingest, SpoolIngest
+from sidecar.delivery.upstream import UpstreamClient
+from sidecar.delivery.worker import DeliveryWorker
+from sidecar.metrics import Metrics
+from sidecar.server.reload import LiveState
+from sidecar.server.roles import DeliveryRole, IngestRole
+from sidecar.spool import Spool, SpoolWriter
+from sidecar.tls.upstream_trust import UpstreamTrust
+
+__all__ = ["Parts", "compose", "open_spool"]
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    live: LiveState
+    ingest: IngestRole | None
+    delivery: DeliveryRole | None
+
+
+def compose(config: Config, *, spool: Spool, metrics: Metrics, ingest: bool, delivery: bool,
+            wake: Callable[[], None] | None = None, max_connections: int | None,
+            extra_checks: Mapping[str, ReadinessCheck] | None = None,
+            poll_interval_s: float = 0.5) -> Parts:
+    """Build the parts of one process.  ``wake`` tells a delivering process elsewhere that
+    a commit happened (``--workers N``); with both roles here, the worker is woken
+    directly."""
+    live = LiveState(config, metrics, max_connections=max_connections)
+    mode = _MODES[config.delivery.mode]
+    delivery_role = None
+    if delivery:
+        trust = _upstream_trust(config)
+        worker, upstream, checks = mode.delivering_side(config, spool, metrics, trust,
+                                                        poll_interval_s=poll_interval_s)
+        delivery_role = DeliveryRole(live, spool, worker=worker, upstream=upstream,
+                                     trust=trust, checks={**checks, **(extra_checks or {})})
+        if wake is None:
+            wake = delivery_role.wake
+    ingest_role = None
+    if ingest:
+        assert wake is not None, "an ingest needs someone to wake"
+        ingest_role = IngestRole(live, mode.ingest_side(config, spool, metrics, wake))
+    return Parts(live=live, ingest=ingest_role, delivery=delivery_role)
+
+
+def open_spool(config: Config) -> Spool:
+    return Spool(config.delivery.spool_path, max_spool_events=config.delivery.max_spool_events,
+                 dedup_retention_s=config.delivery.dedup_retention_s)
+
+
+# --------------------------------------------------------------------------- modes
+
+class _Mode(Protocol):
+    def ingest_side(self, config: Config, spool: Spool, metrics: Metrics,
+                    wake: Callable[[], None]) -> Ingest: ...
+
+    def delivering_side(self, config: Config, spool: Spool, metrics: Metrics,
+                        trust: UpstreamTrust | None, *, poll_interval_s: float
+                        ) -> tuple[DeliveryWorker | None, UpstreamClient | None,
+                                   dict[str, ReadinessCheck]]: ...
+
+
+class _SpoolMode:
+    """Meta's 200 means "durably stored"; a worker delivers in the background."""
+
+    def ingest_side(self, config: Config, spool: Spool, metrics: Metrics,
+                    wake: Callable[[], None]) -> Ingest:
+        return SpoolIngest(SpoolWriter(spool), wake, metrics)
+
+    def delivering_side(self, config: Config, spool: Spool, metrics: Metrics,
+                        trust: UpstreamTrust | None, *, poll_interval_s: float
+                        ) -> tuple[DeliveryWorker | None, UpstreamClient | None,
+                                   dict[str, ReadinessCheck]]:
+        upstream = _upstream(config, trust)
+        d = config.delivery
+        worker = DeliveryWorker(
+            spool, upstream, batch_max=config.upstream.batch_max,
+            max_in_flight=config.upstream.max_in_flight,
+            max_attempts=d.max_attempts, max_age_s=d.max_age_s,
+            backoff_initial_s=d.backoff_initial_s, backoff_max_s=d.backoff_max_s,
+            metrics=metrics, poll_interval_s=poll_interval_s,
+            # An in-flight claim outlives any single send; a crash frees it after this.
+            lease_s=max(30.0, 3 * config.upstream.timeout_s))
+        return worker, upstream, {}
+
+
+class _DirectMode:
+    """Meta's 200 means "the upstream said 2xx"; the spool only records ids (dedup) and
+    quarantined changes, so the delivering side has no worker, and is ready only while
+    the upstream accepts connections."""
+
+    def ingest_side(self, config: Config, spool: Spool, metrics: Metrics,
+                    wake: Callable[[], None]) -> Ingest:
+        upstream = _upstream(config, _upstream_trust(config))
+        return DirectIngest(spool, upstream, batch_max=config.upstream.batch_max,
+                            metrics=metrics)
+
+    def delivering_side(self, config: Config, spool: Spool, metrics: Metrics,
+                        trust: UpstreamTrust | None, *, poll_interval_s: float
+                        ) -> tuple[DeliveryWorker | None, UpstreamClient | None,
+                                   dict[str, ReadinessCheck]]:
+        url = config.upstream.url
+
+        async def upstream_ready() -> str | None:
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(parts.hostname, port), timeout=2)
+            except (OSError, TimeoutError):
+                return "upstream does not accept connections"
+            writer.close()
+            return None
+
+        return None, None, {"upstream": upstream_ready}
+
+
+_MODES: dict[str, _Mode] = {"spool": _SpoolMode(), "direct": _DirectMode()}
+
+
+def _upstream(config: Config, trust: UpstreamTrust | None) -> UpstreamClient:
+    return UpstreamClient(config.upstream.url, timeout_s=config.upstream.timeout_s,
+                          signing_secret=config.upstream.signing_secret,
+                          max_connections=config.upstream.max_in_flight, trust=trust)
+
+
+def _upstream_trust(config: Config) -> UpstreamTrust | None:
+    ca_file = config.upstream.ca_file
+    return UpstreamTrust(ca_file) if ca_file is not None else None

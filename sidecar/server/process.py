@@ -1,0 +1,87 @@
+"""What every serving process does the same way: pick its event loop, turn signals into
+events, keep refused handshakes out of the error log, and freeze its start-up objects.
+
+Signals only set events (huey): SIGTERM/SIGINT → graceful stop (stop accepting, finish
+in-flight requests, leave the spool clean); SIGHUP → reload now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import signal
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "run_loop",
+    "stop_and_reload_events",
+    "quiet_tls_errors",
+    "freeze_startup_objects",
+    "default_workers",
+]
+
+log = logging.getLogger("sidecar.server")
+
+
+def run_loop(main: Callable[[], Awaitable[None]], loop_name: str) -> None:
+    """Run ``main`` on uvloop (``auto``: when installed) or asyncio's own loop."""
+    if loop_name in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if loop_name == "uvloop":
+                raise
+        else:
+            uvloop.run(main())  # type: ignore[arg-type]
+            return
+    asyncio.run(main())  # type: ignore[arg-type]
+
+
+def stop_and_reload_events(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Event,
+                                                                       asyncio.Event]:
+    stop, reload_now = asyncio.Event(), asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_now.set)
+    return stop, reload_now
+
+
+def quiet_tls_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's exception handler: refused handshakes are expected traffic, counted by
+    the TLS holder, so they leave no traceback."""
+    exc = context.get("exception")
+    if isinstance(exc, (ssl.SSLError, ConnectionError, TimeoutError)):
+        log.debug("tls.handshake_failed", extra={"error": type(exc).__name__})
+        return
+    loop.default_exception_handler(context)
+
+
+def freeze_startup_objects() -> None:
+    """Take what start-up built (modules, config, TLS state, metrics) out of the cyclic
+    collector's reach, so a full collection scans only what requests allocate since.
+
+    Full (generation 2) collections otherwise stop a serving process for tens of
+    milliseconds under load (bench/RESULTS.md).  Objects made later, such as each
+    connection's transport/protocol cycle that frees its connection slot, are collected
+    as before; start-up objects that become cyclic garbage after a reload are kept (a
+    few kilobytes, once)."""
+    gc.collect()  # not freeze start-up's own garbage
+    gc.freeze()
+
+
+def default_workers(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """One ingest process per CPU this process may use: its affinity mask, capped by a
+    cgroup v2 CPU quota (a container limited to 1.5 CPUs gets 2, to 1 CPU gets 1)."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
