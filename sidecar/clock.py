@@ -11,7 +11,7 @@ import asyncio
 import time
 from typing import Protocol
 
-__all__ = ["Clock", "SystemClock", "SYSTEM_CLOCK", "wait_for_event"]
+__all__ = ["Clock", "SystemClock", "SYSTEM_CLOCK", "ManualClock", "wait_for_event"]
 
 
 class Clock(Protocol):
@@ -35,6 +35,22 @@ class SystemClock:
 
 
 SYSTEM_CLOCK: Clock = SystemClock()
+
+
+class ManualClock:
+    """Wall time set by hand (``clock.now += 60``), for tests and replays of the past.
+    ``monotonic`` stays the real one: asyncio's own timers run on it."""
+
+    __slots__ = ("now",)
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return time.monotonic()
 
 
 async def wait_for_event(event: asyncio.Event, timeout_s: float) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 __all__ = [
     "JSONValue",
     "Event",
+    "QuarantinedChange",
     "message_event_id",
     "status_event_id",
     "content_event_id",
@@ -53,6 +54,11 @@ class Event:
         }
 
     @classmethod
+    def decode(cls, body: bytes) -> Event:
+        """The event from its ``encode_event`` bytes."""
+        return cls.from_dict(json.loads(body))
+
+    @classmethod
     def from_dict(cls, d: dict[str, JSONValue]) -> Event:
         return cls(
             id=d["id"],
@@ -64,6 +70,18 @@ class Event:
             received_at=d["received_at"],
             data=d["data"],
         )
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedChange:
+    """A change of a known field that could not become events: kept, listed, replayable."""
+
+    id: str  # content_event_id(waba_id, field, entry_time, value)
+    waba_id: str
+    field: str
+    entry_time: int | None
+    reason: str  # why it could not become events
+    value: dict[str, JSONValue]  # the change's value, unmodified
 
 
 def canonical_json(value: JSONValue) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from sidecar.delivery.retry import parse_retry_after
 from sidecar.errors import (
     GraphAuthError,
     GraphError,
@@ -91,16 +92,6 @@ def parse_buc_wait_s(value: str | None) -> float | None:
         if isinstance(entry, dict) and _is_number(entry.get("estimated_time_to_regain_access"))
     ]
     return max(minutes) * 60.0 if minutes else None
-
-
-def _parse_retry_after_s(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 and seconds == seconds and seconds != float("inf") else None
 
 
 def _is_number(value: object) -> bool:
@@ -313,7 +304,7 @@ def _advertised_wait_s(response: httpx.Response) -> float | None:
     buc = parse_buc_wait_s(response.headers.get("x-business-use-case-usage"))
     if buc is not None:
         return buc
-    return _parse_retry_after_s(response.headers.get("retry-after"))
+    return parse_retry_after(response.headers.get("retry-after"), time.time())
 
 
 def _clean(value: object, token: Secret, limit: int = _MAX_MESSAGE_CHARS) -> str:

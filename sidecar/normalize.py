@@ -17,26 +17,17 @@ from sidecar.errors import BadPayload
 from sidecar.events import (
     Event,
     JSONValue,
+    QuarantinedChange,
     content_event_id,
     format_time,
     message_event_id,
     status_event_id,
 )
 
-__all__ = ["QuarantinedChange", "Normalized", "normalize", "normalize_change"]
+__all__ = ["Normalized", "normalize", "normalize_change", "renormalize"]
 
 _UNKNOWN_FIELD_POLICIES = ("forward", "drop")
 _MAX_UNIX_S = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second datetime can hold
-
-
-@dataclass(frozen=True, slots=True)
-class QuarantinedChange:
-    id: str  # content_event_id(waba_id, field, entry_time, value)
-    waba_id: str
-    field: str
-    entry_time: int | None
-    reason: str  # from check_change_value
-    value: dict[str, JSONValue]  # the change's value, unmodified
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +83,13 @@ def normalize_change(
     if not force:
         raise BadPayload(f"{field}: {reason}")
     return [_whole_change(waba_id, entry_time, field, value, received_at)]
+
+
+def renormalize(change: QuarantinedChange, received_at: datetime, *,
+                force: bool = False) -> list[Event]:
+    """A quarantined change's events now (``spool replay``): the spool's ``Renormalize``."""
+    return normalize_change(change.waba_id, change.entry_time, change.field, change.value,
+                            received_at=received_at, force=force)
 
 
 def _quarantine(

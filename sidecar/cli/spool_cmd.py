@@ -9,18 +9,21 @@ created, so a typo in ``-c`` does not leave an empty spool behind.
 from __future__ import annotations
 
 import argparse
-import json
+import asyncio
+import functools
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
 
 from sidecar.cli._args import positive_int
+from sidecar.cli._output import format_table, print_json
 from sidecar.config import load_config
-from sidecar.errors import SpoolUnavailable, UsageError
-from sidecar.spool import QuarantineRow, Spool, SpoolRow, SpoolStats
+from sidecar.errors import UsageError
+from sidecar.normalize import renormalize
+from sidecar.spool import QuarantineRow, Spool, SpoolRow, SpoolStats, open_spool
 
 __all__ = ["register", "run", "parse_duration"]
 
@@ -81,24 +84,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    func: Callable[[Spool, argparse.Namespace], int] = args.spool_func
+    func: Callable[[Spool, argparse.Namespace], Coroutine[None, None, int]] = args.spool_func
     if func is _purge:
         parse_duration(args.delivered_before)  # a usage error before touching anything
     if func is _replay and bool(args.ids) == bool(args.all_dead):
         raise UsageError("spool replay: give event ids or --all-dead (not both)")
-    spool = _open_spool(args.config)
+    spool = open_spool(load_config(args.config).delivery, must_exist=True)
     try:
-        return func(spool, args)
+        return asyncio.run(func(spool, args))
     finally:
         spool.close()
-
-
-def _open_spool(config_path: str) -> Spool:
-    delivery = load_config(config_path).delivery
-    if not delivery.spool_path.is_file():
-        raise SpoolUnavailable(f"spool file {delivery.spool_path} does not exist")
-    return Spool(delivery.spool_path, max_spool_events=delivery.max_spool_events,
-                 dedup_retention_s=delivery.dedup_retention_s)
 
 
 def parse_duration(text: str) -> float:
@@ -111,10 +106,10 @@ def parse_duration(text: str) -> float:
 
 # ---------------------------------------------------------------------- commands
 
-def _stats(spool: Spool, args: argparse.Namespace) -> int:
-    stats = spool.stats()
+async def _stats(spool: Spool, args: argparse.Namespace) -> int:
+    stats = await spool.stats()
     if args.json:
-        _print_json(asdict(stats))
+        print_json(asdict(stats), sort_keys=True)
     else:
         print(_format_stats(stats))
     return 0
@@ -127,18 +122,18 @@ def _format_stats(s: SpoolStats) -> str:
     return "\n".join(f"{name:<20}{value}" for name, value in rows)
 
 
-def _list(spool: Spool, args: argparse.Namespace) -> int:
+async def _list(spool: Spool, args: argparse.Namespace) -> int:
     want_events = args.dead or not args.quarantined
-    events = spool.list_events(state="dead" if args.dead else None, limit=args.limit) \
+    events = await spool.list_events(state="dead" if args.dead else None, limit=args.limit) \
         if want_events else None
-    quarantined = spool.list_quarantined(limit=args.limit) if args.quarantined else None
+    quarantined = await spool.list_quarantined(limit=args.limit) if args.quarantined else None
     if args.json:
         out: dict[str, Any] = {}
         if events is not None:
             out["events"] = [asdict(r) for r in events]
         if quarantined is not None:
             out["quarantined"] = [asdict(r) for r in quarantined]
-        _print_json(out)
+        print_json(out, sort_keys=True)
         return 0
     if events is not None:
         _print_table(["ID", "TYPE", "STATE", "ATTEMPTS", "RECEIVED", "NEXT ATTEMPT", "LAST ERROR"],
@@ -162,11 +157,12 @@ def _quarantine_cells(r: QuarantineRow) -> list[str]:
             r.reason]
 
 
-def _replay(spool: Spool, args: argparse.Namespace) -> int:
+async def _replay(spool: Spool, args: argparse.Namespace) -> int:
     if args.all_dead:
-        print(f"replayed {spool.replay_all_dead()} dead events")
+        print(f"replayed {await spool.replay_all_dead()} dead events")
         return 0
-    result = spool.replay(args.ids, force=args.force)
+    result = await spool.replay(args.ids, force=args.force,
+                                renormalize=functools.partial(renormalize, force=args.force))
     for id_ in result.replayed:
         print(f"replayed {id_}")
     if result.events_added:
@@ -180,26 +176,17 @@ def _replay(spool: Spool, args: argparse.Namespace) -> int:
     return 0 if result.is_complete else 1
 
 
-def _purge(spool: Spool, args: argparse.Namespace) -> int:
+async def _purge(spool: Spool, args: argparse.Namespace) -> int:
     age_s = parse_duration(args.delivered_before)
-    purged = spool.purge(delivered_before=time.time() - age_s)
+    purged = await spool.purge(delivered_before=time.time() - age_s)
     print(f"purged {purged} delivered events")
     return 0
 
 
 # ---------------------------------------------------------------------- output
 
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True))
-
-
 def _print_table(header: list[str], rows: list[list[str]]) -> None:
-    if not rows:
-        print("(none)")
-        return
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    for row in (header, *rows):
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    print(format_table(header, rows) if rows else "(none)")
 
 
 def _format_time(t: float | None) -> str:

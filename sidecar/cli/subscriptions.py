@@ -11,7 +11,6 @@ Neither the access token nor the verify token is ever printed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sidecar.cli._args import non_negative_int, positive_float
+from sidecar.cli._output import format_table, print_json
 from sidecar.config import Config, GraphConfig, load_config
 from sidecar.errors import UsageError
 from sidecar.graph import GraphClient, SubscribedApp, validate_waba_id
@@ -147,17 +147,13 @@ def _say_wait(message: str) -> None:
     sys.stderr.flush()
 
 
-def _emit_json(value: object) -> None:
-    sys.stdout.write(json.dumps(value, indent=2) + "\n")
-
-
 # -------------------------------------------------------------------------- list
 
 
 def _list(client: GraphClient, args: argparse.Namespace) -> int:
     apps = client.list_subscribed_apps(args.waba_id)
     if args.json:
-        _emit_json([asdict(app) for app in apps])
+        print_json([asdict(app) for app in apps])
     elif not apps:
         print(_no_apps_line(args.waba_id))
     else:
@@ -171,12 +167,8 @@ def _no_apps_line(waba_id: str) -> str:
 
 
 def _table(apps: Sequence[SubscribedApp]) -> str:
-    rows = [("APP ID", "NAME", "LINK", "OVERRIDE")] + [
-        (a.app_id, a.name or "-", a.link or "-", a.override_callback_uri or "-") for a in apps]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3]
-        for row in rows)
+    return format_table(("APP ID", "NAME", "LINK", "OVERRIDE"), [
+        (a.app_id, a.name or "-", a.link or "-", a.override_callback_uri or "-") for a in apps])
 
 
 # -------------------------------------------------------------------------- (un)subscribe
@@ -202,7 +194,7 @@ def _subscribe(client: GraphClient, args: argparse.Namespace, override: str | No
                verify_token: Secret | None) -> int:
     client.subscribe(args.waba_id, override_callback_uri=override, verify_token=verify_token)
     if args.json:
-        _emit_json({"success": True})
+        print_json({"success": True})
     elif override is not None:
         print(f"subscribed app to WABA {args.waba_id} with callback override {override} "
               "(Meta sends the verification GET there now)")
@@ -214,7 +206,7 @@ def _subscribe(client: GraphClient, args: argparse.Namespace, override: str | No
 def _unsubscribe(client: GraphClient, args: argparse.Namespace) -> int:
     client.unsubscribe(args.waba_id)
     if args.json:
-        _emit_json({"success": True})
+        print_json({"success": True})
     else:
         print(f"unsubscribed app from WABA {args.waba_id}")
     return 0
@@ -248,7 +240,7 @@ def _check(client: GraphClient, args: argparse.Namespace, config: Config) -> int
     result = None if args.probe is None else _probe(args, config)
     ok = not problems and (result is None or result.ok)
     if args.json:
-        _emit_json({"ok": ok, "waba_id": args.waba_id, "apps": [asdict(a) for a in apps],
+        print_json({"ok": ok, "waba_id": args.waba_id, "apps": [asdict(a) for a in apps],
                     "problems": problems,
                     "probe": None if result is None else asdict(result)})
     else:

@@ -31,23 +31,17 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from sidecar.delivery.transport import UpstreamResponse
 from sidecar.errors import UpstreamUnavailable
 from sidecar.tls.upstream_trust import UpstreamTrust
 
-__all__ = ["HTTP1Pool", "UpstreamResponse"]
+__all__ = ["HTTP1Pool"]
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024
 MAX_INFORMATIONAL = 8  # 1xx responses skipped before the final one
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamResponse:
-    status: int
-    headers: dict[str, str]  # lower-case names
 
 
 class _StaleConnection(Exception):

@@ -12,7 +12,6 @@ Either raises an ``Unavailable`` error, which the app turns into a 503 so Meta r
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -70,7 +69,7 @@ class DirectIngest:
         events = normalized.events
         if events:
             received = time.monotonic()
-            new_ids = await asyncio.to_thread(self._spool.filter_new, [e.id for e in events])
+            new_ids = await self._spool.filter_new([e.id for e in events])
             fresh = [e for e in events if e.id in new_ids]
             self._metrics.events_duplicate.inc(len(events) - len(fresh))
             for start in range(0, len(fresh), self._batch_max):
@@ -80,7 +79,7 @@ class DirectIngest:
                 for _ in group:  # the same histogram as the spool's worker, per event
                     self._metrics.delivery_latency.observe(latency)
             events = fresh
-        await asyncio.to_thread(self._spool.record_delivered, events, normalized.quarantined)
+        await self._spool.record_delivered(events, normalized.quarantined)
         self._metrics.events_delivered.inc(len(events))
         self._metrics.events_quarantined.inc(len(normalized.quarantined))
 

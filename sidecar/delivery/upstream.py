@@ -1,7 +1,8 @@
 """POST normalized events to the internal upstream.
 
 One shared connection pool per process (``sidecar.delivery.http1``: why not httpx is
-explained there), behind a small ``UpstreamTransport`` seam that tests replace.  The
+explained there), behind the ``UpstreamTransport`` seam (``sidecar.delivery.transport``,
+with a ``MockTransport`` beside it).  The
 client signs (Standard Webhooks) and judges the answer.  Any 2xx is success; anything else, a timeout or a transport error
 becomes ``UpstreamUnavailable`` (with the status and ``Retry-After`` when there are
 some), which the caller turns into a retry (spool) or a 503 to Meta (direct).
@@ -10,44 +11,19 @@ The upstream's response body is never read into an error or a log.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping, Sequence
-from email.utils import parsedate_to_datetime
-from typing import Protocol
+from collections.abc import Sequence
 
-from sidecar.delivery.http1 import HTTP1Pool, UpstreamResponse
+from sidecar.clock import SYSTEM_CLOCK, Clock
+from sidecar.delivery.http1 import HTTP1Pool
+from sidecar.delivery.retry import parse_retry_after
 from sidecar.delivery.signing import Signer
+from sidecar.delivery.transport import UpstreamTransport
 from sidecar.errors import UpstreamUnavailable
 from sidecar.events import Event, batch_id, encode_event, join_events
 from sidecar.secret import Secret
 from sidecar.tls.upstream_trust import UpstreamTrust
 
-__all__ = ["UpstreamClient", "UpstreamTransport", "parse_retry_after"]
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - now)
-
-
-class UpstreamTransport(Protocol):
-    """The seam under ``UpstreamClient``: POST a body, give back the status and headers,
-    raise ``UpstreamUnavailable`` for anything that is not an HTTP answer."""
-
-    async def post(self, body: bytes, headers: Mapping[str, str]) -> UpstreamResponse: ...
-
-    async def aclose(self) -> None: ...
+__all__ = ["UpstreamClient"]
 
 
 class UpstreamClient:
@@ -60,7 +36,7 @@ class UpstreamClient:
         max_connections: int = 8,
         trust: UpstreamTrust | None = None,
         transport: UpstreamTransport | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.url = url
         self._signer = Signer(signing_secret) if signing_secret is not None else None
@@ -81,13 +57,14 @@ class UpstreamClient:
         headers = {"content-type": "application/json"}
         if self._signer is not None:
             msg_id = batch_id(list(ids)) if as_array else ids[0]
-            headers.update(self._signer.headers(msg_id, int(self._clock()), body))
+            headers.update(self._signer.headers(msg_id, int(self._clock.time()), body))
         response = await self._transport.post(body, headers)
         if not 200 <= response.status < 300:
             raise UpstreamUnavailable(
                 f"upstream answered {response.status}",
                 status=response.status,
-                retry_after_s=parse_retry_after(response.headers.get("retry-after"), self._clock()),
+                retry_after_s=parse_retry_after(response.headers.get("retry-after"),
+                                                self._clock.time()),
             )
 
     async def aclose(self) -> None:

@@ -19,14 +19,15 @@ from sidecar.app.admin import ReadinessCheck
 from sidecar.config import Config
 from sidecar.delivery.ingest import DirectIngest, Ingest, SpoolIngest
 from sidecar.delivery.upstream import UpstreamClient
-from sidecar.delivery.worker import DeliveryWorker
+from sidecar.delivery.retry import RetryPolicy
+from sidecar.delivery.worker import DeliveryWorker, WorkerSettings
 from sidecar.metrics import Metrics
 from sidecar.server.reload import LiveState
 from sidecar.server.roles import DeliveryRole, IngestRole
 from sidecar.spool import Spool, SpoolWriter
 from sidecar.tls.upstream_trust import UpstreamTrust
 
-__all__ = ["Parts", "compose", "open_spool"]
+__all__ = ["Parts", "compose"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +62,6 @@ def compose(config: Config, *, spool: Spool, metrics: Metrics, ingest: bool, del
     return Parts(live=live, ingest=ingest_role, delivery=delivery_role)
 
 
-def open_spool(config: Config) -> Spool:
-    return Spool(config.delivery.spool_path, max_spool_events=config.delivery.max_spool_events,
-                 dedup_retention_s=config.delivery.dedup_retention_s)
-
-
 # --------------------------------------------------------------------------- modes
 
 class _Mode(Protocol):
@@ -91,14 +87,16 @@ class _SpoolMode:
                                    dict[str, ReadinessCheck]]:
         upstream = _upstream(config, trust)
         d = config.delivery
-        worker = DeliveryWorker(
-            spool, upstream, batch_max=config.upstream.batch_max,
-            max_in_flight=config.upstream.max_in_flight,
-            max_attempts=d.max_attempts, max_age_s=d.max_age_s,
-            backoff_initial_s=d.backoff_initial_s, backoff_max_s=d.backoff_max_s,
-            metrics=metrics, poll_interval_s=poll_interval_s,
+        policy = RetryPolicy(max_attempts=d.max_attempts, max_age_s=d.max_age_s,
+                             backoff_initial_s=d.backoff_initial_s,
+                             backoff_max_s=d.backoff_max_s)
+        settings = WorkerSettings(
+            batch_max=config.upstream.batch_max, max_in_flight=config.upstream.max_in_flight,
+            poll_interval_s=poll_interval_s,
             # An in-flight claim outlives any single send; a crash frees it after this.
             lease_s=max(30.0, 3 * config.upstream.timeout_s))
+        worker = DeliveryWorker(spool, upstream, policy=policy, settings=settings,
+                                metrics=metrics)
         return worker, upstream, {}
 
 

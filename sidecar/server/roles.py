@@ -121,7 +121,7 @@ class DeliveryRole:
         while not stop.is_set():
             cutoff = time.time() - self.live.config.delivery.dedup_retention_s
             try:
-                purged = await asyncio.to_thread(self.spool.purge, delivered_before=cutoff)
+                purged = await self.spool.purge(delivered_before=cutoff)
             except SidecarError as exc:
                 log.error("spool.purge_failed", extra={"error": exc.message})
             else:
@@ -143,7 +143,7 @@ class DeliveryRole:
                 for facts in certs]
 
     async def _refresh_gauges(self) -> None:
-        depth, oldest_age = await asyncio.to_thread(self.spool.backlog)
+        depth, oldest_age = await self.spool.backlog()
         self.live.metrics.spool_depth.set(depth)
         self.live.metrics.spool_oldest_age.set(oldest_age or 0.0)
 
@@ -154,7 +154,7 @@ class DeliveryRole:
 
     async def _spool_ready(self) -> str | None:
         try:
-            await asyncio.to_thread(self.spool.check_writable)
+            await self.spool.check_writable()
         except SpoolUnavailable:
             return "spool not writable"
         return None

@@ -12,7 +12,7 @@ from pathlib import Path
 from sidecar.config import Config, load_config
 from sidecar.errors import SidecarError
 from sidecar.metrics import Metrics
-from sidecar.server.compose import compose, open_spool
+from sidecar.server.compose import compose
 from sidecar.server.process import (
     freeze_startup_objects,
     quiet_tls_errors,
@@ -20,7 +20,7 @@ from sidecar.server.process import (
     stop_and_reload_events,
 )
 from sidecar.server.supervisor import Supervisor, admin_socket, log_start, public_socket
-from sidecar.spool import Spool
+from sidecar.spool import Spool, open_spool
 
 __all__ = ["run_server"]
 
@@ -31,7 +31,7 @@ def run_server(config_path: Path, *, loop: str = "auto", workers: int = 1) -> in
     config = load_config(config_path)
     # Before any loop or log line: a spool another process delivers from is a one-line
     # refusal (the worker requeues every in-flight claim at start; two would collide).
-    spool = open_spool(config)
+    spool = open_spool(config.delivery)
     try:
         spool.take_ownership()
     except SidecarError:

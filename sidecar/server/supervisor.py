@@ -30,7 +30,7 @@ from sidecar.config import Config
 from sidecar.errors import SidecarError
 from sidecar.logs import setup_logging
 from sidecar.metrics import Metrics
-from sidecar.server.compose import compose, open_spool
+from sidecar.server.compose import compose
 from sidecar.server.listen import bind_socket
 from sidecar.server.process import (
     freeze_startup_objects,
@@ -39,7 +39,7 @@ from sidecar.server.process import (
     stop_and_reload_events,
 )
 from sidecar.server.roles import DeliveryRole
-from sidecar.spool import Spool
+from sidecar.spool import Spool, open_spool
 
 __all__ = ["Supervisor", "log_start", "public_socket", "admin_socket"]
 
@@ -118,7 +118,7 @@ def _ingest_process_main(config: Config, wake_sock: socket.socket, loop_name: st
         raise SystemExit(1) from None
 
     async def main() -> None:
-        spool = open_spool(config)
+        spool = open_spool(config.delivery)
         try:
             parent = _ParentWake(wake_sock)
             parts = compose(config, spool=spool,

@@ -1,5 +1,5 @@
 """``sidecar spool …`` run in-process through ``sidecar.cli.main`` against a real spool
-file filled through ``Spool``."""
+file filled through its blocking SQLite store."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from sidecar.cli import main
 from sidecar.cli.spool_cmd import parse_duration
 from sidecar.errors import UsageError
 from sidecar.events import Event, content_event_id
-from sidecar.normalize import QuarantinedChange
-from sidecar.spool import Spool
+from sidecar.events import QuarantinedChange
+from sidecar.spool import Settlement, SQLiteSpool
 
 
 def make_event(n: int) -> Event:
@@ -63,14 +63,13 @@ def config(tmp_path: Path, spool_path: Path) -> str:
 
 
 @pytest.fixture
-def filled(spool_path: Path) -> Spool:
+def filled(spool_path: Path) -> SQLiteSpool:
     """4 events: evt_0 delivered, evt_1 and evt_2 dead, evt_3 pending; 2 quarantined."""
-    spool = Spool(spool_path)
-    spool.add_many([([make_event(i) for i in range(4)], [BAD, NOW_VALID])])
-    spool.claim(3, lease_s=30)
-    spool.ack(["evt_0"])
-    spool.dead("evt_1", error="upstream answered 500")
-    spool.dead("evt_2", error="upstream answered 502")
+    spool = SQLiteSpool(spool_path)
+    spool.store.add_many([([make_event(i) for i in range(4)], [BAD, NOW_VALID])])
+    spool.store.settle_and_claim(Settlement(), 3, lease_s=30)
+    spool.store.settle(Settlement(delivered=["evt_0"], dead=[
+        ("evt_1", "upstream answered 500"), ("evt_2", "upstream answered 502")]))
     yield spool
     spool.close()
 
@@ -81,7 +80,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
     return code, out, err
 
 
-def test_stats_json(capsys: pytest.CaptureFixture[str], config: str, filled: Spool) -> None:
+def test_stats_json(capsys: pytest.CaptureFixture[str], config: str, filled: SQLiteSpool) -> None:
     code, out, _ = run_cli(capsys, "stats", "-c", config, "--json")
     assert code == 0
     stats = json.loads(out)
@@ -90,14 +89,14 @@ def test_stats_json(capsys: pytest.CaptureFixture[str], config: str, filled: Spo
     assert stats["oldest_pending_age_s"] >= 0
 
 
-def test_stats_text(capsys: pytest.CaptureFixture[str], config: str, filled: Spool) -> None:
+def test_stats_text(capsys: pytest.CaptureFixture[str], config: str, filled: SQLiteSpool) -> None:
     code, out, _ = run_cli(capsys, "stats", "-c", config)
     assert code == 0
     lines = dict(line.rsplit(None, 1) for line in out.splitlines())
     assert lines["dead"] == "2" and lines["in flight"] == "0" and lines["quarantined"] == "2"
 
 
-def test_list_dead(capsys: pytest.CaptureFixture[str], config: str, filled: Spool) -> None:
+def test_list_dead(capsys: pytest.CaptureFixture[str], config: str, filled: SQLiteSpool) -> None:
     code, out, _ = run_cli(capsys, "list", "-c", config, "--dead")
     assert code == 0
     assert "evt_1" in out and "evt_2" in out and "upstream answered 502" in out
@@ -105,7 +104,7 @@ def test_list_dead(capsys: pytest.CaptureFixture[str], config: str, filled: Spoo
 
 
 def test_list_json_events_and_quarantined(capsys: pytest.CaptureFixture[str], config: str,
-                                          filled: Spool) -> None:
+                                          filled: SQLiteSpool) -> None:
     code, out, _ = run_cli(capsys, "list", "-c", config, "--dead", "--quarantined", "--json")
     assert code == 0
     listed = json.loads(out)
@@ -114,67 +113,67 @@ def test_list_json_events_and_quarantined(capsys: pytest.CaptureFixture[str], co
     assert {q["id"] for q in listed["quarantined"]} == {BAD.id, NOW_VALID.id}
 
 
-def test_list_limit(capsys: pytest.CaptureFixture[str], config: str, filled: Spool) -> None:
+def test_list_limit(capsys: pytest.CaptureFixture[str], config: str, filled: SQLiteSpool) -> None:
     code, out, _ = run_cli(capsys, "list", "-c", config, "--json", "--limit", "2")
     assert code == 0 and len(json.loads(out)["events"]) == 2
 
 
 def test_replay_dead_and_quarantined(capsys: pytest.CaptureFixture[str], config: str,
-                                     filled: Spool) -> None:
+                                     filled: SQLiteSpool) -> None:
     code, out, _ = run_cli(capsys, "replay", "-c", config, "evt_1", NOW_VALID.id)
     assert code == 0
     assert "replayed evt_1" in out and f"replayed {NOW_VALID.id}" in out
-    stats = filled.stats()
+    stats = filled.admin.stats()
     assert (stats.pending, stats.dead, stats.quarantined) == (3, 1, 1)
 
 
 def test_replay_reports_unknown_and_still_invalid(capsys: pytest.CaptureFixture[str],
-                                                  config: str, filled: Spool) -> None:
+                                                  config: str, filled: SQLiteSpool) -> None:
     code, out, _ = run_cli(capsys, "replay", "-c", config, "evt_2", "evt_missing", BAD.id)
     assert code == 1
     assert "replayed evt_2" in out
     assert "not found evt_missing" in out
     assert f"still invalid {BAD.id}: account_update: event is required" in out
-    assert filled.stats().dead == 1
+    assert filled.admin.stats().dead == 1
 
 
-def test_replay_all_dead(capsys: pytest.CaptureFixture[str], config: str, filled: Spool) -> None:
+def test_replay_all_dead(capsys: pytest.CaptureFixture[str], config: str, filled: SQLiteSpool) -> None:
     code, out, _ = run_cli(capsys, "replay", "-c", config, "--all-dead")
     assert code == 0 and "replayed 2 dead events" in out
-    assert filled.stats().dead == 0
+    assert filled.admin.stats().dead == 0
 
 
 def test_replay_needs_ids_or_all_dead(capsys: pytest.CaptureFixture[str], config: str,
-                                      filled: Spool) -> None:
+                                      filled: SQLiteSpool) -> None:
     code, _, err = run_cli(capsys, "replay", "-c", config)
     assert code == 2 and err.count("\n") == 1
 
 
 def test_purge_without_an_age_deletes_every_delivered_event(
-        capsys: pytest.CaptureFixture[str], config: str, filled: Spool) -> None:
-    before = filled.stats()
+        capsys: pytest.CaptureFixture[str], config: str, filled: SQLiteSpool) -> None:
+    before = filled.admin.stats()
     code, out, _ = run_cli(capsys, "purge", "-c", config)
     assert code == 0 and "purged 1 delivered events" in out
-    after = filled.stats()
+    after = filled.admin.stats()
     assert after.delivered == 0
     assert (after.pending, after.dead) == (before.pending, before.dead)  # only delivered go
-    assert filled.filter_new(["evt_0"]) == set()  # dedup survives the purge
+    assert filled.store.filter_new(["evt_0"]) == set()  # dedup survives the purge
 
 
 def test_purge_with_age_zero_is_the_same(capsys: pytest.CaptureFixture[str], config: str,
-                                        filled: Spool) -> None:
+                                        filled: SQLiteSpool) -> None:
     code, out, _ = run_cli(capsys, "purge", "-c", config, "--delivered-before", "0s")
     assert code == 0 and "purged 1 delivered events" in out
 
 
 def test_purge_keeps_recent(capsys: pytest.CaptureFixture[str], config: str,
-                            filled: Spool) -> None:
+                            filled: SQLiteSpool) -> None:
     code, out, _ = run_cli(capsys, "purge", "-c", config, "--delivered-before", "7d")
     assert code == 0 and "purged 0 delivered events" in out
 
 
 def test_purge_bad_duration_is_a_usage_error(capsys: pytest.CaptureFixture[str], config: str,
-                                             filled: Spool) -> None:
+                                             filled: SQLiteSpool) -> None:
     code, _, err = run_cli(capsys, "purge", "-c", config, "--delivered-before", "soon")
     assert code == 2
     assert err.startswith("sidecar: error: bad duration") and err.count("\n") == 1
@@ -211,9 +210,9 @@ def test_parse_duration_rejects(text: str) -> None:
 
 
 def test_spool_is_usable_while_another_connection_holds_it(capsys: pytest.CaptureFixture[str],
-                                                           config: str, filled: Spool) -> None:
+                                                           config: str, filled: SQLiteSpool) -> None:
     # The server keeps its Spool open while an operator runs the CLI (WAL).
     started = time.monotonic()
     code, _, _ = run_cli(capsys, "replay", "-c", config, "evt_1")
     assert code == 0 and time.monotonic() - started < 5
-    assert filled.stats().pending == 2
+    assert filled.admin.stats().pending == 2

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from sidecar.errors import BadPayload
-from sidecar.events import content_event_id, message_event_id, status_event_id
-from sidecar.normalize import Normalized, QuarantinedChange, normalize, normalize_change
+from sidecar.events import QuarantinedChange, content_event_id, message_event_id, status_event_id
+from sidecar.normalize import Normalized, normalize, normalize_change
 
 RECEIVED = datetime(2026, 11, 24, 10, 15, 0, 412000, tzinfo=timezone.utc)
 META = {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"}

@@ -1,37 +1,29 @@
-"""The delivery worker against a real spool file and a real UpstreamClient over a fake
-transport (httpx-style handlers), with a fixed clock and a seeded random source."""
+"""The delivery worker against a real spool file and a real UpstreamClient over the
+shipped ``MockTransport``, with a manual clock and a seeded random source.  The spool is
+seeded and inspected through its blocking SQLite store; the worker uses the contract."""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
-import json
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import httpx
 import pytest
 
-from sidecar.delivery.http1 import UpstreamResponse
+from sidecar.clock import SYSTEM_CLOCK, ManualClock
+from sidecar.delivery.retry import RetryPolicy
+from sidecar.delivery.transport import MockTransport, UpstreamRequest, UpstreamResponse
 from sidecar.delivery.upstream import UpstreamClient
-from sidecar.delivery.worker import DeliveryWorker
+from sidecar.delivery.worker import DeliveryWorker, WorkerSettings
 from sidecar.errors import UpstreamUnavailable
 from sidecar.events import Event
 from sidecar.metrics import Metrics
-from sidecar.spool import Spool
+from sidecar.spool import Settlement, SpooledEvent, SQLiteSpool
 
 T0 = 1_800_000_000.0
 SEED = 7
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_event(n: int) -> Event:
@@ -54,28 +46,28 @@ class Upstream:
         self.release = asyncio.Event()
         self.blocked = False
 
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
+    async def __call__(self, request: UpstreamRequest) -> UpstreamResponse:
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         try:
             if self.blocked:
                 await self.release.wait()
             await asyncio.sleep(self.delay_s)
-            self.bodies.append(json.loads(request.content))
+            self.bodies.append(request.json())
             status = self.statuses.pop(0) if self.statuses else 200
-            return httpx.Response(status, headers=self.headers if status >= 300 else {})
+            return UpstreamResponse(status, self.headers if status >= 300 else {})
         finally:
             self.active -= 1
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock(T0)
 
 
 @pytest.fixture
-def spool(tmp_path: Path, clock: Clock):
-    s = Spool(tmp_path / "spool.db", clock=clock)
+def spool(tmp_path: Path, clock: ManualClock):  # type: ignore[no-untyped-def]
+    s = SQLiteSpool(tmp_path / "spool.db", clock=clock)
     yield s
     s.close()
 
@@ -85,39 +77,28 @@ def metrics() -> Metrics:
     return Metrics()
 
 
-class MockUpstreamTransport:
-    """An ``UpstreamTransport`` that hands each request to an httpx-style handler."""
-
-    def __init__(self, handler: Callable[[httpx.Request], object]) -> None:
-        self._handler = handler
-
-    async def post(self, body: bytes, headers: Mapping[str, str]) -> UpstreamResponse:
-        request = httpx.Request("POST", "http://upstream.test/events", content=body,
-                                headers=dict(headers))
-        try:
-            response = self._handler(request)
-            if inspect.isawaitable(response):
-                response = await response
-        except httpx.TransportError as exc:
-            raise UpstreamUnavailable(f"upstream unreachable: {type(exc).__name__}") from exc
-        assert isinstance(response, httpx.Response)
-        return UpstreamResponse(response.status_code,
-                                {k.lower(): v for k, v in response.headers.items()})
-
-    async def aclose(self) -> None:
-        pass
+_POLICY_KEYS = ("max_attempts", "max_age_s", "backoff_initial_s", "backoff_max_s")
 
 
-def make_worker(spool: Spool, upstream: Upstream, metrics: Metrics, clock: Clock,
-                **overrides: object) -> tuple[DeliveryWorker, UpstreamClient]:
+def make_worker(spool: SQLiteSpool, upstream: Callable[[UpstreamRequest],
+                                                       Awaitable[UpstreamResponse]],
+                metrics: Metrics, clock: ManualClock, **overrides: float) -> tuple[DeliveryWorker,
+                                                                              UpstreamClient]:
     client = UpstreamClient("http://upstream.test/events", timeout_s=5, signing_secret=None,
-                            transport=MockUpstreamTransport(upstream), clock=clock)
-    options: dict[str, object] = dict(
-        batch_max=1, max_in_flight=1, max_attempts=5, max_age_s=3600, backoff_initial_s=1.0,
-        backoff_max_s=300.0, metrics=metrics, clock=clock, rng=random.Random(SEED),
-        poll_interval_s=0.01)
-    options.update(overrides)
-    return DeliveryWorker(spool, client, **options), client  # type: ignore[arg-type]
+                            transport=MockTransport(upstream), clock=clock)
+    policy: dict[str, float] = dict(max_attempts=5, max_age_s=3600, backoff_initial_s=1.0,
+                                    backoff_max_s=300.0)
+    settings: dict[str, float] = dict(batch_max=1, max_in_flight=1, poll_interval_s=0.01)
+    for key, value in overrides.items():
+        (policy if key in _POLICY_KEYS else settings)[key] = value
+    worker = DeliveryWorker(spool, client, policy=RetryPolicy(**policy),  # type: ignore[arg-type]
+                            settings=WorkerSettings(**settings),  # type: ignore[arg-type]
+                            metrics=metrics, clock=clock, rng=random.Random(SEED))
+    return worker, client
+
+
+def claim(spool: SQLiteSpool, limit: int) -> list[SpooledEvent]:
+    return spool.store.settle_and_claim(Settlement(), limit, lease_s=30)
 
 
 async def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
@@ -145,47 +126,26 @@ def sample(metrics: Metrics, name: str) -> float:
     return metrics.registry.get_sample_value(name) or 0.0
 
 
-def expected_delay(attempt: int, *, initial: float = 1.0, maximum: float = 300.0,
-                   rng: random.Random | None = None) -> float:
-    base = min(maximum, initial * 2 ** (attempt - 1))
-    return base / 2 + (rng or random.Random(SEED)).uniform(0, base / 2)
+def expected_delay(attempt: int, *, initial: float = 1.0, maximum: float = 300.0) -> float:
+    """The delay of the worker's first retry: its random source is seeded with SEED."""
+    policy = RetryPolicy(backoff_initial_s=initial, backoff_max_s=maximum)
+    return policy.next_delay(attempt, None, jitter=random.Random(SEED).random())
 
 
-def pending_row(spool: Spool, event_id: str):  # type: ignore[no-untyped-def]
-    return next(r for r in spool.list_events() if r.id == event_id)
-
-
-# ---------------------------------------------------------------- backoff
-
-def test_next_delay_is_exponential_with_equal_jitter(spool: Spool, metrics: Metrics,
-                                                     clock: Clock) -> None:
-    worker, _ = make_worker(spool, Upstream(), metrics, clock, backoff_initial_s=2.0,
-                            backoff_max_s=60.0)
-    rng = random.Random(SEED)
-    for attempt, base in [(1, 2.0), (2, 4.0), (3, 8.0), (5, 32.0), (6, 60.0), (500, 60.0)]:
-        delay = worker.next_delay(attempt, None)
-        assert delay == base / 2 + rng.uniform(0, base / 2)
-        assert base / 2 <= delay <= base
-
-
-def test_next_delay_honours_retry_after_up_to_the_cap(spool: Spool, metrics: Metrics,
-                                                      clock: Clock) -> None:
-    worker, _ = make_worker(spool, Upstream(), metrics, clock, backoff_max_s=300.0)
-    assert worker.next_delay(1, 120.0) == 120.0
-    assert worker.next_delay(1, 10_000.0) == 300.0
-    assert worker.next_delay(1, 0.0) < 1.0  # a short Retry-After does not shorten the backoff
+def pending_row(spool: SQLiteSpool, event_id: str):  # type: ignore[no-untyped-def]
+    return next(r for r in spool.admin.list_events() if r.id == event_id)
 
 
 # ---------------------------------------------------------------- outcomes
 
-def test_delivers_and_acks(spool: Spool, metrics: Metrics, clock: Clock) -> None:
+def test_delivers_and_acks(spool: SQLiteSpool, metrics: Metrics, clock: ManualClock) -> None:
     upstream = Upstream()
-    spool.add_many([([make_event(1)], [])])
+    spool.store.add_many([([make_event(1)], [])])
     clock.now += 2.5
     worker, client = make_worker(spool, upstream, metrics, clock)
 
     async def delivered() -> None:
-        await wait_until(lambda: spool.stats().delivered == 1)
+        await wait_until(lambda: spool.admin.stats().delivered == 1)
 
     asyncio.run(run_until(worker, client, delivered))
     assert upstream.bodies == [make_event(1).to_dict()]  # one object, not an array
@@ -194,10 +154,10 @@ def test_delivers_and_acks(spool: Spool, metrics: Metrics, clock: Clock) -> None
     assert sample(metrics, "sidecar_spool_depth") in (0, 1)
 
 
-def test_500_then_200_is_delivered_after_the_computed_delay(spool: Spool, metrics: Metrics,
-                                                            clock: Clock) -> None:
+def test_500_then_200_is_delivered_after_the_computed_delay(spool: SQLiteSpool, metrics: Metrics,
+                                                            clock: ManualClock) -> None:
     upstream = Upstream([500])
-    spool.add_many([([make_event(1)], [])])
+    spool.store.add_many([([make_event(1)], [])])
     worker, client = make_worker(spool, upstream, metrics, clock)
     delay = expected_delay(1)
 
@@ -211,7 +171,7 @@ def test_500_then_200_is_delivered_after_the_computed_delay(spool: Spool, metric
         clock.now = T0 + delay
 
     async def delivered() -> None:
-        await wait_until(lambda: spool.stats().delivered == 1)
+        await wait_until(lambda: spool.admin.stats().delivered == 1)
 
     asyncio.run(run_until(worker, client, failed_once, delivered))
     assert len(upstream.bodies) == 2
@@ -219,9 +179,9 @@ def test_500_then_200_is_delivered_after_the_computed_delay(spool: Spool, metric
     assert sample(metrics, "sidecar_events_delivered_total") == 1
 
 
-def test_retry_after_is_honoured(spool: Spool, metrics: Metrics, clock: Clock) -> None:
+def test_retry_after_is_honoured(spool: SQLiteSpool, metrics: Metrics, clock: ManualClock) -> None:
     upstream = Upstream([503], headers={"retry-after": "120"})
-    spool.add_many([([make_event(1)], [])])
+    spool.store.add_many([([make_event(1)], [])])
     worker, client = make_worker(spool, upstream, metrics, clock)
 
     async def failed_once() -> None:
@@ -231,10 +191,10 @@ def test_retry_after_is_honoured(spool: Spool, metrics: Metrics, clock: Clock) -
     asyncio.run(run_until(worker, client, failed_once))
 
 
-def test_max_attempts_moves_to_dead(spool: Spool, metrics: Metrics, clock: Clock,
+def test_max_attempts_moves_to_dead(spool: SQLiteSpool, metrics: Metrics, clock: ManualClock,
                                     caplog: pytest.LogCaptureFixture) -> None:
     upstream = Upstream([500, 502])
-    spool.add_many([([make_event(1)], [])])
+    spool.store.add_many([([make_event(1)], [])])
     worker, client = make_worker(spool, upstream, metrics, clock, max_attempts=2)
 
     async def failed_once() -> None:
@@ -242,11 +202,11 @@ def test_max_attempts_moves_to_dead(spool: Spool, metrics: Metrics, clock: Clock
         clock.now += 10
 
     async def dead() -> None:
-        await wait_until(lambda: spool.stats().dead == 1)
+        await wait_until(lambda: spool.admin.stats().dead == 1)
 
     with caplog.at_level("INFO", logger="sidecar.delivery"):
         asyncio.run(run_until(worker, client, failed_once, dead))
-    (row,) = spool.list_events(state="dead")
+    (row,) = spool.admin.list_events(state="dead")
     assert (row.attempts, row.last_error) == (2, "upstream answered 502")
     assert sample(metrics, "sidecar_events_dead_total") == 1
     assert sample(metrics, "sidecar_events_retried_total") == 1
@@ -256,30 +216,25 @@ def test_max_attempts_moves_to_dead(spool: Spool, metrics: Metrics, clock: Clock
     assert "n" not in records["delivery.dead"].__dict__  # no body in the log
 
 
-def test_max_age_moves_to_dead(spool: Spool, metrics: Metrics, clock: Clock) -> None:
+def test_max_age_moves_to_dead(spool: SQLiteSpool, metrics: Metrics, clock: ManualClock) -> None:
     upstream = Upstream([500])
-    spool.add_many([([make_event(1)], [])])
+    spool.store.add_many([([make_event(1)], [])])
     clock.now += 11
     worker, client = make_worker(spool, upstream, metrics, clock, max_age_s=10)
 
     async def dead() -> None:
-        await wait_until(lambda: spool.stats().dead == 1)
+        await wait_until(lambda: spool.admin.stats().dead == 1)
 
     asyncio.run(run_until(worker, client, dead))
-    assert spool.list_events(state="dead")[0].attempts == 1
+    assert spool.admin.list_events(state="dead")[0].attempts == 1
 
 
-def test_transport_error_is_retried(spool: Spool, metrics: Metrics, clock: Clock) -> None:
-    def refuse(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("refused", request=request)
+def test_transport_error_is_retried(spool: SQLiteSpool, metrics: Metrics, clock: ManualClock) -> None:
+    async def refuse(request: UpstreamRequest) -> UpstreamResponse:
+        raise UpstreamUnavailable("upstream unreachable: ConnectionRefusedError")
 
-    spool.add_many([([make_event(1)], [])])
-    client = UpstreamClient("http://upstream.test/events", timeout_s=5, signing_secret=None,
-                            transport=MockUpstreamTransport(refuse), clock=clock)
-    worker = DeliveryWorker(spool, client, batch_max=1, max_in_flight=1, max_attempts=5,
-                            max_age_s=3600, backoff_initial_s=1, backoff_max_s=300,
-                            metrics=metrics, clock=clock, rng=random.Random(SEED),
-                            poll_interval_s=0.01)
+    spool.store.add_many([([make_event(1)], [])])
+    worker, client = make_worker(spool, refuse, metrics, clock)
 
     async def failed_once() -> None:
         await wait_until(lambda: pending_row(spool, "evt_1").attempts == 1)
@@ -290,13 +245,13 @@ def test_transport_error_is_retried(spool: Spool, metrics: Metrics, clock: Clock
 
 # ---------------------------------------------------------------- batching, concurrency
 
-def test_batch_max_sends_arrays(spool: Spool, metrics: Metrics, clock: Clock) -> None:
+def test_batch_max_sends_arrays(spool: SQLiteSpool, metrics: Metrics, clock: ManualClock) -> None:
     upstream = Upstream()
-    spool.add_many([([make_event(i) for i in range(5)], [])])
+    spool.store.add_many([([make_event(i) for i in range(5)], [])])
     worker, client = make_worker(spool, upstream, metrics, clock, batch_max=2)
 
     async def delivered() -> None:
-        await wait_until(lambda: spool.stats().delivered == 5)
+        await wait_until(lambda: spool.admin.stats().delivered == 5)
 
     asyncio.run(run_until(worker, client, delivered))
     assert all(isinstance(body, list) for body in upstream.bodies)
@@ -305,27 +260,27 @@ def test_batch_max_sends_arrays(spool: Spool, metrics: Metrics, clock: Clock) ->
     assert sorted(ids) == [f"evt_{i}" for i in range(5)]
 
 
-def test_failed_batch_retries_every_event_in_it(spool: Spool, metrics: Metrics,
-                                                clock: Clock) -> None:
+def test_failed_batch_retries_every_event_in_it(spool: SQLiteSpool, metrics: Metrics,
+                                                clock: ManualClock) -> None:
     upstream = Upstream([500])
-    spool.add_many([([make_event(1), make_event(2)], [])])
+    spool.store.add_many([([make_event(1), make_event(2)], [])])
     worker, client = make_worker(spool, upstream, metrics, clock, batch_max=2)
 
     async def failed_once() -> None:
-        await wait_until(lambda: all(r.attempts == 1 for r in spool.list_events()))
+        await wait_until(lambda: all(r.attempts == 1 for r in spool.admin.list_events()))
 
     asyncio.run(run_until(worker, client, failed_once))
     assert sample(metrics, "sidecar_events_retried_total") == 2
 
 
-def test_never_more_than_max_in_flight_concurrent_sends(spool: Spool, metrics: Metrics,
-                                                        clock: Clock) -> None:
+def test_never_more_than_max_in_flight_concurrent_sends(spool: SQLiteSpool, metrics: Metrics,
+                                                        clock: ManualClock) -> None:
     upstream = Upstream(delay_s=0.02)
-    spool.add_many([([make_event(i) for i in range(20)], [])])
+    spool.store.add_many([([make_event(i) for i in range(20)], [])])
     worker, client = make_worker(spool, upstream, metrics, clock, max_in_flight=3)
 
     async def delivered() -> None:
-        await wait_until(lambda: spool.stats().delivered == 20)
+        await wait_until(lambda: spool.admin.stats().delivered == 20)
 
     asyncio.run(run_until(worker, client, delivered))
     assert upstream.max_active == 3
@@ -334,30 +289,31 @@ def test_never_more_than_max_in_flight_concurrent_sends(spool: Spool, metrics: M
 
 # ---------------------------------------------------------------- wake, recover, stop
 
-def test_wake_starts_delivery_without_waiting_for_the_poll(spool: Spool, metrics: Metrics,
-                                                           clock: Clock) -> None:
+def test_wake_starts_delivery_without_waiting_for_the_poll(spool: SQLiteSpool, metrics: Metrics,
+                                                           clock: ManualClock) -> None:
     upstream = Upstream()
     worker, client = make_worker(spool, upstream, metrics, clock, poll_interval_s=30)
 
     async def add_and_wake() -> None:
         await asyncio.sleep(0.05)  # the worker is idle, polling every 30 s
-        await asyncio.to_thread(spool.add_many, [([make_event(1)], [])])
+        await asyncio.to_thread(spool.store.add_many, [([make_event(1)], [])])
         worker.wake()
-        await wait_until(lambda: spool.stats().delivered == 1, timeout_s=2)
+        await wait_until(lambda: spool.admin.stats().delivered == 1, timeout_s=2)
 
     asyncio.run(run_until(worker, client, add_and_wake))
 
 
 def test_a_trickle_of_wakeups_after_the_spool_emptied_shares_claims(
-        spool: Spool, metrics: Metrics, clock: Clock) -> None:
+        spool: SQLiteSpool, metrics: Metrics, clock: ManualClock) -> None:
     upstream = Upstream()
     worker, client = make_worker(spool, upstream, metrics, clock, poll_interval_s=30,
                                  max_in_flight=8)
     original = spool.settle_and_claim
     claims: list[int] = []
 
-    def counting(settlement, limit, *, lease_s):  # type: ignore[no-untyped-def]
-        claimed = original(settlement, limit, lease_s=lease_s)
+    async def counting(settlement: Settlement, limit: int, *,
+                       lease_s: float) -> list[SpooledEvent]:
+        claimed = await original(settlement, limit, lease_s=lease_s)
         claims.append(len(claimed))
         return claimed
 
@@ -366,10 +322,10 @@ def test_a_trickle_of_wakeups_after_the_spool_emptied_shares_claims(
     async def trickle() -> None:
         await wait_until(lambda: len(claims) >= 1)  # the first visit found the spool empty
         for n in range(20):  # one commit and one wake-up at a time, as a light load does
-            spool.add_many([([make_event(n)], [])])
+            spool.store.add_many([([make_event(n)], [])])
             worker.wake()
             await asyncio.sleep(0.001)
-        await wait_until(lambda: spool.stats().delivered == 20, timeout_s=2)
+        await wait_until(lambda: spool.admin.stats().delivered == 20, timeout_s=2)
 
     asyncio.run(run_until(worker, client, trickle))
     assert sum(claims) == 20
@@ -379,11 +335,11 @@ def test_a_trickle_of_wakeups_after_the_spool_emptied_shares_claims(
 def test_a_retry_is_sent_when_it_comes_due_not_at_the_next_poll(tmp_path: Path,
                                                                   metrics: Metrics) -> None:
     # The real clock: what counts is the wall-clock wait between the two attempts.
-    spool = Spool(tmp_path / "real-clock.db")
+    spool = SQLiteSpool(tmp_path / "real-clock.db")
     upstream = Upstream([503])
-    worker, client = make_worker(spool, upstream, metrics, time.time,  # type: ignore[arg-type]
+    worker, client = make_worker(spool, upstream, metrics, SYSTEM_CLOCK,
                                  poll_interval_s=30, backoff_initial_s=0.2)
-    spool.add_many([([make_event(1)], [])])
+    spool.store.add_many([([make_event(1)], [])])
     sent: list[float] = []
     original = client.send_encoded
 
@@ -394,7 +350,7 @@ def test_a_retry_is_sent_when_it_comes_due_not_at_the_next_poll(tmp_path: Path,
     client.send_encoded = timed  # type: ignore[method-assign]
 
     async def retried() -> None:
-        await wait_until(lambda: spool.stats().delivered == 1, timeout_s=3)
+        await wait_until(lambda: spool.admin.stats().delivered == 1, timeout_s=3)
 
     try:
         asyncio.run(run_until(worker, client, retried))
@@ -405,43 +361,43 @@ def test_a_retry_is_sent_when_it_comes_due_not_at_the_next_poll(tmp_path: Path,
     assert len(sent) == 2 and 0.1 <= sent[1] - sent[0] < 1.0, sent
 
 
-def test_run_recovers_events_left_in_flight_by_a_crash(spool: Spool, metrics: Metrics,
-                                                       clock: Clock) -> None:
+def test_run_recovers_events_left_in_flight_by_a_crash(spool: SQLiteSpool, metrics: Metrics,
+                                                       clock: ManualClock) -> None:
     upstream = Upstream()
-    spool.add_many([([make_event(1)], [])])
-    spool.claim(1, lease_s=30)  # a previous process claimed it and died
+    spool.store.add_many([([make_event(1)], [])])
+    claim(spool, 1)  # a previous process claimed it and died
     clock.now += 31
     worker, client = make_worker(spool, upstream, metrics, clock)
 
     async def delivered() -> None:
-        await wait_until(lambda: spool.stats().delivered == 1)
+        await wait_until(lambda: spool.admin.stats().delivered == 1)
 
     asyncio.run(run_until(worker, client, delivered))
 
 
-def test_stop_finishes_sends_in_progress(spool: Spool, metrics: Metrics, clock: Clock) -> None:
+def test_stop_finishes_sends_in_progress(spool: SQLiteSpool, metrics: Metrics, clock: ManualClock) -> None:
     upstream = Upstream(delay_s=0.1)
-    spool.add_many([([make_event(1)], [])])
+    spool.store.add_many([([make_event(1)], [])])
     worker, client = make_worker(spool, upstream, metrics, clock, drain_timeout_s=5)
 
     async def sending() -> None:
         await wait_until(lambda: upstream.active == 1)
 
     asyncio.run(run_until(worker, client, sending))
-    assert spool.stats().delivered == 1
+    assert spool.admin.stats().delivered == 1
 
 
-def test_stop_gives_back_sends_that_do_not_finish(spool: Spool, metrics: Metrics,
-                                                  clock: Clock) -> None:
+def test_stop_gives_back_sends_that_do_not_finish(spool: SQLiteSpool, metrics: Metrics,
+                                                  clock: ManualClock) -> None:
     upstream = Upstream()
     upstream.blocked = True
-    spool.add_many([([make_event(1)], [])])
+    spool.store.add_many([([make_event(1)], [])])
     worker, client = make_worker(spool, upstream, metrics, clock, drain_timeout_s=0.05)
 
     async def sending() -> None:
         await wait_until(lambda: upstream.active == 1)
 
     asyncio.run(run_until(worker, client, sending))
-    stats = spool.stats()
+    stats = spool.admin.stats()
     assert (stats.pending, stats.in_flight, stats.delivered) == (1, 0, 0)
-    assert spool.list_events()[0].attempts == 0
+    assert spool.admin.list_events()[0].attempts == 0

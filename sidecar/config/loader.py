@@ -1,0 +1,220 @@
+"""The config file → ``Config``: parse the YAML, then each section's keys and rules."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from sidecar.config.model import (
+    META_CLIENT_NAME,
+    AdminConfig,
+    Config,
+    DeliveryConfig,
+    GraphConfig,
+    LimitsConfig,
+    ListenConfig,
+    LoggingConfig,
+    MetaConfig,
+    TLSConfig,
+    UpstreamConfig,
+)
+from sidecar.config.reader import Reader, Section
+from sidecar.errors import ConfigError
+from sidecar.secret import standard_webhooks_key
+
+__all__ = ["load_config", "parse_config"]
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read, interpolate and validate the config file at ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path}: not found") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path}: unreadable ({type(exc).__name__})") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path}: not valid YAML{where}") from exc
+    return parse_config(raw, base_dir=path.resolve().parent, env=os.environ if env is None else env,
+                        path=path)
+
+
+def parse_config(raw: Any, *, base_dir: Path, env: Mapping[str, str],
+                 path: Path | None = None) -> Config:
+    reader = Reader(base_dir, env)
+    root = Section(raw, "", reader)
+    root.check_unknown({"listen", "tls", "meta", "upstream", "delivery", "limits", "admin",
+                        "graph", "logging"})
+    return Config(
+        path=path or base_dir / "sidecar.yaml",
+        listen=_listen(root.section("listen")),
+        tls=_tls(root.section("tls")),
+        meta=_meta(root.section("meta")),
+        upstream=_upstream(root.section("upstream")),
+        delivery=_delivery(root.section("delivery")),
+        limits=_limits(root.section("limits")),
+        admin=_admin(root.section("admin")),
+        graph=_graph(root.section("graph")),
+        logging=_logging(root.section("logging")),
+    )
+
+
+def _listen(s: Section) -> ListenConfig:
+    s.check_unknown({"host", "port", "path"})
+    path = s.string("path", ListenConfig.path)
+    if not path.startswith("/"):
+        raise ConfigError(f"config key '{s.key('path')}': must start with /")
+    return ListenConfig(host=s.string("host", ListenConfig.host),
+                        port=_port(s, "port", ListenConfig.port), path=path)
+
+
+def _port(s: Section, k: str, default: int) -> int:
+    port = s.integer(k, default)
+    if port > 65535:
+        raise ConfigError(f"config key '{s.key(k)}': must be a TCP port (0-65535)")
+    return port
+
+
+def _tls(s: Section) -> TLSConfig:
+    s.check_unknown({"cert_file", "key_file", "client_ca_files", "allowed_client_names",
+                     "client_auth", "reload_interval_s", "client_ca_sha256"})
+    names = s.string_list("allowed_client_names", (META_CLIENT_NAME,))
+    if not names or any(not n for n in names):
+        raise ConfigError(f"config key '{s.key('allowed_client_names')}': "
+                          "must list at least one non-empty name")
+    cas = s.path_list("client_ca_files")
+    if not cas:
+        raise ConfigError(f"config key '{s.key('client_ca_files')}': list at least one CA file")
+    pins = tuple(p.replace(":", "").lower() for p in s.string_list("client_ca_sha256", ()))
+    for i, pin in enumerate(pins):
+        if not re.fullmatch(r"[0-9a-f]{64}", pin):
+            raise ConfigError(f"config key '{s.key('client_ca_sha256')}[{i}]': "
+                              "must be a SHA-256 fingerprint (64 hex digits)")
+    return TLSConfig(
+        cert_file=s.path("cert_file"),
+        key_file=s.path("key_file"),
+        client_ca_files=cas,
+        allowed_client_names=names,
+        client_auth=s.string("client_auth", "required", choices=("required", "optional")),
+        reload_interval_s=s.number("reload_interval_s", TLSConfig.reload_interval_s,
+                                   minimum=0.0, exclusive=True),
+        client_ca_sha256=pins,
+    )
+
+
+def _meta(s: Section) -> MetaConfig:
+    s.check_unknown({"app_secrets", "app_secrets_files", "verify_token", "verify_token_file",
+                     "unknown_fields"})
+    token = s.secret("verify_token", required=True)
+    assert token is not None
+    return MetaConfig(
+        app_secrets=s.secret_list("app_secrets", "app_secrets_files"),
+        verify_token=token,
+        unknown_fields=s.string("unknown_fields", "forward", choices=("forward", "drop")),
+    )
+
+
+def _upstream(s: Section) -> UpstreamConfig:
+    s.check_unknown({"url", "timeout_s", "signing_secret", "signing_secret_file", "batch_max",
+                     "max_in_flight", "ca_file"})
+    url = s.string("url", required=True)
+    if not _is_http_url(url):
+        raise ConfigError(f"config key '{s.key('url')}': must be an http:// or https:// URL "
+                          "with a host (and a port from 1 to 65535, if given)")
+    ca_file = s.path("ca_file") if s.has("ca_file") else None
+    if ca_file is not None and urlsplit(url).scheme != "https":
+        raise ConfigError(f"config key '{s.key('ca_file')}': only used with an https:// "
+                          f"{s.key('url')}")
+    signing_secret = s.secret("signing_secret", required=False)
+    if signing_secret is not None:
+        try:  # so that ``config check`` fails where ``serve`` would
+            standard_webhooks_key(signing_secret)
+        except ValueError:
+            form = "signing_secret_file" if s.has("signing_secret_file") else "signing_secret"
+            raise ConfigError(f"config key '{s.key(form)}': a whsec_ secret must be base64 "
+                              "after the prefix (Standard Webhooks)") from None
+    return UpstreamConfig(
+        url=url,
+        timeout_s=s.number("timeout_s", UpstreamConfig.timeout_s, exclusive=True),
+        signing_secret=signing_secret,
+        batch_max=s.integer("batch_max", UpstreamConfig.batch_max, minimum=1),
+        max_in_flight=s.integer("max_in_flight", UpstreamConfig.max_in_flight, minimum=1),
+        ca_file=ca_file,
+    )
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError when not a number or out of range
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0 \
+        and not any(c.isspace() for c in url)
+
+
+def _delivery(s: Section) -> DeliveryConfig:
+    s.check_unknown({"mode", "spool_path", "max_attempts", "max_age_s", "backoff_initial_s",
+                     "backoff_max_s", "dedup_retention_s", "max_spool_events"})
+    d = DeliveryConfig
+    initial = s.number("backoff_initial_s", d.backoff_initial_s, exclusive=True)
+    maximum = s.number("backoff_max_s", d.backoff_max_s, exclusive=True)
+    if maximum < initial:
+        raise ConfigError(f"config key '{s.key('backoff_max_s')}': must be >= backoff_initial_s")
+    return DeliveryConfig(
+        mode=s.string("mode", "spool", choices=("spool", "direct")),
+        spool_path=s.path("spool_path", str(d.spool_path)),
+        max_attempts=s.integer("max_attempts", d.max_attempts, minimum=1),
+        max_age_s=s.number("max_age_s", d.max_age_s, exclusive=True),
+        backoff_initial_s=initial,
+        backoff_max_s=maximum,
+        dedup_retention_s=s.number("dedup_retention_s", d.dedup_retention_s),
+        max_spool_events=s.integer("max_spool_events", d.max_spool_events, minimum=1),
+    )
+
+
+def _limits(s: Section) -> LimitsConfig:
+    s.check_unknown({"max_body_bytes", "header_timeout_s", "body_timeout_s",
+                     "keepalive_timeout_s", "max_connections"})
+    d = LimitsConfig
+    return LimitsConfig(
+        max_body_bytes=s.integer("max_body_bytes", d.max_body_bytes, minimum=1),
+        header_timeout_s=s.number("header_timeout_s", d.header_timeout_s, exclusive=True),
+        body_timeout_s=s.number("body_timeout_s", d.body_timeout_s, exclusive=True),
+        keepalive_timeout_s=s.number("keepalive_timeout_s", d.keepalive_timeout_s, exclusive=True),
+        max_connections=s.integer("max_connections", d.max_connections, minimum=1),
+    )
+
+
+def _admin(s: Section) -> AdminConfig:
+    s.check_unknown({"host", "port"})
+    return AdminConfig(host=s.string("host", AdminConfig.host),
+                       port=_port(s, "port", AdminConfig.port))
+
+
+def _graph(s: Section) -> GraphConfig:
+    s.check_unknown({"access_token", "access_token_file", "api_version", "base_url"})
+    return GraphConfig(
+        access_token=s.secret("access_token", required=False),
+        api_version=s.string("api_version", GraphConfig.api_version),
+        base_url=s.string("base_url", GraphConfig.base_url).rstrip("/"),
+    )
+
+
+def _logging(s: Section) -> LoggingConfig:
+    s.check_unknown({"level", "format"})
+    return LoggingConfig(
+        level=s.string("level", "info", choices=("debug", "info", "warning", "error")),
+        format=s.string("format", "json", choices=("json", "text")),
+    )

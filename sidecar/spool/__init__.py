@@ -1,0 +1,54 @@
+"""The durable store behind the 200 we answer Meta.
+
+    contract.py  the storage contract every backend implements, and its value types
+    writer.py    group commit in front of any backend
+    sqlite/      the embedded backend: one SQLite file per machine
+
+``open_spool`` picks the backend the config names.
+"""
+
+from __future__ import annotations
+
+from sidecar.config import DeliveryConfig
+from sidecar.errors import SpoolUnavailable
+from sidecar.spool.contract import (
+    STATES,
+    AddResult,
+    Batch,
+    QuarantineRow,
+    Renormalize,
+    ReplayResult,
+    Settlement,
+    Spool,
+    SpooledEvent,
+    SpoolRow,
+    SpoolStats,
+)
+from sidecar.spool.sqlite import SQLiteSpool
+from sidecar.spool.writer import SpoolWriter
+
+__all__ = [
+    "Spool",
+    "SpoolWriter",
+    "SQLiteSpool",
+    "open_spool",
+    "AddResult",
+    "Batch",
+    "Renormalize",
+    "Settlement",
+    "SpooledEvent",
+    "SpoolStats",
+    "SpoolRow",
+    "QuarantineRow",
+    "ReplayResult",
+    "STATES",
+]
+
+
+def open_spool(delivery: DeliveryConfig, *, must_exist: bool = False) -> Spool:
+    """The spool ``delivery`` names.  ``must_exist`` (the CLI): a missing spool is an
+    error, never created, so a typo in ``-c`` leaves no empty spool behind."""
+    if must_exist and not delivery.spool_path.is_file():
+        raise SpoolUnavailable(f"spool file {delivery.spool_path} does not exist")
+    return SQLiteSpool(delivery.spool_path, max_spool_events=delivery.max_spool_events,
+                       dedup_retention_s=delivery.dedup_retention_s)

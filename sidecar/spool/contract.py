@@ -1,0 +1,212 @@
+"""The storage contract: every operation the ingest, the delivery worker, the CLI and
+``/metrics`` need from a spool, whatever keeps it (SQLite on one machine, PostgreSQL for
+replicas).  One test suite (``tests/unit/spool/contract.py``) holds every backend to it.
+
+What every backend guarantees:
+
+* **Durable add with dedup.**  ``add_many`` stores every batch of one call in one
+  transaction, committed durably before it returns (the 200 to Meta waits for it).  An
+  event id already stored blocks a repeat for ``dedup_retention_s`` (pending, in-flight
+  and dead events block for as long as they exist; a purged delivered event leaves a
+  tombstone that keeps blocking until the window ends).  Past ``max_spool_events``
+  undelivered events nothing of the call is stored and ``SpoolUnavailable`` is raised.
+* **Claims are leases.**  ``settle_and_claim`` records finished sends and moves due
+  pending events to in-flight until ``now + lease_s``; no event is claimed twice while its
+  lease holds.  ``recover`` gives expired leases back (``at_start``: a backend that only
+  this process delivers from may give back every lease).
+* **Nothing half-written.**  Every failure is ``SpoolUnavailable`` (ingest answers 503 and
+  Meta retries) and leaves the store as it was before the call.
+* **Quarantine and dead letters are kept**, listed and replayable; replay re-normalizes a
+  quarantined change through the ``Renormalize`` the caller passes in.
+
+Operations are coroutines; a backend on a blocking driver runs them in a thread.
+``take_ownership`` and ``close`` are plain calls, made outside any event loop too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from sidecar.events import Event, QuarantinedChange
+
+__all__ = [
+    "Spool",
+    "Batch",
+    "Renormalize",
+    "AddResult",
+    "Settlement",
+    "SpooledEvent",
+    "SpoolStats",
+    "SpoolRow",
+    "QuarantineRow",
+    "ReplayResult",
+    "STATES",
+]
+
+STATES = ("pending", "in_flight", "delivered", "dead")
+
+# One request's share of a commit: its events and its quarantined changes.
+Batch = tuple[Sequence[Event], Sequence[QuarantinedChange]]
+
+# A quarantined change (and when it was received) → its events now; raises
+# ``BadPayload`` when the change still cannot become events.
+Renormalize = Callable[[QuarantinedChange, datetime], list[Event]]
+
+
+@dataclass(frozen=True, slots=True)
+class AddResult:
+    stored: list[str]  # ids newly stored, in order
+    duplicates: int  # events dropped as repeats of a stored id
+    quarantined: int  # quarantined changes newly stored
+
+
+@dataclass(slots=True)
+class Settlement:
+    """Outcomes of finished sends, recorded together: delivered ids, retries
+    ``(id, next_attempt_at, error)`` and dead letters ``(id, error)``."""
+
+    delivered: list[str] = field(default_factory=list)
+    retry: list[tuple[str, float, str]] = field(default_factory=list)
+    dead: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.delivered) + len(self.retry) + len(self.dead)
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledEvent:
+    id: str
+    body: bytes  # the event as stored and sent: ``events.encode_event``
+    attempts: int  # failed attempts so far
+    received_at: float  # start of the age budget: receipt, or the last replay
+
+    @property
+    def event(self) -> Event:
+        return Event.decode(self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStats:
+    pending: int
+    in_flight: int
+    delivered: int
+    dead: int
+    quarantined: int  # not yet replayed
+    oldest_pending_age_s: float | None  # oldest pending or in-flight event
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolRow:
+    id: str
+    type: str
+    state: str
+    attempts: int
+    last_error: str | None
+    received_at: float
+    next_attempt_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineRow:
+    id: str
+    waba_id: str
+    field: str
+    reason: str
+    received_at: float
+    replayed_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    replayed: list[str]  # ids put back on the delivery queue
+    not_found: list[str]
+    still_invalid: dict[str, str]  # quarantined id -> why it still cannot become events
+    skipped: dict[str, str]  # id -> why it was left alone (already pending, delivered, ...)
+    events_added: int  # new events from replayed quarantined changes (after dedup)
+
+    @property
+    def is_complete(self) -> bool:
+        """True when every requested id was replayed."""
+        return not (self.not_found or self.still_invalid or self.skipped)
+
+
+class Spool(Protocol):
+    """See the module docstring for what every implementation guarantees."""
+
+    # -- lifecycle
+    def take_ownership(self) -> None:
+        """Become a delivering process of this spool, or raise ``SpoolUnavailable``
+        (e.g. a spool only one process may deliver from, already delivered from)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and locks; idempotent."""
+        ...
+
+    # -- ingest
+    async def add_many(self, batches: Sequence[Batch]) -> list[AddResult]:
+        """Store every batch in one durable transaction; dedup by event id."""
+        ...
+
+    async def filter_new(self, ids: Sequence[str]) -> set[str]:
+        """Direct mode: the ids not stored within the dedup window."""
+        ...
+
+    async def record_delivered(self, events: Sequence[Event],
+                               quarantined: Sequence[QuarantinedChange]) -> None:
+        """Direct mode: keep the ids the upstream accepted (dedup) and the quarantine."""
+        ...
+
+    async def check_writable(self) -> None:
+        """Raise ``SpoolUnavailable`` unless a write would commit now (``/readyz``)."""
+        ...
+
+    # -- delivery
+    async def settle_and_claim(self, settlement: Settlement, limit: int, *,
+                               lease_s: float) -> list[SpooledEvent]:
+        """Record finished sends, then claim up to ``limit`` due events (oldest due
+        first), in one transaction."""
+        ...
+
+    async def next_due(self) -> float | None:
+        """When the earliest pending event comes due, or None."""
+        ...
+
+    async def settle(self, settlement: Settlement) -> None: ...
+
+    async def release(self, ids: Sequence[str]) -> None:
+        """Give in-flight events back without counting an attempt (shutdown)."""
+        ...
+
+    async def recover(self, *, at_start: bool = False) -> int:
+        """Give expired leases back to pending; the number given back."""
+        ...
+
+    # -- inspection (CLI, /metrics)
+    async def backlog(self) -> tuple[int, float | None]:
+        """Undelivered events and the age of the oldest (None when none), one snapshot."""
+        ...
+
+    async def stats(self) -> SpoolStats: ...
+
+    async def list_events(self, *, state: str | None = None,
+                          limit: int = 100) -> list[SpoolRow]: ...
+
+    async def list_quarantined(self, *, limit: int = 100) -> list[QuarantineRow]: ...
+
+    # -- replay and purge
+    async def replay(self, ids: Sequence[str], *, renormalize: Renormalize,
+                     force: bool = False) -> ReplayResult:
+        """Requeue dead events (attempts and age reset; delivered ones only with
+        ``force``) and re-admit quarantined changes through ``renormalize``."""
+        ...
+
+    async def replay_all_dead(self) -> int: ...
+
+    async def purge(self, *, delivered_before: float) -> int:
+        """Delete events delivered before that time; their ids keep blocking repeats
+        until ``dedup_retention_s`` has passed.  The number deleted."""
+        ...

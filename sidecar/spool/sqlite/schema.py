@@ -1,0 +1,103 @@
+"""The SQLite spool's tables, and the migration that brings a file to this version.
+
+``events`` is the queue and the dedup record at once; ``seen`` keeps a tombstone for a
+purged delivered event until its dedup window ends; ``quarantine`` keeps changes that
+could not become events; ``state_counts`` is kept by triggers so the depth and the stats
+cost O(1) on a spool of a million rows, also when another process (the CLI) writes.
+The file's ``user_version`` is the schema version; a newer one than this code knows is
+refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from sidecar.errors import SpoolUnavailable
+
+__all__ = ["SCHEMA_VERSION", "STATES", "migrate", "require_json1"]
+
+SCHEMA_VERSION = 1
+STATES = ("pending", "in_flight", "delivered", "dead")
+
+_DDL = (
+    """create table if not exists events (
+        id text primary key,
+        body text not null,
+        state text not null check (state in ('pending', 'in_flight', 'delivered', 'dead')),
+        attempts integer not null default 0,
+        received_at real not null,
+        next_attempt_at real,
+        lease_until real,
+        last_error text,
+        delivered_at real,
+        created_at real not null,
+        replayed_at real
+    )""",
+    "create index if not exists events_due on events (state, next_attempt_at)",
+    "create index if not exists events_received on events (state, received_at)",
+    "create index if not exists events_delivered on events (state, delivered_at)",
+    """create table if not exists seen (
+        id text primary key,
+        created_at real not null
+    )""",
+    "create index if not exists seen_created on seen (created_at)",
+    """create table if not exists quarantine (
+        id text primary key,
+        waba_id text not null,
+        field text not null,
+        entry_time integer,
+        reason text not null,
+        value text not null,
+        received_at real not null,
+        replayed_at real
+    )""",
+    "create index if not exists quarantine_received on quarantine (received_at)",
+    """create table if not exists state_counts (
+        state text primary key,
+        n integer not null
+    )""",
+    """create trigger if not exists events_count_insert after insert on events begin
+           update state_counts set n = n + 1 where state = new.state;
+       end""",
+    """create trigger if not exists events_count_delete after delete on events begin
+           update state_counts set n = n - 1 where state = old.state;
+       end""",
+    """create trigger if not exists events_count_update after update of state on events
+       when old.state is not new.state begin
+           update state_counts set n = n - 1 where state = old.state;
+           update state_counts set n = n + 1 where state = new.state;
+       end""",
+)
+_SEED_COUNTS = "insert or ignore into state_counts (state, n) values (?, 0)"
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Create what is missing and stamp the version, in one immediate transaction (two
+    processes opening a new file at once do not race)."""
+    conn.execute("begin immediate")
+    try:
+        (version,) = conn.execute("pragma user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise SpoolUnavailable(f"spool {path}: schema version {version} is newer than "
+                                   f"this sidecar ({SCHEMA_VERSION})")
+        for ddl in _DDL:
+            conn.execute(ddl)
+        conn.executemany(_SEED_COUNTS, [(s,) for s in STATES])
+        if version < SCHEMA_VERSION:
+            conn.execute(f"pragma user_version = {SCHEMA_VERSION}")
+        conn.execute("commit")
+    except BaseException:
+        conn.execute("rollback")
+        raise
+
+
+def require_json1(conn: sqlite3.Connection, path: Path) -> None:
+    """The dedup lookup uses ``json_each`` (built into SQLite since 3.38, and compiled in
+    by the usual distributions before): say so at start, not at the first commit."""
+    try:
+        conn.execute("select count(*) from json_each('[]')").fetchone()
+    except sqlite3.OperationalError:
+        raise SpoolUnavailable(
+            f"spool {path}: this Python's SQLite {sqlite3.sqlite_version} has no JSON "
+            "functions (json_each); use SQLite 3.38 or newer") from None

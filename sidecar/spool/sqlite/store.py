@@ -1,0 +1,236 @@
+"""The SQLite spool's ingest and delivery operations (blocking; ``SQLiteSpool`` runs
+them in a thread).
+
+The ``events`` row is also the dedup record: an id already stored blocks a repeat for
+``dedup_retention_s`` (pending, in-flight and dead rows block for as long as they
+exist).  A purged delivered row leaves a tombstone in ``seen`` until its window ends.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+
+from sidecar.errors import SpoolUnavailable
+from sidecar.events import Event, QuarantinedChange, canonical_json, encode_event
+from sidecar.spool.contract import AddResult, Batch, Settlement, SpooledEvent
+from sidecar.spool.sqlite.database import Database
+
+__all__ = ["SQLiteStore", "bodies"]
+
+
+def bodies(events: Sequence[Event]) -> list[str]:
+    """What the spool stores for each event: the JSON the upstream receives."""
+    return [encode_event(e).decode("utf-8") for e in events]
+
+
+class SQLiteStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # ------------------------------------------------------------------ ingest
+
+    def add_many(self, batches: Sequence[Batch]) -> list[AddResult]:
+        """Store every batch in ONE transaction (one fsync); dedup by event id.
+
+        Raises ``SpoolUnavailable`` (and stores nothing) when the new events would take
+        the depth past ``max_spool_events`` or the database cannot be written.  Repeats
+        of stored ids still succeed when the spool is full: they add nothing.
+        """
+        every = [e for events, _ in batches for e in events]
+        encoded = bodies(every)  # before the write lock, which other writers queue on
+        now = self.db.now()
+        with self.db.tx(durable=True) as conn:
+            depth = depth_of(conn)
+            inserted = iter(self.insert_events(conn, every, encoded, state="pending", now=now))
+            results = []
+            for events, quarantined in batches:
+                stored = [e.id for e in events if next(inserted)]
+                kept = sum(_insert_quarantined(conn, q, now) for q in quarantined)
+                results.append(AddResult(stored=stored, duplicates=len(events) - len(stored),
+                                         quarantined=kept))
+            if depth + sum(len(r.stored) for r in results) > self.db.max_spool_events:
+                raise SpoolUnavailable("spool full")
+        return results
+
+    def filter_new(self, ids: Sequence[str]) -> set[str]:
+        now = self.db.now()
+        with self.db.read() as conn:
+            blocking = self._stored_status(conn, ids, now)
+        return {i for i in ids if not blocking.get(i)}
+
+    def record_delivered(self, events: Sequence[Event],
+                         quarantined: Sequence[QuarantinedChange]) -> None:
+        encoded = bodies(events)
+        now = self.db.now()
+        with self.db.tx(durable=True) as conn:
+            self.insert_events(conn, events, encoded, state="delivered", now=now)
+            for q in quarantined:
+                _insert_quarantined(conn, q, now)
+
+    # One statement finds every known id of a commit, instead of one or two selects per
+    # event: each statement is a trip through SQLite that lets the GIL go, which the event
+    # loop's thread then has to hand back (bench/RESULTS.md).
+    _STATUS_SQL = (
+        "select id, state, created_at from events where id in (select value from json_each(?1))"
+        " union all"
+        " select id, null, created_at from seen where id in (select value from json_each(?1))")
+
+    def _stored_status(self, conn: sqlite3.Connection, ids: Sequence[str],
+                       now: float) -> dict[str, bool]:
+        """For every id already known: True when it blocks a repeat (stored within the
+        dedup window: any row not yet delivered, or created inside it), False when only a
+        row or tombstone past its retention is left.  Ids never seen are absent."""
+        if not ids:
+            return {}
+        cutoff = now - self.db.dedup_retention_s
+        status: dict[str, bool] = {}
+        for id_, state, created_at in conn.execute(self._STATUS_SQL, (json.dumps(list(ids)),)):
+            if state is not None:  # an events row decides; a tombstone only without one
+                status[id_] = state != "delivered" or created_at >= cutoff
+            else:
+                status.setdefault(id_, created_at >= cutoff)
+        return status
+
+    def insert_events(self, conn: sqlite3.Connection, events: Sequence[Event],
+                      encoded: Sequence[str], *, state: str, now: float) -> list[bool]:
+        """Insert each event (``encoded``: its ``encode_event`` text) unless its id is
+        stored within the dedup window (or came earlier in ``events``); per event, True
+        when inserted."""
+        status = self._stored_status(conn, [e.id for e in events], now)
+        delivered_at = now if state == "delivered" else None
+        attempts = 1 if state == "delivered" else 0
+        inserted: list[bool] = []
+        stale: list[tuple[str]] = []
+        rows: list[tuple[object, ...]] = []
+        for event, body in zip(events, encoded, strict=True):
+            known = status.get(event.id)
+            if known:
+                inserted.append(False)
+                continue
+            if known is False:  # a row or tombstone past its retention no longer blocks
+                stale.append((event.id,))
+            status[event.id] = True
+            rows.append((event.id, body, state, attempts, now, now, delivered_at, now))
+            inserted.append(True)
+        if stale:
+            conn.executemany("delete from events where id = ?", stale)
+            conn.executemany("delete from seen where id = ?", stale)
+        if rows:
+            conn.executemany(
+                "insert into events (id, body, state, attempts, received_at, next_attempt_at,"
+                " delivered_at, created_at) values (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        return inserted
+
+    # ------------------------------------------------------------------ delivery
+
+    def settle_and_claim(self, settlement: Settlement, limit: int, *,
+                         lease_s: float) -> list[SpooledEvent]:
+        """Record finished sends and claim the next events in one transaction: a busy
+        spool pays one commit (and one thread hop) for many deliveries."""
+        now = self.db.now()
+        with self.db.tx(durable=False) as conn:
+            _settle(conn, settlement, now)
+            if limit <= 0:
+                return []
+            rows = conn.execute(
+                "select id, body, attempts, coalesce(replayed_at, received_at) from events"
+                " where state = 'pending' and next_attempt_at <= ?"
+                " order by next_attempt_at, rowid limit ?",
+                (now, limit),
+            ).fetchall()
+            conn.executemany(
+                "update events set state = 'in_flight', lease_until = ? where id = ?",
+                [(now + lease_s, r[0]) for r in rows],
+            )
+        return [SpooledEvent(id=id_, body=body.encode("utf-8"), attempts=attempts,
+                             received_at=received_at)
+                for id_, body, attempts, received_at in rows]
+
+    def next_due(self) -> float | None:
+        with self.db.read() as conn:
+            (due,) = conn.execute(
+                "select min(next_attempt_at) from events where state = 'pending'").fetchone()
+        return float(due) if due is not None else None
+
+    def settle(self, settlement: Settlement) -> None:
+        with self.db.tx(durable=False) as conn:
+            _settle(conn, settlement, self.db.now())
+
+    def release(self, ids: Sequence[str]) -> None:
+        with self.db.tx(durable=False) as conn:
+            conn.executemany(
+                "update events set state = 'pending', lease_until = null"
+                " where id = ? and state = 'in_flight'",
+                [(i,) for i in ids],
+            )
+
+    def recover(self, *, at_start: bool = False) -> int:
+        """In-flight events whose lease expired (crash, SIGKILL) go back to pending.
+
+        ``at_start`` requeues every in-flight event whatever its lease: at the worker's
+        start such claims can only be a dead process's (one ``serve`` per spool file).
+        """
+        now = self.db.now()
+        with self.db.tx(durable=False) as conn:
+            cur = conn.execute(
+                "update events set state = 'pending', lease_until = null"
+                " where state = 'in_flight' and (? or lease_until < ?)",
+                (at_start, now),
+            )
+            return cur.rowcount
+
+    def backlog(self) -> tuple[int, float | None]:
+        now = self.db.now()
+        with self.db.read() as conn:
+            return depth_of(conn), oldest_age(conn, now)
+
+
+def depth_of(conn: sqlite3.Connection) -> int:
+    """Events stored and not yet delivered or dead (pending + in_flight)."""
+    row = conn.execute(
+        "select coalesce(sum(n), 0) from state_counts where state in ('pending', 'in_flight')"
+    ).fetchone()
+    return int(row[0])
+
+
+def oldest_age(conn: sqlite3.Connection, now: float) -> float | None:
+    """Seconds since the oldest pending or in-flight event was received (two index
+    lookups, whatever the spool's size)."""
+    oldest = [conn.execute("select min(received_at) from events where state = ?",
+                           (s,)).fetchone()[0] for s in ("pending", "in_flight")]
+    known = [t for t in oldest if t is not None]
+    return max(0.0, now - min(known)) if known else None
+
+
+def _insert_quarantined(conn: sqlite3.Connection, q: QuarantinedChange, now: float) -> int:
+    cur = conn.execute(
+        "insert or ignore into quarantine (id, waba_id, field, entry_time, reason, value,"
+        " received_at) values (?, ?, ?, ?, ?, ?, ?)",
+        (q.id, q.waba_id, q.field, q.entry_time, q.reason, canonical_json(q.value), now),
+    )
+    return cur.rowcount
+
+
+def _settle(conn: sqlite3.Connection, s: Settlement, now: float) -> None:
+    if s.delivered:
+        conn.executemany(
+            "update events set state = 'delivered', delivered_at = ?, lease_until = null"
+            " where id = ? and state != 'delivered'",
+            [(now, i) for i in s.delivered],
+        )
+    if s.retry:
+        conn.executemany(
+            "update events set state = 'pending', attempts = attempts + 1,"
+            " next_attempt_at = ?, last_error = ?, lease_until = null"
+            " where id = ? and state = 'in_flight'",
+            [(at, error, i) for i, at, error in s.retry],
+        )
+    if s.dead:
+        conn.executemany(
+            "update events set state = 'dead', attempts = attempts + 1, last_error = ?,"
+            " lease_until = null, next_attempt_at = null"
+            " where id = ? and state = 'in_flight'",
+            [(error, i) for i, error in s.dead],
+        )
