@@ -13,8 +13,7 @@ command with (``exit_code``).  Those two attributes are read in exactly two plac
     │   ├── SignatureInvalid        401
     │   ├── BadPayload              400
     │   ├── BodyTooLarge            413
-    │   ├── BodyTimeout             408
-    │   └── ClientNotAllowed        403
+    │   └── BodyTimeout             408
     ├── Unavailable                 503      Meta retries later
     │   ├── SpoolUnavailable        503
     │   └── UpstreamUnavailable     503
@@ -38,7 +37,6 @@ __all__ = [
     "BadPayload",
     "BodyTooLarge",
     "BodyTimeout",
-    "ClientNotAllowed",
     "Unavailable",
     "SpoolUnavailable",
     "UpstreamUnavailable",
@@ -91,10 +89,6 @@ class BodyTooLarge(RequestRejected):
 
 class BodyTimeout(RequestRejected):
     http_status = 408
-
-
-class ClientNotAllowed(RequestRejected):
-    http_status = 403
 
 
 class Unavailable(SidecarError):

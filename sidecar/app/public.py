@@ -1,4 +1,4 @@
-"""The public webhook endpoint: the SPEC's checklist, one call per check.
+"""The public webhook endpoint: the checks of docs/checks.md, one call per check.
 
 Client identity was already checked in the TLS handshake (``sidecar.tls.holder``);
 nothing reaches this app from a client that is not admitted.  Then, for a POST:
@@ -190,7 +190,7 @@ async def _read_body(request: Request, max_body_bytes: int, timeout_s: float) ->
 
 def _outcome_name(exc: SidecarError) -> str:
     return {
-        401: "bad_signature", 400: "bad_payload", 403: "forbidden", 408: "body_timeout",
+        401: "bad_signature", 400: "bad_payload", 408: "body_timeout",
         413: "too_large", 503: "unavailable",
     }.get(exc.http_status, "error")
 

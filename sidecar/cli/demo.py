@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -20,14 +17,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from sidecar.events import JSONValue
 from sidecar.tools.samples import META_DOC_EXAMPLE, SAMPLE_FIELDS, sample_delivery, sample_status_delivery
 from sidecar.secret import Secret
 from sidecar.tools.sender import ClientTLS, send_delivery
 from sidecar.tools.sink import ReceivedRequest, RecordingSink
 from sidecar.tools.devcerts import write_dev_certs
+from sidecar.tools.launch import NotReady, ServeProcess, free_port
 
 __all__ = ["register", "run"]
 
@@ -45,12 +41,6 @@ def register(sub: Any) -> None:
     p.add_argument("--timeout-s", type=float, default=30.0,
                    help="give up after this many seconds (default 30)")
     p.set_defaults(func=run)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _write_config(folder: Path, *, port: int, admin_port: int, sink_url: str) -> Path:
@@ -98,22 +88,6 @@ def _print_request(request: ReceivedRequest) -> None:
         _say(f"  sink <- {event['type']:<42} {event['id']}  ({signature}) {detail}"[:140])
 
 
-def _wait_ready(admin_port: int, proc: subprocess.Popen[bytes], deadline: float) -> None:
-    url = f"http://127.0.0.1:{admin_port}/readyz"
-    delay = 0.05
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the sidecar exited with code {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
-    raise RuntimeError("the sidecar did not become ready in time")
-
-
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     deadline = started + args.timeout_s
@@ -123,14 +97,14 @@ def run(args: argparse.Namespace) -> int:
     _say("1. made a dev CA, a server certificate and a client certificate with Meta's CN")
     sink = RecordingSink(signing_secret=Secret(DEMO_SIGNING_SECRET), on_request=_print_request)
     sink.start()
-    port, admin_port = _free_port(), _free_port()
+    port, admin_port = free_port(), free_port()
     config = _write_config(folder, port=port, admin_port=admin_port, sink_url=sink.url)
     env = dict(os.environ, DEMO_APP_SECRET=DEMO_APP_SECRET, DEMO_VERIFY_TOKEN=DEMO_VERIFY_TOKEN,
                DEMO_SIGNING_SECRET=DEMO_SIGNING_SECRET)
     _say(f"2. started a sink upstream on {sink.url}")
-    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "serve", "-c", str(config)], env=env)
+    sidecar = ServeProcess(config, admin_port=admin_port, env=env).start()
     try:
-        _wait_ready(admin_port, proc, deadline)
+        sidecar.wait_ready(timeout_s=max(0.5, deadline - time.monotonic()))
         url = f"https://127.0.0.1:{port}/webhooks/whatsapp"
         _say(f"3. the sidecar listens on {url} (mTLS, spool mode); sending deliveries:")
         tls = ClientTLS(certs.client_cert, certs.client_key, certs.ca_cert)
@@ -153,11 +127,11 @@ def run(args: argparse.Namespace) -> int:
              f"{time.monotonic() - started:.1f} s")
         _say("demo OK" if ok else "demo FAILED")
         return 0 if ok else 1
-    except RuntimeError as exc:
+    except NotReady as exc:
         print(f"demo FAILED: {exc}", file=sys.stderr)
         return 1
     finally:
-        _stop(proc)
+        sidecar.stop(timeout_s=15)
         sink.stop()
         if not args.keep:
             _remove(folder)
@@ -175,16 +149,6 @@ def _accepted_events(deliveries: list[tuple[str, JSONValue]]) -> int:
         for event in normalize(envelopes, received_at=datetime.now(timezone.utc)).events:
             seen.add(event.id)
     return len(seen)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _remove(folder: Path) -> None:

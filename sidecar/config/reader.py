@@ -94,7 +94,7 @@ class Section:
                 raise ConfigError(f"config key '{self.key(k)}': required")
             return default
         value = self.raw[k]
-        # A lone string is refused too (a wrong type, SPEC 6), not read as a list of one:
+        # A lone string is refused too (a wrong type: docs/configuration.md), not read as a list of one:
         # e.g. `app_secrets: "a, b"` would otherwise become one secret with a comma in it.
         if not isinstance(value, list):
             raise ConfigError(f"config key '{self.key(k)}': must be a list of strings "

@@ -2,7 +2,7 @@
 
 Knows certificates, not connections or HTTP (ghostunnel's ``auth`` package).  A
 certificate is allowed when its subject CN, or one of its DNS SANs, equals one of the
-configured names exactly, character for character (the SPEC's "matched exactly", as
+configured names exactly, character for character (docs/checks.md: "matched exactly", as
 ghostunnel's ``--allow-cn``): no substring, no wildcard, no case folding, no trailing
 dot.  Meta's certificate carries the lower-case name it documents, so exactness costs
 nothing and leaves no look-alike to reason about.  Chaining to a trusted CA is checked

@@ -3,7 +3,9 @@
 ``load_material`` reads each file once, checks everything an operator can get wrong
 (unparsable PEM, key that does not match the certificate, expired or not-yet-valid
 certificate, a "CA" file holding a leaf, a CA whose fingerprint is not pinned) and
-returns an immutable ``TLSMaterial``.  ``build_context`` turns exactly those bytes into
+returns an immutable ``TLSMaterial``.  The rules are the ``*_problems`` functions here,
+each returning every problem it finds: loading refuses with the first (the server must
+not start on it), ``sidecar certs check`` reports them all, in the same words.  ``build_context`` turns exactly those bytes into
 an ``ssl.SSLContext`` — the files are not read a second time, so a renewal written
 between the check and the load cannot slip in unchecked.
 """
@@ -14,6 +16,7 @@ import hashlib
 import os
 import ssl
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,6 +38,9 @@ __all__ = [
     "read_pem_certs",
     "read_private_key",
     "key_matches",
+    "validity_problems",
+    "key_problems",
+    "client_ca_problems",
     "SERVER_CIPHERS",
 ]
 
@@ -123,21 +129,49 @@ def cert_facts(cert: x509.Certificate, file: Path | str) -> CertFacts:
     )
 
 
+# ------------------------------------------------------------------- the rules
+# Each returns every problem it finds, as text without the key and file it is about
+# (``certs check`` shows those beside it; loading puts them in front).
+
+def validity_problems(facts: CertFacts, now: datetime) -> list[str]:
+    if facts.not_after <= now:
+        return [f"expired on {facts.not_after:%Y-%m-%d %H:%M}Z"]
+    if facts.not_before > now:
+        return [f"not valid before {facts.not_before:%Y-%m-%d %H:%M}Z"]
+    return []
+
+
+def key_problems(key: object, leaf: x509.Certificate, cert_file: Path) -> list[str]:
+    return [] if key_matches(key, leaf) else [f"does not match the certificate in {cert_file}"]
+
+
+def client_ca_problems(facts: CertFacts, pins: Sequence[str], now: datetime) -> list[str]:
+    """A client CA must be a CA, valid now, and pinned when pins are configured."""
+    problems = [] if facts.is_ca else [f"'{facts.subject}' is not a CA certificate"]
+    problems += [f"CA '{facts.subject}' {p}" for p in validity_problems(facts, now)]
+    if pins and facts.sha256 not in pins:
+        problems.append(f"CA '{facts.subject}' (sha256 {facts.sha256}) is not listed in "
+                        "tls.client_ca_sha256")
+    return problems
+
+
+def _refuse(key: str, path: Path | str, problems: list[str]) -> None:
+    if problems:
+        raise TLSMaterialError(f"{key} {path}: {problems[0]}")
+
+
+# ------------------------------------------------------------------- loading
+
 def load_material(tls: TLSConfig, *, now: datetime | None = None) -> TLSMaterial:
     """Read and fully validate the files of ``tls``; raise ``TLSMaterialError`` naming one."""
     now = now or datetime.now(timezone.utc)
     cert_pem, chain = read_pem_certs(tls.cert_file, "tls.cert_file")
     key_pem, key = read_private_key(tls.key_file)
-    if not key_matches(key, chain[0]):
-        raise TLSMaterialError(
-            f"tls.key_file {tls.key_file}: does not match the certificate in {tls.cert_file}")
+    _refuse("tls.key_file", tls.key_file, key_problems(key, chain[0], tls.cert_file))
     server_chain = tuple(cert_facts(c, tls.cert_file) for c in chain)
-    leaf = server_chain[0]
-    if leaf.not_after <= now:
-        raise TLSMaterialError(f"tls.cert_file {tls.cert_file}: expired on {leaf.not_after:%Y-%m-%d}")
-    if leaf.not_before > now:
-        raise TLSMaterialError(
-            f"tls.cert_file {tls.cert_file}: not valid before {leaf.not_before:%Y-%m-%d %H:%M}Z")
+    # Only the leaf's validity: chains often carry an expired cross-signed root that
+    # clients skip (``certs check`` still reports it).
+    _refuse("tls.cert_file", tls.cert_file, validity_problems(server_chain[0], now))
 
     ca_parts: list[bytes] = []
     client_cas: list[CertFacts] = []
@@ -145,24 +179,12 @@ def load_material(tls: TLSConfig, *, now: datetime | None = None) -> TLSMaterial
         _, certs = read_pem_certs(path, "tls.client_ca_files")
         for cert in certs:
             facts = cert_facts(cert, path)
-            if not facts.is_ca:
-                raise TLSMaterialError(
-                    f"tls.client_ca_files {path}: '{facts.subject}' is not a CA certificate")
-            if facts.not_after <= now:
-                raise TLSMaterialError(
-                    f"tls.client_ca_files {path}: CA '{facts.subject}' expired on "
-                    f"{facts.not_after:%Y-%m-%d}")
+            _refuse("tls.client_ca_files", path,
+                    client_ca_problems(facts, tls.client_ca_sha256, now))
             client_cas.append(facts)
             # Re-encode what was parsed: bundles carry comments (non-ASCII issuer names)
             # and other text that OpenSSL need not see.
             ca_parts.append(cert.public_bytes(serialization.Encoding.PEM))
-    if tls.client_ca_sha256:
-        pins = set(tls.client_ca_sha256)
-        for facts in client_cas:
-            if facts.sha256 not in pins:
-                raise TLSMaterialError(
-                    f"tls.client_ca_files {facts.file}: CA '{facts.subject}' (sha256 "
-                    f"{facts.sha256}) is not listed in tls.client_ca_sha256")
     ca_pem = b"".join(ca_parts)
     digest = hashlib.sha256(cert_pem + b"\0" + key_pem + b"\0" + ca_pem).hexdigest()
     return TLSMaterial(cert_pem, key_pem, ca_pem, server_chain, tuple(client_cas), digest)

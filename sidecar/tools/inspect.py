@@ -1,11 +1,12 @@
 """Audit the TLS files named under ``tls:`` (and ``upstream.ca_file``) and report every
 problem, not just the first.
 
-``load_material`` (in ``material.py``) stops at the first problem because the server must
-refuse to start; an operator fixing a deployment wants the whole list at once.  So
-``check_tls`` reads the same files with the same readers and collects, per certificate or
-key: its facts, days left, chain signatures, key/leaf match, CA pins and the allowed
-client names.  It prints nothing: ``sidecar certs check`` renders the ``CheckReport``.
+``load_material`` (in ``sidecar.tls.material``) stops at the first problem because the
+server must refuse to start; an operator fixing a deployment wants the whole list at once.
+So ``check_tls`` reads the same files with the same readers, applies the same rules
+(``validity_problems``, ``key_problems``, ``client_ca_problems``: one wording) and
+collects, per certificate or key: its facts, days left, chain signatures, CA pins, the
+allowed client names, and what expires within ``warn_days``.  It prints nothing: ``sidecar certs check`` renders the ``CheckReport``.
 
 Status per item: ``ok``, ``expiring`` (valid, but within ``warn_days``) or ``invalid``;
 the report's status is the worst item's, and ``exit_code`` maps it to 0 / 1 / 2.
@@ -27,9 +28,11 @@ from sidecar.errors import TLSMaterialError
 from sidecar.tls.material import (
     CertFacts,
     cert_facts,
-    key_matches,
+    client_ca_problems,
+    key_problems,
     read_pem_certs,
     read_private_key,
+    validity_problems,
 )
 
 __all__ = [
@@ -149,7 +152,9 @@ def _check_server_chain(path: Path, now: datetime, warn_days: int
         return [CheckItem("server_cert", str(path), problems=[_missing_hint(path, str(exc))])], []
     items = []
     for index, cert in enumerate(chain):
-        item = _cert_item("server_cert", cert, path, now, warn_days)
+        facts = cert_facts(cert, path)
+        item = _cert_item("server_cert", facts, path, now, warn_days,
+                          problems=validity_problems(facts, now))
         item.extra["position"] = index
         if index + 1 < len(chain):
             _check_signature(item, cert, chain[index + 1])
@@ -171,13 +176,11 @@ def _check_server_key(path: Path, leaf: x509.Certificate | None, cert_path: Path
     if leaf is None:
         item.notes.append("readable; not matched (the server certificate is unusable)")
         item.extra["matches_leaf"] = None
-    elif key_matches(key, leaf):
+        return item
+    item.problems += key_problems(key, leaf, cert_path)
+    item.extra["matches_leaf"] = not item.problems
+    if not item.problems:
         item.notes.append("readable; matches the leaf certificate")
-        item.extra["matches_leaf"] = True
-    else:
-        item.problems.append(f"tls.key_file {path}: does not match the certificate in "
-                             f"{cert_path}")
-        item.extra["matches_leaf"] = False
     return item
 
 
@@ -189,16 +192,10 @@ def _check_client_ca_file(path: Path, pins: Sequence[str], now: datetime,
         return [CheckItem("client_ca", str(path), problems=[_missing_hint(path, str(exc))])]
     items = []
     for cert in certs:
-        item = _cert_item("client_ca", cert, path, now, warn_days)
-        facts = item.facts
-        assert facts is not None
-        if not facts.is_ca:
-            item.problems.append(f"tls.client_ca_files {path}: '{facts.subject}' is not a CA "
-                                 "certificate")
+        facts = cert_facts(cert, path)
+        item = _cert_item("client_ca", facts, path, now, warn_days,
+                          problems=client_ca_problems(facts, pins, now))
         item.extra["pinned"] = (facts.sha256 in pins) if pins else None
-        if pins and facts.sha256 not in pins:
-            item.problems.append(f"tls.client_ca_files {path}: sha256 {facts.sha256} is not "
-                                 "listed in tls.client_ca_sha256")
         items.append(item)
     return items
 
@@ -208,19 +205,20 @@ def _check_upstream_ca_file(path: Path, now: datetime, warn_days: int) -> list[C
         _, certs = read_pem_certs(path, "upstream.ca_file")
     except TLSMaterialError as exc:
         return [CheckItem("upstream_ca", str(path), problems=[str(exc)])]
-    return [_cert_item("upstream_ca", cert, path, now, warn_days) for cert in certs]
+    items = []
+    for cert in certs:
+        facts = cert_facts(cert, path)
+        items.append(_cert_item("upstream_ca", facts, path, now, warn_days,
+                                problems=validity_problems(facts, now)))
+    return items
 
 
-def _cert_item(kind: str, cert: x509.Certificate, path: Path, now: datetime,
-               warn_days: int) -> CheckItem:
-    facts = cert_facts(cert, path)
+def _cert_item(kind: str, facts: CertFacts, path: Path, now: datetime, warn_days: int, *,
+               problems: list[str]) -> CheckItem:
     days_left = facts.seconds_left(now) / 86400
-    item = CheckItem(kind, str(path), facts=facts, days_left=round(days_left, 2))
-    if facts.not_after <= now:
-        item.problems.append(f"expired on {facts.not_after:%Y-%m-%d %H:%M}Z")
-    elif facts.not_before > now:
-        item.problems.append(f"not valid before {facts.not_before:%Y-%m-%d %H:%M}Z")
-    elif days_left < warn_days:
+    item = CheckItem(kind, str(path), facts=facts, days_left=round(days_left, 2),
+                     problems=problems)
+    if not problems and days_left < warn_days:
         item.warnings.append(f"expires in {days_left:.1f} days (within --warn-days {warn_days})")
     return item
 

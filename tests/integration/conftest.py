@@ -1,16 +1,13 @@
 """Real-process fixtures: trustme certificates, free ports, a real upstream, and the
-real ``python -m sidecar serve`` started per test and stopped by PID in a finalizer."""
+real ``python -m sidecar serve`` started per test (``sidecar.tools.launch``, as the demo
+does) and stopped by PID in a finalizer."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
-import socket
 import ssl
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +19,7 @@ import trustme
 
 from sidecar.checks.signature import sign
 from sidecar.secret import Secret
+from sidecar.tools.launch import NotReady, ServeProcess, free_port
 from sidecar.tools.sink import RecordingSink
 
 META_CN = "client.webhooks.fbclientcerts.com"
@@ -30,12 +28,6 @@ APP_SECRET_2 = "second-app-secret"
 VERIFY_TOKEN = "test-verify-token"
 SIGNING_SECRET = "test-signing-secret"
 
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -95,53 +87,38 @@ def sink() -> Iterator[RecordingSink]:
         yield s
 
 
-class SidecarProcess:
+class SidecarProcess(ServeProcess):
+    """A ``ServeProcess`` with what the tests need around it: its URL, the PKI to talk to
+    it, its log, and clients that post signed deliveries."""
+
     def __init__(self, config_path: Path, port: int, admin_port: int, pki: PKI, path: str,
                  log_path: Path, loop: str, workers: int = 1) -> None:
-        self.config_path = config_path
+        super().__init__(config_path, admin_port=admin_port,
+                         args=["--loop", loop, "--workers", str(workers)],
+                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
         self.port = port
-        self.admin_port = admin_port
         self.pki = pki
         self.path = path
         self.log_path = log_path
         self.loop = loop
         self.workers = workers
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}{self.path}"
 
-    @property
-    def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
-
     def start(self, *, wait: bool = True) -> SidecarProcess:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "serve", "-c", str(self.config_path),
-             "--loop", self.loop, "--workers", str(self.workers)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.output = open(self.log_path, "ab")  # each (re)start appends to one log
+        super().start()
         if wait:
             self.wait_ready()
         return self
 
     def wait_ready(self, timeout_s: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        delay = 0.02
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"sidecar exited {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.admin_url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(delay)
-            delay = min(delay * 2, 0.3)
-        raise AssertionError(f"sidecar not ready in {timeout_s}s:\n{self.log()}")
+        try:
+            super().wait_ready(timeout_s)
+        except NotReady as exc:
+            raise AssertionError(f"{exc}:\n{self.log()}") from None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -151,17 +128,10 @@ class SidecarProcess:
         self.proc.send_signal(sig)
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return int(self.proc.returncode)
+        code = super().stop(sig, timeout_s)
+        if self.output is not None:
+            self.output.close()
+        return code
 
     # ------------------------------------------------------------------ clients
 

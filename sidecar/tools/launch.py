@@ -1,0 +1,90 @@
+"""Start a real ``sidecar serve`` process, wait until it is ready, stop it by its PID.
+
+One way to do it, for ``sidecar demo`` and for the integration tests: free ports on
+127.0.0.1, the process started as ``python -m sidecar serve -c FILE``, readiness polled
+on ``/readyz`` with growing sleeps and a deadline (never a fixed sleep), and a stop that
+sends SIGTERM, waits, and kills only if the drain does not end in time.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+__all__ = ["free_port", "ServeProcess", "NotReady"]
+
+
+class NotReady(RuntimeError):
+    """The process exited, or did not become ready before the deadline."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class ServeProcess:
+    def __init__(self, config_path: Path, *, admin_port: int, args: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None, output: IO[bytes] | None = None) -> None:
+        """``args``: more ``serve`` flags (``--workers 2``); ``output``: where the process's
+        stdout and stderr go (default: inherited)."""
+        self.config_path = config_path
+        self.admin_port = admin_port
+        self.args = list(args)
+        self.env = dict(os.environ if env is None else env)
+        self.output = output
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def start(self) -> ServeProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "serve", "-c", str(self.config_path), *self.args],
+            stdout=self.output, stderr=subprocess.STDOUT if self.output else None, env=self.env)
+        return self
+
+    def wait_ready(self, timeout_s: float = 20.0) -> None:
+        assert self.proc is not None, "not started"
+        deadline = time.monotonic() + timeout_s
+        delay = 0.02
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise NotReady(f"the sidecar exited with code {self.proc.returncode}")
+            try:
+                if httpx.get(self.admin_url + "/readyz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(delay)
+            delay = min(delay * 2, 0.3)
+        raise NotReady(f"the sidecar was not ready within {timeout_s:g} s")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int:
+        """Signal, wait up to ``timeout_s``, then kill; the exit code (0 if never started)."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
