@@ -13,12 +13,15 @@ import logging
 import os
 import signal
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from sidecar.server.reload import LiveState
+
 __all__ = [
     "run_loop",
+    "serve_until_stopped",
     "stop_and_reload_events",
     "quiet_tls_errors",
     "freeze_startup_objects",
@@ -40,6 +43,28 @@ def run_loop(main: Callable[[], Awaitable[None]], loop_name: str) -> None:
             uvloop.run(main())  # type: ignore[arg-type]
             return
     asyncio.run(main())  # type: ignore[arg-type]
+
+
+async def serve_until_stopped(
+        live: LiveState, main: Callable[[asyncio.Event], Awaitable[None]], *,
+        alongside: Sequence[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = (),
+        on_ready: Callable[[], None] = lambda: None) -> None:
+    """A serving process's frame: refused handshakes kept out of the error log, signals
+    turned into events, the reloader and the ``alongside`` tasks running, start-up
+    objects frozen; ``main(stop)`` runs until it returns, then the side tasks end.
+    ``on_ready`` runs once the signal handlers are in place."""
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(quiet_tls_errors)
+    stop, reload_now = stop_and_reload_events(loop)
+    on_ready()
+    tasks = [asyncio.create_task(live.reloader(stop, reload_now)),
+             *(asyncio.create_task(side(stop)) for side in alongside)]
+    freeze_startup_objects()
+    try:
+        await main(stop)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def stop_and_reload_events(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Event,

@@ -13,12 +13,7 @@ from sidecar.config import Config, load_config
 from sidecar.errors import SidecarError
 from sidecar.metrics import Metrics
 from sidecar.server.compose import compose
-from sidecar.server.process import (
-    freeze_startup_objects,
-    quiet_tls_errors,
-    run_loop,
-    stop_and_reload_events,
-)
+from sidecar.server.process import run_loop, serve_until_stopped
 from sidecar.server.supervisor import Supervisor, admin_socket, log_start, public_socket
 from sidecar.spool import Spool, open_spool
 
@@ -61,21 +56,20 @@ async def _serve_single(config: Config, spool: Spool, public_sock: socket.socket
     try:
         parts = compose(config, spool=spool, metrics=Metrics(), ingest=True, delivery=True,
                         max_connections=config.limits.max_connections)
-        assert parts.ingest is not None and parts.delivery is not None
-        loop = asyncio.get_running_loop()
-        loop.set_exception_handler(quiet_tls_errors)
-        stop, reload_now = stop_and_reload_events(loop)
-        delivery_stop = asyncio.Event()
+        ingest, delivery = parts.ingest, parts.delivery
+        assert ingest is not None and delivery is not None
+        delivery_stop = asyncio.Event()  # set once the ingest side has drained
+        delivery_task = asyncio.create_task(delivery.serve(delivery_stop, admin_sock))
+
+        async def ingest_then_delivery(stop: asyncio.Event) -> None:
+            try:
+                await ingest.serve(stop, public_sock)
+            finally:
+                delivery_stop.set()
+                await delivery_task
+
         log_start(config, workers=1)
-        reloader = asyncio.create_task(parts.live.reloader(stop, reload_now))
-        delivery_task = asyncio.create_task(parts.delivery.serve(delivery_stop, admin_sock))
-        freeze_startup_objects()
-        try:
-            await parts.ingest.serve(stop, public_sock)
-        finally:
-            reloader.cancel()
-            delivery_stop.set()
-            await delivery_task
+        await serve_until_stopped(parts.live, ingest_then_delivery)
     finally:
         spool.close()
         log.info("server.stopped")

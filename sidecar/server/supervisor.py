@@ -36,6 +36,7 @@ from sidecar.server.process import (
     freeze_startup_objects,
     quiet_tls_errors,
     run_loop,
+    serve_until_stopped,
     stop_and_reload_events,
 )
 from sidecar.server.roles import DeliveryRole
@@ -125,19 +126,10 @@ def _ingest_process_main(config: Config, wake_sock: socket.socket, loop_name: st
                             metrics=Metrics(multiprocess_dir=Path(metrics_dir)),
                             ingest=True, delivery=False, wake=parent,
                             max_connections=max_connections)
-            assert parts.ingest is not None
-            loop = asyncio.get_running_loop()
-            loop.set_exception_handler(quiet_tls_errors)
-            stop, reload_now = stop_and_reload_events(loop)
-            parent.ready()
-            reloader = asyncio.create_task(parts.live.reloader(stop, reload_now))
-            orphan_watch = asyncio.create_task(_stop_when_orphaned(stop))
-            freeze_startup_objects()
-            try:
-                await parts.ingest.serve(stop, sock)
-            finally:
-                reloader.cancel()
-                orphan_watch.cancel()
+            ingest = parts.ingest
+            assert ingest is not None
+            await serve_until_stopped(parts.live, lambda stop: ingest.serve(stop, sock),
+                                      alongside=[_stop_when_orphaned], on_ready=parent.ready)
         finally:
             spool.close()
 

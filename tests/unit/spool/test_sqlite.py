@@ -158,13 +158,18 @@ async def test_closed_spool_raises(path: Path) -> None:
 
 # ---------------------------------------------------------------- tombstones
 
-async def test_purge_drops_tombstones_past_retention(spool: SQLiteSpool,
-                                                     clock: ManualClock) -> None:
+async def deliver_and_purge(spool: SQLiteSpool, clock: ManualClock) -> None:
+    """evt_1 delivered, then purged: only its tombstone is left."""
     await add(spool, [make_event(1)])
     await claim(spool, 1)
     await ack(spool, ["evt_1"])
     clock.now += 100
     await spool.purge(delivered_before=clock.now)
+
+
+async def test_purge_drops_tombstones_past_retention(spool: SQLiteSpool,
+                                                     clock: ManualClock) -> None:
+    await deliver_and_purge(spool, clock)
     assert seen_rows(spool) == 1
     clock.now += RETENTION_S
     await spool.purge(delivered_before=clock.now)
@@ -173,11 +178,7 @@ async def test_purge_drops_tombstones_past_retention(spool: SQLiteSpool,
 
 async def test_a_stale_tombstone_is_replaced_by_the_new_event(spool: SQLiteSpool,
                                                               clock: ManualClock) -> None:
-    await add(spool, [make_event(1)])
-    await claim(spool, 1)
-    await ack(spool, ["evt_1"])
-    clock.now += 100
-    await spool.purge(delivered_before=clock.now)
+    await deliver_and_purge(spool, clock)
     clock.now += RETENTION_S
     await add(spool, [make_event(1)])
     assert seen_rows(spool) == 0
