@@ -33,7 +33,8 @@ from sidecar.events import (
 )
 
 __all__ = ["Normalized", "Bounds", "normalize", "normalize_change", "renormalize",
-           "SPLIT_FIELDS", "DELIVERY_FIELD", "STORED_BYTES_PER_BODY_BYTE"]
+           "SPLIT_FIELDS", "DELIVERY_FIELD", "STORED_BYTES_PER_BODY_BYTE",
+           "STORED_BYTES_ALLOWANCE"]
 
 SPLIT_FIELDS = frozenset({"messages", "calls", "message_echoes", "smb_message_echoes"})
 """Fields whose value is split into one event per element of its arrays."""
@@ -42,7 +43,10 @@ DELIVERY_FIELD = "(delivery)"
 """The ``field`` of a quarantined whole delivery; no Meta field has parentheses."""
 
 STORED_BYTES_PER_BODY_BYTE = 8
-"""K: a delivery may add at most K × its body's size to the spool (docs/events.md)."""
+"""K: a delivery may add at most K × its body's size to the spool (docs/events.md)..."""
+STORED_BYTES_ALLOWANCE = 64 * 1024
+"""... plus this much, so that a small delivery of small elements (each event has some
+250 bytes of its own around its element) is never held back for its size."""
 
 _UNKNOWN_FIELD_POLICIES = ("forward", "drop")
 _MAX_UNIX_S = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second datetime can hold
@@ -68,7 +72,7 @@ class Bounds:
 
     @property
     def max_stored_bytes(self) -> int:
-        return STORED_BYTES_PER_BODY_BYTE * self.body_bytes
+        return STORED_BYTES_PER_BODY_BYTE * self.body_bytes + STORED_BYTES_ALLOWANCE
 
 
 def normalize(
@@ -94,8 +98,9 @@ def normalize(
     if bounds is not None and result.events:
         size = bounds.stored_size(result.events)
         if size > bounds.max_stored_bytes:
-            return _whole_delivery(envelopes, unknown_fields, f"delivery would add {size} bytes to the spool, "
-                                   f"more than {STORED_BYTES_PER_BODY_BYTE} x its "
+            return _whole_delivery(envelopes, unknown_fields,
+                                   f"delivery would add {size} bytes to the spool, more than "
+                                   f"the {bounds.max_stored_bytes} allowed for its "
                                    f"{bounds.body_bytes}-byte body")
     return result
 
@@ -151,7 +156,7 @@ def _normalize(envelopes: list[dict[str, JSONValue]], received_at: datetime,
     quarantined: list[QuarantinedChange] = []
     for envelope in envelopes:
         for entry in envelope["entry"]:
-            waba_id, entry_time = entry["id"], _entry_time(entry.get("time"))
+            waba_id, entry_time = entry["id"], entry.get("time")
             for change in entry["changes"]:
                 field, value = change["field"], change["value"]
                 if field not in KNOWN_FIELDS and unknown_fields == "drop":
@@ -306,13 +311,6 @@ def _phone_number_id(value: dict[str, JSONValue]) -> str | None:
         if isinstance(phone_number_id, int) and not isinstance(phone_number_id, bool):
             return str(phone_number_id)
     return None
-
-
-def _entry_time(value: JSONValue) -> int | None:
-    """``entry.time`` as an integer: the envelope check allows an int or digit string."""
-    if isinstance(value, str):
-        return int(value)
-    return value if isinstance(value, int) else None
 
 
 def _occurred_at(

@@ -50,10 +50,8 @@ def integer(value: JSONValue, path: str) -> str | None:
 
 
 def unix_time(value: JSONValue, path: str) -> str | None:
-    """``entry.time``: unix seconds that fit the spool's 64-bit columns, as an integer or
-    a string of digits (Meta sends both kinds of timestamp)."""
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
-        return None
+    """``entry.time``: an integer that fits the spool's 64-bit columns (it is stored as
+    one).  Meta sends an integer here, always; its documentation's placeholders are not."""
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
         return None
     return f"{label(path)} must be a unix time (a non-negative 64-bit integer)"
