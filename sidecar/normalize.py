@@ -240,9 +240,6 @@ def _split_elements(waba_id: str, entry_time: int | None, field: str,
             data["contact"] = contact_of(status, ("recipient_id", "recipient_user_id"))
         add(status_event_id(status["id"], status["status"], status.get("timestamp")),
             "whatsapp.status", data)
-    for error in value.get("errors", ()):
-        add(content_event_id(waba_id, field, entry_time, {"metadata": metadata, "error": error}),
-            "whatsapp.error", {**error, "metadata": metadata})
     for call in value.get("calls", ()):
         call_id = call.get("id")
         add(call_event_id(call_id, call.get("event"), call.get("status"), call.get("timestamp"))
@@ -255,6 +252,9 @@ def _split_elements(waba_id: str, entry_time: int | None, field: str,
         add(echo_event_id(echo["id"]), "whatsapp.message_echo",
             {**echo, "metadata": metadata,
              "contact": contact_of(echo, ("to", "from", "to_user_id", "from_user_id"))})
+    for error in value.get("errors", ()):
+        add(content_event_id(waba_id, field, entry_time, {"metadata": metadata, "error": error}),
+            "whatsapp.error", {**error, "metadata": metadata})
     rest = {key: item for key, item in value.items() if key not in _CONSUMED}
     if rest:  # a key Meta added beside the arrays: forwarded, never stripped
         data = {**rest, "metadata": metadata}

@@ -167,11 +167,12 @@ _ERROR = obj({"code": opt(nullable(scalar))})
 SPLIT_ARRAYS: dict[str, tuple[str, Check]] = {
     "messages": ("whatsapp.message", _MESSAGE),
     "statuses": ("whatsapp.status", _STATUS),
-    "errors": ("whatsapp.error", _ERROR),
     "calls": ("whatsapp.call", _CALL),
     "message_echoes": ("whatsapp.message_echo", _ECHO),
+    "errors": ("whatsapp.error", _ERROR),
 }
-"""The arrays a split field's value may carry: array key -> (event type, element check)."""
+"""The arrays a split field's value may carry: array key -> (event type, element check),
+in the order their events are made."""
 
 _SPLIT = obj({**_COMMON, **{key: opt(list_of(check)) for key, (_, check) in SPLIT_ARRAYS.items()}},
              any_key(*SPLIT_ARRAYS))

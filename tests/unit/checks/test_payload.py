@@ -220,8 +220,8 @@ BROKEN: list[tuple[str, dict[str, Any], str]] = [
      "statuses[0].id is required"),
     ("messages", {"metadata": _META, "messages": {}}, "messages must be a list"),
     ("messages", {"metadata": _META, "messages": ["x"]}, "messages[0] must be an object"),
-    ("messages", {"metadata": _META}, "value needs one of: messages, statuses, errors, calls, "
-     "message_echoes"),
+    ("messages", {"metadata": _META}, "value needs one of: messages, statuses, calls, message_echoes, "
+     "errors"),
     # what contacts are matched on, when present
     ("messages", {"metadata": _META, "messages": [{**_MSG, "from": 1650}]},
      "messages[0].from must be a string"),
