@@ -19,6 +19,9 @@ __all__ = [
     "QuarantinedChange",
     "message_event_id",
     "status_event_id",
+    "call_event_id",
+    "echo_event_id",
+    "timestamp_text",
     "content_event_id",
     "batch_id",
     "canonical_json",
@@ -104,8 +107,34 @@ def message_event_id(wamid: str) -> str:
     return _digest("message", wamid)
 
 
-def status_event_id(wamid: str, status: str, timestamp: str) -> str:
-    return _digest("status", wamid, status, timestamp)
+def timestamp_text(timestamp: JSONValue) -> str:
+    """One text per timestamp, as ids use it: Meta sends unix seconds as a string of digits
+    or as an integer (``"1700000000"`` and ``1700000000`` are the same moment, so the same
+    id); a string is taken as sent, an absent one is empty, anything else is its JSON."""
+    if timestamp is None:
+        return ""
+    if isinstance(timestamp, str):
+        return timestamp
+    if isinstance(timestamp, int) and not isinstance(timestamp, bool):
+        return str(timestamp)
+    return canonical_json(timestamp)
+
+
+def status_event_id(wamid: str, status: str, timestamp: JSONValue) -> str:
+    return _digest("status", wamid, status, timestamp_text(timestamp))
+
+
+def call_event_id(call_id: str, event: JSONValue, status: JSONValue,
+                  timestamp: JSONValue) -> str:
+    """A call has several events (``connect``, ``terminate``, ...) and statuses, each its own."""
+    return _digest("call", call_id, timestamp_text(event), timestamp_text(status),
+                   timestamp_text(timestamp))
+
+
+def echo_event_id(wamid: str) -> str:
+    """An echo is the copy of a message the business sent: one event per wamid, never the
+    same id as an inbound message's."""
+    return _digest("message_echo", wamid)
 
 
 def content_event_id(waba_id: str, field: str, entry_time: int | None, value: JSONValue) -> str:

@@ -2,32 +2,57 @@
 
 Pure on purpose: the webhook route, the spool's replay and the tests all call the same
 code, and the same delivery always yields the same events with the same ids, whichever
-instance computes them (SPEC §5).  A known field whose value breaks its schema becomes a
-``QuarantinedChange`` instead of an event, so one odd change neither blocks the rest of
-the delivery nor is lost (SPEC §4).  Input dicts are never mutated.
+instance computes them (docs/events.md).  A known field whose value breaks its schema
+becomes a ``QuarantinedChange`` instead of events, so one odd change neither blocks the
+rest of the delivery nor is lost.  A delivery past its ``Bounds`` (too many events, or
+too many bytes to store for its size) becomes one ``QuarantinedChange`` holding all of
+it, replayable like any other.  Input dicts are never mutated; events of one change
+share its ``metadata`` and contact objects rather than copies (the spool stores them
+once, ``spool.parts``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from sidecar.checks.payload import KNOWN_FIELDS, check_change_value
+from sidecar.checks.schemas import SPLIT_ARRAYS
 from sidecar.errors import BadPayload
 from sidecar.events import (
     Event,
     JSONValue,
     QuarantinedChange,
+    call_event_id,
     content_event_id,
+    echo_event_id,
     format_time,
     message_event_id,
     status_event_id,
 )
 
-__all__ = ["Normalized", "normalize", "normalize_change", "renormalize"]
+__all__ = ["Normalized", "Bounds", "normalize", "normalize_change", "renormalize",
+           "SPLIT_FIELDS", "DELIVERY_FIELD", "STORED_BYTES_PER_BODY_BYTE",
+           "STORED_BYTES_ALLOWANCE"]
+
+SPLIT_FIELDS = frozenset({"messages", "calls", "message_echoes", "smb_message_echoes"})
+"""Fields whose value is split into one event per element of its arrays."""
+
+DELIVERY_FIELD = "(delivery)"
+"""The ``field`` of a quarantined whole delivery; no Meta field has parentheses."""
+
+STORED_BYTES_PER_BODY_BYTE = 8
+"""K: a delivery may add at most K × its body's size to the spool (docs/events.md)..."""
+STORED_BYTES_ALLOWANCE = 64 * 1024
+"""... plus this much, so that a small delivery of small elements (each event has some
+250 bytes of its own around its element) is never held back for its size."""
 
 _UNKNOWN_FIELD_POLICIES = ("forward", "drop")
 _MAX_UNIX_S = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second datetime can hold
+# Value keys of a split change that reach the upstream inside each event (metadata,
+# contact) or say nothing (messaging_product); any other key is forwarded on its own.
+_CONSUMED = frozenset({"messaging_product", "metadata", "contacts", *SPLIT_ARRAYS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,30 +61,48 @@ class Normalized:
     quarantined: list[QuarantinedChange]
 
 
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """What one delivery may add to the spool (``limits.max_events_per_delivery``, and
+    K × its body's size measured by the spool's own ``stored_size``)."""
+
+    max_events: int
+    body_bytes: int
+    stored_size: Callable[[Sequence[Event]], int]
+
+    @property
+    def max_stored_bytes(self) -> int:
+        return STORED_BYTES_PER_BODY_BYTE * self.body_bytes + STORED_BYTES_ALLOWANCE
+
+
 def normalize(
     envelopes: list[dict[str, JSONValue]],
     *,
     received_at: datetime,
     unknown_fields: str = "forward",
+    bounds: Bounds | None = None,
 ) -> Normalized:
-    """Turn envelopes already checked by ``parse_envelopes`` into events, in order."""
+    """Turn envelopes already checked by ``parse_envelopes`` into events, in order.
+
+    With ``bounds``, the event count is checked before any event is built (cheap, so a
+    body of 60,000 tiny changes costs a count, not 60,000 events), then the bytes the
+    events would add to the spool."""
     if unknown_fields not in _UNKNOWN_FIELD_POLICIES:
         raise ValueError(f"unknown_fields must be 'forward' or 'drop', not {unknown_fields!r}")
-    events: list[Event] = []
-    quarantined: list[QuarantinedChange] = []
-    for envelope in envelopes:
-        for entry in envelope["entry"]:
-            waba_id, entry_time = entry["id"], entry.get("time")
-            for change in entry["changes"]:
-                field, value = change["field"], change["value"]
-                if field not in KNOWN_FIELDS and unknown_fields == "drop":
-                    continue
-                reason = check_change_value(field, value)
-                if reason is not None:
-                    quarantined.append(_quarantine(waba_id, entry_time, field, value, reason))
-                    continue
-                events.extend(_split(waba_id, entry_time, field, value, received_at))
-    return Normalized(events=events, quarantined=quarantined)
+    if bounds is not None:
+        count = _count_items(envelopes, unknown_fields)
+        if count > bounds.max_events:
+            return _whole_delivery(envelopes, unknown_fields, f"delivery holds {count} events, more than "
+                                   f"limits.max_events_per_delivery ({bounds.max_events})")
+    result = _normalize(envelopes, received_at, unknown_fields, force=False)
+    if bounds is not None and result.events:
+        size = bounds.stored_size(result.events)
+        if size > bounds.max_stored_bytes:
+            return _whole_delivery(envelopes, unknown_fields,
+                                   f"delivery would add {size} bytes to the spool, more than "
+                                   f"the {bounds.max_stored_bytes} allowed for its "
+                                   f"{bounds.body_bytes}-byte body")
+    return result
 
 
 def normalize_change(
@@ -87,127 +130,176 @@ def normalize_change(
 
 def renormalize(change: QuarantinedChange, received_at: datetime, *,
                 force: bool = False) -> list[Event]:
-    """A quarantined change's events now (``spool replay``): the spool's ``Renormalize``."""
-    return normalize_change(change.waba_id, change.entry_time, change.field, change.value,
-                            received_at=received_at, force=force)
+    """A quarantined change's events now (``spool replay``): the spool's ``Renormalize``.
+
+    A quarantined whole delivery is normalized again without its bounds (an operator
+    asked for it); with ``force``, its changes that still break their schema are
+    forwarded whole instead of failing the replay."""
+    if change.field != DELIVERY_FIELD:
+        return normalize_change(change.waba_id, change.entry_time, change.field,
+                                change.value, received_at=received_at, force=force)
+    envelopes = change.value.get("envelopes")
+    policy = change.value.get("unknown_fields", "forward")
+    if not isinstance(envelopes, list) or policy not in _UNKNOWN_FIELD_POLICIES:
+        raise BadPayload("not a quarantined delivery")
+    result = _normalize(envelopes, received_at, policy, force=force)
+    if result.quarantined:
+        first = result.quarantined[0]
+        raise BadPayload(f"{len(result.quarantined)} change(s) of the delivery still cannot "
+                         f"become events; the first: {first.field}: {first.reason}")
+    return result.events
 
 
-def _quarantine(
-    waba_id: str, entry_time: int | None, field: str, value: dict[str, JSONValue], reason: str
-) -> QuarantinedChange:
-    return QuarantinedChange(
-        id=content_event_id(waba_id, field, entry_time, value),
-        waba_id=waba_id,
-        field=field,
-        entry_time=entry_time,
-        reason=reason,
-        value=value,
-    )
+def _normalize(envelopes: list[dict[str, JSONValue]], received_at: datetime,
+               unknown_fields: str, *, force: bool) -> Normalized:
+    events: list[Event] = []
+    quarantined: list[QuarantinedChange] = []
+    for envelope in envelopes:
+        for entry in envelope["entry"]:
+            waba_id, entry_time = entry["id"], entry.get("time")
+            for change in entry["changes"]:
+                field, value = change["field"], change["value"]
+                if field not in KNOWN_FIELDS and unknown_fields == "drop":
+                    continue
+                reason = check_change_value(field, value)
+                if reason is None:
+                    events.extend(_split(waba_id, entry_time, field, value, received_at))
+                elif force:
+                    events.append(_whole_change(waba_id, entry_time, field, value, received_at))
+                else:
+                    quarantined.append(QuarantinedChange(
+                        id=content_event_id(waba_id, field, entry_time, value), waba_id=waba_id,
+                        field=field, entry_time=entry_time, reason=reason, value=value))
+    return Normalized(events=events, quarantined=quarantined)
 
 
-def _split(
-    waba_id: str,
-    entry_time: int | None,
-    field: str,
-    value: dict[str, JSONValue],
-    received_at: datetime,
-) -> list[Event]:
-    if field == "messages":
-        return _split_messages(waba_id, entry_time, value, received_at)
+def _count_items(envelopes: list[dict[str, JSONValue]], unknown_fields: str) -> int:
+    """An upper bound of the events and quarantined changes the delivery yields, counted
+    without building any: the elements of a split change's arrays, else one per change."""
+    count = 0
+    for envelope in envelopes:
+        for entry in envelope["entry"]:
+            for change in entry["changes"]:
+                field, value = change["field"], change["value"]
+                if field not in KNOWN_FIELDS and unknown_fields == "drop":
+                    continue
+                if field not in SPLIT_FIELDS:
+                    count += 1
+                    continue
+                elements = sum(len(value[key]) for key in SPLIT_ARRAYS
+                               if isinstance(value.get(key), list))
+                count += max(1, elements + (not _CONSUMED.issuperset(value)))
+    return count
+
+
+def _whole_delivery(envelopes: list[dict[str, JSONValue]], unknown_fields: str,
+                    reason: str) -> Normalized:
+    """The delivery as one quarantined change (``renormalize`` replays it, under the
+    unknown-field policy it arrived under).  Its id is the content's, so Meta's
+    redelivery of it is stored once; its WABA id is the first entry's."""
+    waba_id = next((entry["id"] for envelope in envelopes for entry in envelope["entry"]), "")
+    value: dict[str, JSONValue] = {"envelopes": envelopes, "unknown_fields": unknown_fields}
+    return Normalized(events=[], quarantined=[QuarantinedChange(
+        id=content_event_id(waba_id, DELIVERY_FIELD, None, envelopes), waba_id=waba_id,
+        field=DELIVERY_FIELD, entry_time=None, reason=reason, value=value)])
+
+
+def _split(waba_id: str, entry_time: int | None, field: str, value: dict[str, JSONValue],
+           received_at: datetime) -> list[Event]:
+    if field in SPLIT_FIELDS:
+        return _split_elements(waba_id, entry_time, field, value, received_at)
     return [_whole_change(waba_id, entry_time, field, value, received_at)]
 
 
 def _whole_change(waba_id: str, entry_time: int | None, field: str,
                   value: dict[str, JSONValue], received_at: datetime) -> Event:
-    """One event for a whole change: every field but ``messages``, and unknown fields."""
-    return _event(
-        event_id=content_event_id(waba_id, field, entry_time, value),
-        kind=f"whatsapp.{field}",
-        field=field,
-        waba_id=waba_id,
-        value=value,
-        moment=_occurred_at(value, entry_time, received_at),
-        received_at=received_at,
-        data=value,
-    )
+    """One event for a whole change: every field not split, and unknown fields."""
+    return _event(content_event_id(waba_id, field, entry_time, value), f"whatsapp.{field}",
+                  field, waba_id, _phone_number_id(value), entry_time, value, received_at)
 
 
-def _split_messages(
-    waba_id: str, entry_time: int | None, value: dict[str, JSONValue], received_at: datetime
-) -> list[Event]:
-    metadata = value["metadata"]
-    contacts = value.get("contacts") or []
+def _split_elements(waba_id: str, entry_time: int | None, field: str,
+                    value: dict[str, JSONValue], received_at: datetime) -> list[Event]:
+    metadata = value.get("metadata")
+    contacts = value.get("contacts")
+    contact_of = _contact_matcher(contacts if isinstance(contacts, list) else [])
+    phone_number_id = _phone_number_id(value)
     events: list[Event] = []
-    for message in value.get("messages", []):
-        data = {**message, "metadata": metadata, "contact": _contact_of(message, contacts)}
-        event_id = message_event_id(message["id"])
-        events.append(_element_event(event_id, "whatsapp.message", waba_id, entry_time, value,
-                                     data, received_at))
-    for status in value.get("statuses", []):
+
+    def add(event_id: str, kind: str, data: dict[str, JSONValue]) -> None:
+        events.append(_event(event_id, kind, field, waba_id, phone_number_id, entry_time,
+                             data, received_at))
+
+    for message in value.get("messages", ()):
+        add(message_event_id(message["id"]), "whatsapp.message",
+            {**message, "metadata": metadata,
+             "contact": contact_of(message, ("from", "from_user_id"))})
+    for status in value.get("statuses", ()):
         data = {**status, "metadata": metadata}
-        event_id = status_event_id(status["id"], status["status"], status["timestamp"])
-        events.append(_element_event(event_id, "whatsapp.status", waba_id, entry_time, value,
-                                     data, received_at))
-    for error in value.get("errors", []):
-        data = {**error, "metadata": metadata}
-        event_id = content_event_id(waba_id, "messages", entry_time,
-                                    {"metadata": metadata, "error": error})
-        events.append(_element_event(event_id, "whatsapp.error", waba_id, entry_time, value,
-                                     data, received_at))
+        if isinstance(contacts, list):  # business-scoped ids: statuses carry contacts too
+            data["contact"] = contact_of(status, ("recipient_id", "recipient_user_id"))
+        add(status_event_id(status["id"], status["status"], status.get("timestamp")),
+            "whatsapp.status", data)
+    for call in value.get("calls", ()):
+        call_id = call.get("id")
+        add(call_event_id(call_id, call.get("event"), call.get("status"), call.get("timestamp"))
+            if isinstance(call_id, str) and call_id else
+            content_event_id(waba_id, field, entry_time, {"metadata": metadata, "call": call}),
+            "whatsapp.call",
+            {**call, "metadata": metadata,
+             "contact": contact_of(call, ("from", "to", "from_user_id", "to_user_id"))})
+    for echo in value.get("message_echoes", ()):
+        add(echo_event_id(echo["id"]), "whatsapp.message_echo",
+            {**echo, "metadata": metadata,
+             "contact": contact_of(echo, ("to", "from", "to_user_id", "from_user_id"))})
+    for error in value.get("errors", ()):
+        add(content_event_id(waba_id, field, entry_time, {"metadata": metadata, "error": error}),
+            "whatsapp.error", {**error, "metadata": metadata})
+    rest = {key: item for key, item in value.items() if key not in _CONSUMED}
+    if rest:  # a key Meta added beside the arrays: forwarded, never stripped
+        data = {**rest, "metadata": metadata}
+        add(content_event_id(waba_id, field, entry_time, data), f"whatsapp.{field}", data)
     return events
 
 
-def _element_event(
-    event_id: str,
-    kind: str,
-    waba_id: str,
-    entry_time: int | None,
-    value: dict[str, JSONValue],
-    data: dict[str, JSONValue],
-    received_at: datetime,
-) -> Event:
-    return _event(
-        event_id=event_id,
-        kind=kind,
-        field="messages",
-        waba_id=waba_id,
-        value=value,
-        moment=_occurred_at(data, entry_time, received_at),
-        received_at=received_at,
-        data=data,
-    )
+def _contact_matcher(contacts: list[JSONValue]
+                     ) -> Callable[[dict[str, JSONValue], tuple[str, ...]], JSONValue]:
+    """The sender's (or recipient's) ``contacts`` entry: the first whose ``wa_id`` or
+    ``user_id`` equals one of the element's keys, tried in order; else the only entry
+    there is; else None.  Empty strings never match (``wa_id`` may be ``""``)."""
+    by_id: dict[str, JSONValue] = {}
+    for key in ("wa_id", "user_id"):
+        for contact in contacts:
+            if isinstance(contact, dict):
+                wanted = contact.get(key)
+                if isinstance(wanted, str) and wanted:
+                    by_id.setdefault(f"{key}:{wanted}", contact)
+    sole = contacts[0] if len(contacts) == 1 else None
+
+    def contact_of(element: dict[str, JSONValue], keys: tuple[str, ...]) -> JSONValue:
+        for key in keys:
+            wanted = element.get(key)
+            if isinstance(wanted, str) and wanted:
+                found = by_id.get(f"wa_id:{wanted}") or by_id.get(f"user_id:{wanted}")
+                if found is not None:
+                    return found
+        return sole
+
+    return contact_of
 
 
-def _event(
-    *,
-    event_id: str,
-    kind: str,
-    field: str,
-    waba_id: str,
-    value: dict[str, JSONValue],
-    moment: datetime,
-    received_at: datetime,
-    data: dict[str, JSONValue],
-) -> Event:
+def _event(event_id: str, kind: str, field: str, waba_id: str, phone_number_id: str | None,
+           entry_time: int | None, data: dict[str, JSONValue], received_at: datetime) -> Event:
     return Event(
         id=event_id,
         type=kind,
         field=field,
         waba_id=waba_id,
-        phone_number_id=_phone_number_id(value),
-        occurred_at=format_time(moment),
+        phone_number_id=phone_number_id,
+        occurred_at=format_time(_occurred_at(data, entry_time, received_at)),
         received_at=format_time(received_at, millis=True),
         data=data,
     )
-
-
-def _contact_of(message: dict[str, JSONValue], contacts: list[JSONValue]) -> JSONValue:
-    """The sender's contacts entry; else the only one there is; else None."""
-    sender = message.get("from")
-    for contact in contacts:
-        if isinstance(contact, dict) and contact.get("wa_id") == sender:
-            return contact
-    return contacts[0] if len(contacts) == 1 else None
 
 
 def _phone_number_id(value: dict[str, JSONValue]) -> str | None:
@@ -216,6 +308,8 @@ def _phone_number_id(value: dict[str, JSONValue]) -> str | None:
         phone_number_id = metadata.get("phone_number_id")
         if isinstance(phone_number_id, str):
             return phone_number_id
+        if isinstance(phone_number_id, int) and not isinstance(phone_number_id, bool):
+            return str(phone_number_id)
     return None
 
 

@@ -36,8 +36,9 @@ from sidecar.errors import (
     Unavailable,
 )
 from sidecar.metrics import Metrics
-from sidecar.normalize import normalize
+from sidecar.normalize import Bounds, normalize
 from sidecar.secret import Secret
+from sidecar.spool.parts import stored_size
 
 __all__ = ["RequestSettings", "build_public_app", "MAX_CHALLENGE_LENGTH"]
 
@@ -63,6 +64,7 @@ def build_public_app(
     metrics: Metrics,
     max_body_bytes: int,
     body_timeout_s: float,
+    max_events_per_delivery: int = 1000,
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
 ) -> ASGIApp:
     async def verify_subscription(request: Request) -> Response:
@@ -90,8 +92,10 @@ def build_public_app(
                 metrics.signature_failures.inc()
                 raise
             envelopes = parse_envelopes(body)
+            bounds = Bounds(max_events=max_events_per_delivery, body_bytes=len(body),
+                            stored_size=stored_size)
             normalized = normalize(envelopes, received_at=received_at,
-                                   unknown_fields=current.unknown_fields)
+                                   unknown_fields=current.unknown_fields, bounds=bounds)
             await ingest.accept(normalized)
         except ClientDisconnect:
             metrics.requests.labels("client_disconnect").inc()

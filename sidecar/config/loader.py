@@ -186,7 +186,7 @@ def _delivery(s: Section) -> DeliveryConfig:
 
 def _limits(s: Section) -> LimitsConfig:
     s.check_unknown({"max_body_bytes", "header_timeout_s", "body_timeout_s",
-                     "keepalive_timeout_s", "max_connections"})
+                     "keepalive_timeout_s", "max_connections", "max_events_per_delivery"})
     d = LimitsConfig
     return LimitsConfig(
         max_body_bytes=s.integer("max_body_bytes", d.max_body_bytes, minimum=1),
@@ -194,6 +194,8 @@ def _limits(s: Section) -> LimitsConfig:
         body_timeout_s=s.number("body_timeout_s", d.body_timeout_s, exclusive=True),
         keepalive_timeout_s=s.number("keepalive_timeout_s", d.keepalive_timeout_s, exclusive=True),
         max_connections=s.integer("max_connections", d.max_connections, minimum=1),
+        max_events_per_delivery=s.integer("max_events_per_delivery",
+                                          d.max_events_per_delivery, minimum=1),
     )
 
 

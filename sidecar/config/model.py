@@ -83,6 +83,7 @@ class LimitsConfig:
     body_timeout_s: float = 30.0
     keepalive_timeout_s: float = 75.0
     max_connections: int = 1000
+    max_events_per_delivery: int = 1000  # past it a delivery is quarantined whole
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,8 @@ class IngestRole:
         self.app = build_public_app(
             path=config.listen.path, settings=live.settings, ingest=ingest, metrics=live.metrics,
             max_body_bytes=config.limits.max_body_bytes,
-            body_timeout_s=config.limits.body_timeout_s)
+            body_timeout_s=config.limits.body_timeout_s,
+            max_events_per_delivery=config.limits.max_events_per_delivery)
 
     async def serve(self, stop: asyncio.Event, sock: socket.socket) -> None:
         config = self.live.config

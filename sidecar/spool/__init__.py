@@ -2,6 +2,7 @@
 
     contract.py  the storage contract every backend implements, and its value types
     writer.py    group commit in front of any backend
+    parts.py     an event as its own part plus the parts it shares, each stored once
     sqlite/      the embedded backend: one SQLite file per machine
 
 ``open_spool`` picks the backend the config names.

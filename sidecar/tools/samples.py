@@ -1,8 +1,8 @@
 """Realistic sample deliveries, one per known field, for ``send-test``, the demo and tests.
 
 Why here and not under tests: the CLI sends them to a running sidecar to prove the path
-end to end.  The shapes are Meta's (reference/meta-webhooks.md §5: pywa fixtures and
-Meta's reference examples), kept compact.  Every call returns a fresh deep copy, so a
+end to end.  The shapes are Meta's (its webhook reference pages, as docs/events.md
+describes them), the values made up, kept compact.  Every call returns a fresh deep copy, so a
 caller may change what it gets; ``unique`` makes the derived event ids differ so that
 repeated sends are not dropped as duplicates.
 """
@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 
+from sidecar.checks.schemas import SPLIT_ARRAYS
 from sidecar.events import JSONValue
+from sidecar.normalize import SPLIT_FIELDS
 
 __all__ = [
     "SAMPLE_FIELDS",
@@ -34,6 +36,11 @@ def _envelope(field: str, value: dict[str, JSONValue], *, time: int | None = Non
     return {"object": "whatsapp_business_account", "entry": [entry]}
 
 
+def _messaging(**arrays: JSONValue) -> dict[str, JSONValue]:
+    """A messaging-style value: the business number's ``metadata`` and the arrays."""
+    return {"messaging_product": "whatsapp", "metadata": dict(_METADATA), **arrays}
+
+
 _INBOUND_TEXT = _envelope(
     "messages",
     {
@@ -52,8 +59,24 @@ _INBOUND_TEXT = _envelope(
     },
 )
 
-META_DOC_EXAMPLE: list[dict[str, JSONValue]] = [copy.deepcopy(_INBOUND_TEXT)]
-"""Meta's overview sample in the JSON-array form its documentation shows.
+META_DOC_EXAMPLE: list[dict[str, JSONValue]] = [{
+    "object": "whatsapp_business_account",
+    "entry": [{
+        "id": "0",
+        "time": 1674864290,
+        "changes": [{
+            "field": "phone_number_name_update",
+            "value": {
+                "display_phone_number": "16505551111",
+                "decision": "APPROVED",
+                "requested_verified_name": "WhatsApp",
+                "rejection_reason": None,
+            },
+        }],
+    }],
+}]
+"""The example of Meta's documentation that the dashboard's test button sends: a JSON
+array holding one envelope, entry id ``"0"``, a ``phone_number_name_update``.
 Treat as read-only; ``copy.deepcopy`` it before changing anything."""
 
 _STATUS = _envelope(
@@ -205,6 +228,83 @@ _SAMPLES: dict[str, dict[str, JSONValue]] = {
         },
         time=1751247548,
     ),
+    # Newer fields (Calling API, Coexistence, Groups API, business-scoped user ids, ...).
+    "calls": _envelope("calls", _messaging(
+        contacts=[{"profile": {"name": "Sheena Nelson"}, "wa_id": "16505551234",
+                   "user_id": "US.13491208655302741918"}],
+        calls=[{"id": "wacid.HBgLMTY1MDU1NTEyMzQVAgARGBJDQUxMX1NBTVBMRV8xAA==",
+                "from": "16505551234", "to": "15550783881", "event": "connect",
+                "direction": "USER_INITIATED", "timestamp": "1749416600",
+                "session": {"sdp_type": "offer", "sdp": "v=0\r\n"}}])),
+    "message_echoes": _envelope("message_echoes", _messaging(
+        message_echoes=[{"from": "15550783881", "to": "16505551234",
+                         "id": "wamid.HBgLMTY1MDU1NTEyMzQVAgARGBJBR0VOVF9FQ0hPXzEA",
+                         "timestamp": "1749416700", "type": "text",
+                         "text": {"body": "Your order ships today."}}])),
+    "history": _envelope("history", _messaging(
+        history=[{"metadata": {"phase": 0, "chunk_order": 1, "progress": 100},
+                  "threads": [{"id": "16505551234", "messages": [
+                      {"from": "16505551234", "id": "wamid.HISTORY_SAMPLE_1",
+                       "timestamp": "1749000000", "type": "text", "text": {"body": "Hello"},
+                       "history_context": {"status": "READ"}}]}]}])),
+    "smb_app_state_sync": _envelope("smb_app_state_sync", _messaging(
+        state_sync=[{"type": "contact", "action": "add",
+                     "contact": {"full_name": "Sheena Nelson", "first_name": "Sheena",
+                                 "phone_number": "16505551234"},
+                     "metadata": {"timestamp": "1749416800"}}])),
+    "account_settings_update": _envelope("account_settings_update", {
+        "messaging_product": "whatsapp", "timestamp": "1749416900",
+        "type": "phone_number_settings",
+        "phone_number_settings": {"phone_number_id": "106540352242922",
+                                  "calling": {"status": "ENABLED"}}}),
+    "message_template_components_update": _envelope("message_template_components_update", {
+        "message_template_id": 1689556908129835, "message_template_name": "abandoned_cart",
+        "message_template_language": "en",
+        "message_template_element": "You left something in your cart, {{1}}!"},
+        time=1751250234),
+    "group_lifecycle_update": _envelope("group_lifecycle_update", _messaging(
+        groups=[{"timestamp": "1749417000", "group_id": "Y2FwaV9ncm91cDoxNTU1MDc4Mzg4MQ",
+                 "type": "group_create", "request_id": "req-1", "subject": "Orders"}])),
+    "group_participants_update": _envelope("group_participants_update", _messaging(
+        groups=[{"timestamp": "1749417100", "group_id": "Y2FwaV9ncm91cDoxNTU1MDc4Mzg4MQ",
+                 "type": "group_participants_add", "reason": "invite_link",
+                 "added_participants": [{"wa_id": "16505551234"}]}])),
+    "group_settings_update": _envelope("group_settings_update", _messaging(
+        groups=[{"timestamp": "1749417200", "group_id": "Y2FwaV9ncm91cDoxNTU1MDc4Mzg4MQ",
+                 "type": "group_settings_update", "request_id": "req-2",
+                 "group_subject": {"text": "Orders 2026", "update_successful": True}}])),
+    "group_status_update": _envelope("group_status_update", _messaging(
+        groups=[{"timestamp": "1749417300", "group_id": "Y2FwaV9ncm91cDoxNTU1MDc4Mzg4MQ",
+                 "type": "group_suspend"}])),
+    "payment_configuration_update": _envelope("payment_configuration_update", {
+        "configuration_name": "upi-live", "provider_name": "razorpay",
+        "provider_mid": "acc_SAMPLE", "status": "Active",
+        "created_timestamp": 1749000000, "updated_timestamp": 1749417400}, time=1749417400),
+    "partner_solutions": _envelope("partner_solutions", {
+        "event": "SOLUTION_CREATED", "solution_id": "987654321012345",
+        "solution_status": "INITIATED"}, time=1749417500),
+    "automatic_events": _envelope("automatic_events", _messaging(
+        automatic_events=[{"id": "wamid.HBgLMTY1MDU1NTEyMzQVAgARGBJQVVJDSEFTRV8xAA==",
+                           "event_name": "Purchase", "timestamp": "1749417600",
+                           "ctwa_clid": "ARAkLkA8rmlFeiCktEJQ",
+                           "custom_data": {"currency": "USD", "value": 25}}])),
+    "phone_number_username_update": _envelope("phone_number_username_update", {
+        "display_phone_number": "15550783881", "decision": "APPROVED",
+        "requested_username": "luckyshrub"}, time=1749417700),
+    "business_username_update": _envelope("business_username_update", {
+        "display_phone_number": "15550783881", "decision": "APPROVED",
+        "requested_username": "luckyshrub"}, time=1749417800),
+    "standby": _envelope("standby", _messaging(
+        contacts=[{"profile": {"name": "Sheena Nelson"}, "wa_id": "16505551234"}],
+        messages=[{"from": "16505551234", "id": "wamid.STANDBY_SAMPLE_1",
+                   "timestamp": "1749417900", "type": "text", "text": {"body": "Hi agent"}}])),
+    "messaging_handovers": _envelope("messaging_handovers", _messaging(
+        messaging_handovers=[{"recipient": {"wa_id": "16505551234"},
+                              "timestamp": "1749418000",
+                              "pass_thread_control": {"previous_owner_app_id": "123",
+                                                      "new_owner_app_id": "456"}}])),
+    "consumer_profile": _envelope("consumer_profile", _messaging(
+        contacts=[{"profile": {"name": "Sheena N."}, "wa_id": "16505551234"}])),
 }
 
 SAMPLE_FIELDS: tuple[str, ...] = tuple(_SAMPLES)
@@ -236,8 +336,12 @@ def _make_unique(envelope: dict[str, JSONValue], unique: str) -> None:
     for entry in envelope["entry"]:
         for change in entry["changes"]:
             value = change["value"]
-            if change["field"] != "messages":
+            if change["field"] not in SPLIT_FIELDS:
                 value[_UNIQUE_KEY] = unique
                 continue
-            for element in value.get("messages", []) + value.get("statuses", []):
-                element["id"] = f"{element['id']}.{unique}"
+            for key in SPLIT_ARRAYS:
+                for element in value.get(key, []):
+                    if "id" in element:
+                        element["id"] = f"{element['id']}.{unique}"
+                    else:
+                        element[_UNIQUE_KEY] = unique

@@ -288,7 +288,7 @@ def test_poison_value_is_quarantined_listed_and_replayable(start_sidecar, sink, 
     sidecar = start_sidecar()
     good = sample_delivery("account_update", unique="poison-good")["entry"][0]["changes"][0]
     bad = sample_delivery("message_template_status_update")["entry"][0]["changes"][0]
-    bad["value"]["message_template_id"] = "not-a-number"  # breaks its schema (an int)
+    bad["value"]["message_template_id"] = ["not-an-id"]  # breaks its schema (string or int)
     odd = sample_delivery("security")["entry"][0]["changes"][0]
     odd["value"]["event"] = 42  # breaks its schema (a string)
     body = json.dumps({"object": "whatsapp_business_account", "entry": [
@@ -318,7 +318,7 @@ def test_poison_value_is_quarantined_listed_and_replayable(start_sidecar, sink, 
     assert forced.returncode == 0, forced.stdout + forced.stderr
     events = sink.wait_for(2, timeout_s=10)
     raw = [e for e in events if e["type"] == "whatsapp.message_template_status_update"]
-    assert len(raw) == 1 and raw[0]["data"]["message_template_id"] == "not-a-number"
+    assert len(raw) == 1 and raw[0]["data"]["message_template_id"] == ["not-an-id"]
 
     # Replayable after the schema accepts it: the stored value is what gets re-checked,
     # so a newer sidecar whose schema accepts it (here: an operator's fix of the stored

@@ -29,7 +29,7 @@ def make_quarantined(value: dict[str, object]) -> QuarantinedChange:
                              reason="event is required", value=value)
 
 
-BAD = make_quarantined({"no_event": True})
+BAD = make_quarantined({"event": 5})  # still breaks the schema: event must be a string
 NOW_VALID = make_quarantined({"event": "VERIFIED_ACCOUNT", "later": 1})
 
 
@@ -133,7 +133,7 @@ def test_replay_reports_unknown_and_still_invalid(capsys: pytest.CaptureFixture[
     assert code == 1
     assert "replayed evt_2" in out
     assert "not found evt_missing" in out
-    assert f"still invalid {BAD.id}: account_update: event is required" in out
+    assert f"still invalid {BAD.id}: account_update: event must be a string" in out
     assert filled.admin.stats().dead == 1
 
 

@@ -100,11 +100,16 @@ def test_other_field_is_one_event_with_value_unmodified() -> None:
 
 def test_unknown_keys_are_kept_in_messages() -> None:
     msg = {**message("wamid.1", "111"), "from_user_id": "US.1", "future": {"a": 1}}
-    value = {"metadata": {**META, "extra": 1}, "messages": [msg], "new_top": True}
-    (event,) = run(envelope(("messages", value))).events
+    value = {"messaging_product": "whatsapp", "metadata": {**META, "extra": 1},
+             "messages": [msg], "new_top": True}
+    event, rest = run(envelope(("messages", value), time=7)).events
     assert event.data["from_user_id"] == "US.1"
     assert event.data["future"] == {"a": 1}
     assert event.data["metadata"]["extra"] == 1
+    # A key beside the arrays is forwarded too, in an event of its own.
+    assert rest.type == "whatsapp.messages" and rest.field == "messages"
+    assert rest.data == {"new_top": True, "metadata": value["metadata"]}
+    assert rest.id == content_event_id(WABA, "messages", 7, rest.data)
 
 
 def test_phone_number_id_for_user_preferences_and_echoes() -> None:
@@ -112,21 +117,22 @@ def test_phone_number_id_for_user_preferences_and_echoes() -> None:
     echoes = {"metadata": META, "message_echoes": [{"id": "wamid.E"}]}
     events = run(envelope(("user_preferences", prefs), ("smb_message_echoes", echoes))).events
     assert [e.phone_number_id for e in events] == ["106540352242922"] * 2
-    assert [e.type for e in events] == ["whatsapp.user_preferences", "whatsapp.smb_message_echoes"]
+    assert [e.type for e in events] == ["whatsapp.user_preferences", "whatsapp.message_echo"]
 
 
 def test_unknown_field_is_forwarded_by_default() -> None:
     value = {"metadata": META, "calls": [{"id": "c1"}]}
-    (event,) = run(envelope(("calls", value), time=1751247548)).events
-    assert event.type == "whatsapp.calls"
-    assert event.field == "calls"
+    (event,) = run(envelope(("brand_new", value), time=1751247548)).events
+    assert event.type == "whatsapp.brand_new"
+    assert event.field == "brand_new"
     assert event.data == value
-    assert event.id == content_event_id(WABA, "calls", 1751247548, value)
+    assert event.id == content_event_id(WABA, "brand_new", 1751247548, value)
     assert event.phone_number_id == "106540352242922"
 
 
 def test_unknown_field_can_be_dropped() -> None:
-    result = run(envelope(("calls", {"x": 1}), ("flows", {"event": "E"})), unknown_fields="drop")
+    result = run(envelope(("brand_new", {"x": 1}), ("flows", {"event": "E"})),
+                 unknown_fields="drop")
     assert [e.type for e in result.events] == ["whatsapp.flows"]
     assert result.quarantined == []
 
@@ -242,8 +248,8 @@ def test_normalize_change_replays_a_quarantined_value() -> None:
 
 
 def test_normalize_change_forwards_unknown_fields() -> None:
-    (event,) = normalize_change(WABA, 3, "calls", {"x": 1}, received_at=RECEIVED)
-    assert event.type == "whatsapp.calls"
+    (event,) = normalize_change(WABA, 3, "brand_new", {"x": 1}, received_at=RECEIVED)
+    assert event.type == "whatsapp.brand_new"
 
 
 def test_normalize_change_refuses_a_value_still_broken() -> None:

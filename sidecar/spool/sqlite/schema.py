@@ -6,6 +6,13 @@ could not become events; ``state_counts`` is kept by triggers so the depth and t
 cost O(1) on a spool of a million rows, also when another process (the CLI) writes.
 The file's ``user_version`` is the schema version; a newer one than this code knows is
 refused rather than guessed at.
+
+Version 2 stores what events of one change share once (``spool.parts``): an event's
+``body`` is its own part and ``parts`` its holes (null: the body is the whole event, as
+every row of a version-1 file is), and ``parts`` rows hold each shared value once, with
+the number of events referring to them.  Triggers keep that count, and delete a part no
+event refers to any more, so every way an event row goes (purge, a stale row replaced)
+frees its parts without the code that deletes it knowing about them.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from sidecar.errors import SpoolUnavailable
 
 __all__ = ["SCHEMA_VERSION", "STATES", "migrate", "require_json1"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATES = ("pending", "in_flight", "delivered", "dead")
 
 _DDL = (
@@ -32,7 +39,8 @@ _DDL = (
         last_error text,
         delivered_at real,
         created_at real not null,
-        replayed_at real
+        replayed_at real,
+        parts text
     )""",
     "create index if not exists events_due on events (state, next_attempt_at)",
     "create index if not exists events_received on events (state, received_at)",
@@ -68,6 +76,25 @@ _DDL = (
            update state_counts set n = n - 1 where state = old.state;
            update state_counts set n = n + 1 where state = new.state;
        end""",
+    """create table if not exists parts (
+        id text primary key,
+        body text not null,
+        refs integer not null default 0
+    )""",
+    # An event refers to a part once however many holes it has there ("in" counts each
+    # part once), the same on insert and on delete.
+    """create trigger if not exists events_parts_insert after insert on events
+       when new.parts is not null begin
+           update parts set refs = refs + 1 where id in
+               (select json_extract(value, '$[1]') from json_each(new.parts));
+       end""",
+    """create trigger if not exists events_parts_delete after delete on events
+       when old.parts is not null begin
+           update parts set refs = refs - 1 where id in
+               (select json_extract(value, '$[1]') from json_each(old.parts));
+           delete from parts where refs <= 0 and id in
+               (select json_extract(value, '$[1]') from json_each(old.parts));
+       end""",
 )
 _SEED_COUNTS = "insert or ignore into state_counts (state, n) values (?, 0)"
 
@@ -81,6 +108,7 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
         if version > SCHEMA_VERSION:
             raise SpoolUnavailable(f"spool {path}: schema version {version} is newer than "
                                    f"this sidecar ({SCHEMA_VERSION})")
+        _add_parts_column(conn)
         for ddl in _DDL:
             conn.execute(ddl)
         conn.executemany(_SEED_COUNTS, [(s,) for s in STATES])
@@ -90,6 +118,14 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
     except BaseException:
         conn.execute("rollback")
         raise
+
+
+def _add_parts_column(conn: sqlite3.Connection) -> None:
+    """Version 1 → 2: a version-1 ``events`` table gains ``parts`` (null in every existing
+    row: those bodies stay whole and are read as before).  An O(1) change in SQLite."""
+    columns = {row[1] for row in conn.execute("pragma table_info(events)")}
+    if columns and "parts" not in columns:
+        conn.execute("alter table events add column parts text")
 
 
 def require_json1(conn: sqlite3.Connection, path: Path) -> None:

@@ -4,6 +4,8 @@ them in a thread).
 The ``events`` row is also the dedup record: an id already stored blocks a repeat for
 ``dedup_retention_s`` (pending, in-flight and dead rows block for as long as they
 exist).  A purged delivered row leaves a tombstone in ``seen`` until its window ends.
+An event is stored as its own part plus the parts it shares with others, each part once
+(``spool.parts``; the ``parts`` table is kept by triggers, ``schema.py``).
 """
 
 from __future__ import annotations
@@ -13,16 +15,18 @@ import sqlite3
 from collections.abc import Sequence
 
 from sidecar.errors import SpoolUnavailable
-from sidecar.events import Event, QuarantinedChange, canonical_json, encode_event
+from sidecar.events import Event, QuarantinedChange, canonical_json
 from sidecar.spool.contract import AddResult, Batch, Settlement, SpooledEvent
+from sidecar.spool.parts import StoredBatch, assemble, decode_holes, encode_holes, split_events
 from sidecar.spool.sqlite.database import Database
 
 __all__ = ["SQLiteStore", "bodies"]
 
 
-def bodies(events: Sequence[Event]) -> list[str]:
-    """What the spool stores for each event: the JSON the upstream receives."""
-    return [encode_event(e).decode("utf-8") for e in events]
+def bodies(events: Sequence[Event]) -> StoredBatch:
+    """What the spool stores for the events: each one's own part, and the parts they
+    share once; reassembled, the JSON the upstream receives."""
+    return split_events(events)
 
 
 class SQLiteStore:
@@ -94,17 +98,18 @@ class SQLiteStore:
         return status
 
     def insert_events(self, conn: sqlite3.Connection, events: Sequence[Event],
-                      encoded: Sequence[str], *, state: str, now: float) -> list[bool]:
-        """Insert each event (``encoded``: its ``encode_event`` text) unless its id is
-        stored within the dedup window (or came earlier in ``events``); per event, True
-        when inserted."""
+                      encoded: StoredBatch, *, state: str, now: float) -> list[bool]:
+        """Insert each event (``encoded``: ``bodies(events)``) unless its id is stored
+        within the dedup window (or came earlier in ``events``), with the parts the
+        inserted ones refer to; per event, True when inserted."""
         status = self._stored_status(conn, [e.id for e in events], now)
         delivered_at = now if state == "delivered" else None
         attempts = 1 if state == "delivered" else 0
         inserted: list[bool] = []
         stale: list[tuple[str]] = []
         rows: list[tuple[object, ...]] = []
-        for event, body in zip(events, encoded, strict=True):
+        kept: list[int] = []
+        for index, (event, body) in enumerate(zip(events, encoded.events, strict=True)):
             known = status.get(event.id)
             if known:
                 inserted.append(False)
@@ -112,15 +117,22 @@ class SQLiteStore:
             if known is False:  # a row or tombstone past its retention no longer blocks
                 stale.append((event.id,))
             status[event.id] = True
-            rows.append((event.id, body, state, attempts, now, now, delivered_at, now))
+            rows.append((event.id, body.own, encode_holes(body.holes), state, attempts, now,
+                         now, delivered_at, now))
+            kept.append(index)
             inserted.append(True)
-        if stale:
+        if stale:  # first: deleting a stale row may free a part a new row refers to
             conn.executemany("delete from events where id = ?", stale)
             conn.executemany("delete from seen where id = ?", stale)
+        needed = encoded.part_ids(kept)
+        if needed:  # before the events: their insert trigger counts the references
+            conn.executemany("insert into parts (id, body) values (?, ?) on conflict do nothing",
+                             [(part, encoded.parts[part]) for part in sorted(needed)])
         if rows:
             conn.executemany(
-                "insert into events (id, body, state, attempts, received_at, next_attempt_at,"
-                " delivered_at, created_at) values (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                "insert into events (id, body, parts, state, attempts, received_at,"
+                " next_attempt_at, delivered_at, created_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows)
         return inserted
 
     # ------------------------------------------------------------------ delivery
@@ -135,7 +147,7 @@ class SQLiteStore:
             if limit <= 0:
                 return []
             rows = conn.execute(
-                "select id, body, attempts, coalesce(replayed_at, received_at) from events"
+                "select id, body, parts, attempts, coalesce(replayed_at, received_at) from events"
                 " where state = 'pending' and next_attempt_at <= ?"
                 " order by next_attempt_at, rowid limit ?",
                 (now, limit),
@@ -144,9 +156,11 @@ class SQLiteStore:
                 "update events set state = 'in_flight', lease_until = ? where id = ?",
                 [(now + lease_s, r[0]) for r in rows],
             )
-        return [SpooledEvent(id=id_, body=body.encode("utf-8"), attempts=attempts,
-                             received_at=received_at)
-                for id_, body, attempts, received_at in rows]
+            holes = {r[0]: decode_holes(r[2]) for r in rows if r[2] is not None}
+            parts = _read_parts(conn, {part for h in holes.values() for _, part in h})
+        return [SpooledEvent(id=id_, body=assemble(body, holes.get(id_, ()), parts),
+                             attempts=attempts, received_at=received_at)
+                for id_, body, _, attempts, received_at in rows]
 
     def next_due(self) -> float | None:
         with self.db.read() as conn:
@@ -202,6 +216,13 @@ def oldest_age(conn: sqlite3.Connection, now: float) -> float | None:
                            (s,)).fetchone()[0] for s in ("pending", "in_flight")]
     known = [t for t in oldest if t is not None]
     return max(0.0, now - min(known)) if known else None
+
+
+def _read_parts(conn: sqlite3.Connection, ids: set[str]) -> dict[str, str]:
+    if not ids:
+        return {}
+    return dict(conn.execute("select id, body from parts where id in"
+                             " (select value from json_each(?))", (json.dumps(sorted(ids)),)))
 
 
 def _insert_quarantined(conn: sqlite3.Connection, q: QuarantinedChange, now: float) -> int:

@@ -29,10 +29,12 @@ from sidecar.checks.signature import SignatureVerifier, sign
 from sidecar.errors import BadPayload, SpoolUnavailable, UpstreamUnavailable
 from sidecar.events import content_event_id
 from sidecar.metrics import Metrics
-from sidecar.normalize import Normalized
+from sidecar.checks.schemas import SPLIT_ARRAYS
+from sidecar.normalize import SPLIT_FIELDS, Normalized
 from sidecar.tools.samples import SAMPLE_FIELDS, sample_delivery, sample_status_delivery
 from sidecar.secret import Secret
 
+_CONSUMED = {"messaging_product", "metadata", "contacts", *SPLIT_ARRAYS}
 PATH = "/whatsapp"
 APP_SECRET = "fuzz-app-secret-6c1f0e9a2b7d4c33"
 OLD_APP_SECRET = "fuzz-old-app-secret-93b2a4e1d07f"  # a second secret, as during rotation
@@ -421,10 +423,13 @@ def test_hostile_json_in_a_signed_sample_gets_its_exact_status(
     normalized = assert_accepted(response, ingest)
     assert normalized.quarantined == []
     assert normalized.events
-    if where == "value" and field != "messages" and not status:
-        # The unknown key is kept, never stripped, and arrives exactly as sent.
-        (only,) = normalized.events
+    if where == "value" and not status:
+        # The unknown key is kept, never stripped, and arrives exactly as sent: in the
+        # one event of a whole change, or beside a split change's elements in an event
+        # of its own.
+        (only,) = [e for e in normalized.events if "fuzz" in e.data]
         assert only.data["fuzz"] == json.loads(raw_token)
+        assert only.type == f"whatsapp.{field}"
 
 
 @pytest.mark.parametrize("prefix,suffix,expected", [
@@ -519,11 +524,13 @@ def _expected_events(field: str, value: dict[str, object], policy: str) -> tuple
         return ([] if policy == "drop" else [f"whatsapp.{field}"]), 0
     if check_change_value(field, value) is not None:
         return [], 1
-    if field != "messages":
+    if field not in SPLIT_FIELDS:
         return [f"whatsapp.{field}"], 0
-    return (["whatsapp.message"] * len(value.get("messages", []))  # type: ignore[arg-type]
-            + ["whatsapp.status"] * len(value.get("statuses", []))  # type: ignore[arg-type]
-            + ["whatsapp.error"] * len(value.get("errors", []))), 0  # type: ignore[arg-type]
+    types = [kind for key, (kind, _) in SPLIT_ARRAYS.items()
+             for _ in value.get(key, [])]  # type: ignore[attr-defined]
+    if not _CONSUMED.issuperset(value):  # a key beside the arrays: forwarded on its own
+        types.append(f"whatsapp.{field}")
+    return types, 0
 
 
 @fuzz(250)

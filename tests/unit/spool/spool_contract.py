@@ -16,7 +16,7 @@ import pytest
 
 from sidecar.clock import ManualClock
 from sidecar.errors import SpoolUnavailable
-from sidecar.events import Event, QuarantinedChange, content_event_id
+from sidecar.events import Event, QuarantinedChange, content_event_id, encode_event
 from sidecar.normalize import renormalize
 from sidecar.spool import AddResult, Settlement, Spool, SpooledEvent
 
@@ -63,6 +63,20 @@ async def dead(spool: Spool, id_: str, *, error: str) -> None:
 
 async def depth(spool: Spool) -> int:
     return (await spool.backlog())[0]
+
+
+def sharing_events(n: int, *, first: int = 0) -> list[Event]:
+    """Events of one change, as normalize makes them: ``metadata`` and ``contact`` are the
+    same objects in every event (a spool stores each once)."""
+    metadata = {"display_phone_number": "15557654321", "phone_number_id": "1122",
+                "padding": "m" * 5000}
+    contact = {"profile": {"name": "Zoë \u00e9 \"quoted\" \u0000"}, "wa_id": "1"}
+    return [Event(id=f"evt_s{i}", type="whatsapp.message", field="messages", waba_id="waba1",
+                  phone_number_id="1122", occurred_at="2027-01-15T08:00:00Z",
+                  received_at="2027-01-15T08:00:00.000Z",
+                  data={"id": f"wamid.{i}", "metadata": metadata, "text": {"body": "héllo"},
+                        "contact": contact})
+            for i in range(first, first + n)]
 
 
 def replaying(*, force: bool = False) -> dict[str, Any]:
@@ -414,3 +428,46 @@ class SpoolContract:
         await ack(spool, ["evt_1"])
         assert await spool.purge(delivered_before=clock.now - 1) == 0
         assert (await spool.stats()).delivered == 1
+
+    # ------------------------------------------------------------ shared parts
+
+    async def test_events_sharing_parts_round_trip_exactly(self, spool: Spool) -> None:
+        events = sharing_events(3)
+        await add(spool, events)
+        claimed = await claim(spool, 10)
+        assert {c.id: c.body for c in claimed} == {e.id: encode_event(e) for e in events}
+        assert [c.event for c in claimed] == events
+
+    async def test_shared_parts_outlive_a_purged_event_that_shared_them(
+            self, spool: Spool, clock: ManualClock) -> None:
+        first, second = sharing_events(2)
+        await add(spool, [first, second])
+        await claim(spool, 1)
+        await ack(spool, [first.id])
+        clock.now += 100
+        assert await spool.purge(delivered_before=clock.now) == 1
+        (claimed,) = await claim(spool, 10)
+        assert claimed.body == encode_event(second)
+        await ack(spool, [second.id])
+        clock.now += 100
+        assert await spool.purge(delivered_before=clock.now) == 1
+        (third,) = sharing_events(1, first=2)  # the same parts again, after none is left
+        await add(spool, [third])
+        (claimed,) = await claim(spool, 10)
+        assert claimed.body == encode_event(third)
+
+    async def test_a_repeat_of_events_sharing_parts_is_a_duplicate(self, spool: Spool) -> None:
+        await add(spool, sharing_events(2))
+        assert (await add(spool, sharing_events(3))).stored == ["evt_s2"]
+        claimed = await claim(spool, 10)
+        assert sorted(c.body for c in claimed) == sorted(encode_event(e)
+                                                         for e in sharing_events(3))
+
+    async def test_direct_mode_keeps_events_sharing_parts_replayable(self,
+                                                                     spool: Spool) -> None:
+        events = sharing_events(2)
+        await spool.record_delivered(events, [])
+        result = await spool.replay([events[1].id], **replaying(force=True))
+        assert result.replayed == [events[1].id]
+        (claimed,) = await claim(spool, 10)
+        assert claimed.body == encode_event(events[1])

@@ -58,11 +58,22 @@ def test_messages_sample_has_contacts_and_messages() -> None:
     assert events[0].data["contact"] == value["contacts"][0]
 
 
-def test_meta_doc_example_is_an_array_that_parses() -> None:
+def test_meta_doc_example_is_the_array_of_one_name_update_for_entry_0() -> None:
     assert isinstance(META_DOC_EXAMPLE, list) and len(META_DOC_EXAMPLE) == 1
+    (entry,) = META_DOC_EXAMPLE[0]["entry"]
+    assert entry["id"] == "0"
     envelopes = parse_envelopes(json.dumps(META_DOC_EXAMPLE).encode())
-    events = normalize(envelopes, received_at=RECEIVED).events
-    assert [e.type for e in events] == ["whatsapp.message"]
+    (event,) = normalize(envelopes, received_at=RECEIVED).events
+    assert event.type == "whatsapp.phone_number_name_update" and event.waba_id == "0"
+    assert event.data["decision"] == "APPROVED" and event.data["rejection_reason"] is None
+
+
+@pytest.mark.parametrize("field", ["calls", "message_echoes", "smb_message_echoes"])
+def test_split_samples_become_their_element_events(field: str) -> None:
+    kind = {"calls": "whatsapp.call"}.get(field, "whatsapp.message_echo")
+    events = normalize([sample_delivery(field)], received_at=RECEIVED).events
+    assert [e.type for e in events] == [kind]
+    assert events[0].data["metadata"]["phone_number_id"] == events[0].phone_number_id
 
 
 def test_each_call_returns_a_fresh_copy() -> None:

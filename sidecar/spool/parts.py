@@ -1,0 +1,156 @@
+"""How a spool stores an event: its own part, plus the parts it shares, each stored once.
+
+Why: events split from one change carry the same ``metadata`` and, for a change with one
+contact, the same ``contact``.  Stored inside every event's body, a 100 KB contact in a
+change of 3,000 messages becomes 300 MB on disk from a 0.4 MB delivery.  So a spool
+stores each event's encoding with those values cut out, and each distinct value once,
+under a content-derived part id; what the upstream receives is reassembled byte for byte
+(``events.encode_event``), so nothing but storage changes.
+
+An event's *own part* is its encoding with every shared value replaced by ``0``: still
+valid JSON (a spool may read its ``type`` without reassembly), and as small as the event
+without the shared values.  Its *holes* say where each ``0`` stands and which part goes
+there.  Cutting works on the encoder's output, not by re-implementing it: each shared
+value is swapped for a sentinel string that JSON escapes into a token no Meta text can
+produce by chance (``\\u0000`` around a per-process random nonce); an event whose text
+holds a token more than once (a crafted string) is stored whole.
+
+Pure functions, no storage: every backend (SQLite, PostgreSQL) uses this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from sidecar.events import Event, JSONValue, encode_event
+
+__all__ = ["SHARED_KEYS", "StoredEvent", "StoredBatch", "split_events", "assemble",
+           "encode_holes", "decode_holes", "stored_size"]
+
+SHARED_KEYS = ("metadata", "contact")
+"""Keys of an event's ``data`` whose values several events of one change share."""
+
+_NONCE = secrets.token_hex(8)
+_PLACEHOLDER = "0"
+
+Hole = tuple[int, str]  # (offset of the placeholder in the own part, part id)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    own: str  # the encoded event, each shared value replaced by ``0``
+    holes: tuple[Hole, ...]  # in ascending offset order; () when stored whole
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBatch:
+    events: list[StoredEvent]  # one per event, in order
+    parts: dict[str, str]  # part id -> its JSON text, each distinct part once
+
+    def part_ids(self, indexes: Sequence[int]) -> set[str]:
+        """The parts the events at ``indexes`` refer to."""
+        return {part for i in indexes for _, part in self.events[i].holes}
+
+
+def _encode(value: JSONValue) -> str:
+    # The same settings as events.encode_event, so a value's text is exactly its
+    # substring in the event's encoding.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _part_id(text: str) -> str:
+    return "part_" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def split_events(events: Sequence[Event]) -> StoredBatch:
+    """Every event's own part and holes, and the distinct parts they refer to.
+
+    Each shared value is encoded once per distinct object (events of one change hold
+    the same object), so the cost is that of the delivery, not of its copies."""
+    parts: dict[str, str] = {}
+    known: dict[int, tuple[str, JSONValue]] = {}  # id(value) -> (part id, value kept alive)
+    stored = [_split(event, parts, known) for event in events]
+    return StoredBatch(events=stored, parts=parts)
+
+
+def _split(event: Event, parts: dict[str, str],
+           known: dict[int, tuple[str, JSONValue]]) -> StoredEvent:
+    data = event.data
+    shared = [key for key in SHARED_KEYS
+              if isinstance(data.get(key), (dict, list)) and data[key]]
+    if not shared:
+        return StoredEvent(own=encode_event(event).decode("utf-8"), holes=())
+    sentinels = {key: f"\x00{_NONCE}.{n}\x00" for n, key in enumerate(shared)}
+    cut = {key: (sentinels[key] if key in sentinels else value) for key, value in data.items()}
+    text = _encode({**event.to_dict(), "data": cut})
+    found: list[tuple[int, str, str]] = []  # (offset, token, key)
+    for key, sentinel in sentinels.items():
+        token = _encode(sentinel)
+        at = text.find(token)
+        if at < 0 or text.find(token, at + 1) >= 0:
+            return StoredEvent(own=encode_event(event).decode("utf-8"), holes=())
+        found.append((at, token, key))
+    found.sort()
+    pieces: list[str] = []
+    holes: list[Hole] = []
+    position = length = 0
+    for at, token, key in found:
+        pieces.append(text[position:at])
+        length += at - position
+        holes.append((length, _part_of(data[key], parts, known)))
+        pieces.append(_PLACEHOLDER)
+        length += len(_PLACEHOLDER)
+        position = at + len(token)
+    pieces.append(text[position:])
+    return StoredEvent(own="".join(pieces), holes=tuple(holes))
+
+
+def _part_of(value: JSONValue, parts: dict[str, str],
+             known: dict[int, tuple[str, JSONValue]]) -> str:
+    seen = known.get(id(value))
+    if seen is not None and seen[1] is value:
+        return seen[0]
+    text = _encode(value)
+    part = _part_id(text)
+    parts.setdefault(part, text)
+    known[id(value)] = (part, value)
+    return part
+
+
+def assemble(own: str, holes: Sequence[Hole], parts: Mapping[str, str]) -> bytes:
+    """The event's ``encode_event`` bytes from its own part, holes and parts."""
+    if not holes:
+        return own.encode("utf-8")
+    pieces: list[str] = []
+    position = 0
+    for at, part in holes:
+        pieces.append(own[position:at])
+        pieces.append(parts[part])
+        position = at + len(_PLACEHOLDER)
+    pieces.append(own[position:])
+    return "".join(pieces).encode("utf-8")
+
+
+def encode_holes(holes: Sequence[Hole]) -> str | None:
+    """The holes as stored beside the own part: None for an event stored whole."""
+    return json.dumps([[at, part] for at, part in holes], separators=(",", ":")) if holes \
+        else None
+
+
+def decode_holes(text: str | None) -> list[Hole]:
+    if not text:
+        return []
+    return [(int(at), str(part)) for at, part in json.loads(text)]
+
+
+def stored_size(events: Sequence[Event]) -> int:
+    """The bytes storing ``events`` adds: each own part with its holes, each distinct
+    part once."""
+    batch = split_events(events)
+    own = sum(len(e.own.encode("utf-8")) + len(encode_holes(e.holes) or "")
+              for e in batch.events)
+    return own + sum(len(part) + len(text.encode("utf-8")) for part, text in batch.parts.items())
