@@ -158,3 +158,11 @@ def test_a_value_that_is_no_delivery_is_refused_on_replay() -> None:
 
 def _fields(change: Any) -> dict[str, Any]:
     return {name: getattr(change, name) for name in change.__slots__}
+
+
+def test_a_delivery_of_one_event_is_not_measured() -> None:
+    # One event holds only substrings of its body: it can never pass the size bound, so
+    # the common single message or status is not encoded a second time to check it.
+    envelopes, bounds = bounded(delivery(messages(1)),
+                                measure=lambda events: pytest.fail("measured"))
+    assert len(normalize(envelopes, received_at=RECEIVED, bounds=bounds).events) == 1
