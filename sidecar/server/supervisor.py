@@ -10,6 +10,13 @@ across processes) and wake the parent's delivery worker with a datagram after ea
 commit.  Metrics use Prometheus's multiprocess mode, so the parent's ``/metrics`` shows
 every process.  SIGHUP to the parent is forwarded to every ingest process that is ready;
 one that dies is replaced, with a growing delay while replacements keep failing.
+
+Every process that serves uses the last good configuration.  A replacement gets the
+parent's current one (its reloadable sections, ``tls`` and ``meta``), never the start-up
+file's: after onboarding switched ``client_auth`` to ``required``, or a secret, name or CA
+was removed, a killed process must not come back admitting what the reload refused.  A
+reload that completes while a replacement is starting (it was handed the config before)
+is caught up by a SIGHUP as soon as that process says it is ready.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import signal
 import socket
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from sidecar.clock import wait_for_event
@@ -107,9 +115,10 @@ def _ingest_process_main(config: Config, wake_sock: socket.socket, loop_name: st
                          metrics_dir: str, max_connections: int) -> None:
     """Entry point of one spawned ingest process.
 
-    It gets the parent's validated start-up config (not the file: a replacement process
-    must not pick up a spool path or port the parent is not using); its own reloads then
-    re-read the TLS and secret settings from the file like every process's do."""
+    It gets the parent's validated config (not the file): the start-up one for what needs
+    a restart (a replacement must not pick up a spool path or port the parent is not
+    using), the last good reload for ``tls`` and ``meta``; its own reloads then re-read
+    the TLS and secret settings from the file like every process's do."""
     setup_logging(config.logging.level, config.logging.format)
     try:
         sock = public_socket(config, reuse_port=True)
@@ -187,16 +196,41 @@ class Supervisor:
         self._ctx = multiprocessing.get_context("spawn")
         self._children: list[multiprocessing.process.BaseProcess | None] = [None] * workers
         self._ready_pids: set[int] = set()
+        self._spawned_with: dict[int, Config] = {}  # pid -> the parent config it was given
         self._stopping = False
+
+    def child_config(self) -> Config:
+        """What a process started now gets: the start-up config, with the sections a
+        reload may change taken from the parent's last good reload."""
+        live = self.parts.live.config
+        return replace(self.config, tls=live.tls, meta=live.meta)
 
     def _spawn(self, index: int) -> None:
         per_child = max(1, self.config.limits.max_connections // self.workers)
+        live = self.parts.live.config
         proc = self._ctx.Process(
             target=_ingest_process_main, name=f"sidecar-ingest-{index}",
-            args=(self.config, self._wake_tx, self.loop_name, self._metrics_dir, per_child),
+            args=(self.child_config(), self._wake_tx, self.loop_name, self._metrics_dir,
+                  per_child),
             daemon=True)
         proc.start()
         self._children[index] = proc
+        if proc.pid is not None:
+            self._spawned_with[proc.pid] = live
+
+    def _on_ready(self, pid: int) -> None:
+        """A process said it is ready (its SIGHUP handler is installed).  Had the parent
+        reloaded since handing it a config, it missed that reload's SIGHUP: send it now.
+        (Any completed reload counts, changed or not: it may have swapped TLS files whose
+        paths stayed the same, and one extra reload costs nothing.)"""
+        self._ready_pids.add(pid)
+        given = self._spawned_with.pop(pid, None)
+        if given is not None and given is not self.parts.live.config:
+            log.info("ingest.catching_up", extra={"pid": pid})
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
 
     async def _children_ready(self) -> str | None:
         waiting = [i for i, p in enumerate(self._children)
@@ -213,6 +247,9 @@ class Supervisor:
                 if proc is not None and not proc.is_alive() and not self._stopping:
                     log.error("ingest.exited", extra={"index": index, "exitcode": proc.exitcode})
                     _mark_dead(proc.pid, self._metrics_dir)
+                    if proc.pid is not None:
+                        self._ready_pids.discard(proc.pid)
+                        self._spawned_with.pop(proc.pid, None)
                     lived = time.monotonic() - started[index]
                     failures[index] = 0 if lived > 60 else failures[index] + 1
                     delay = min(60.0, _CHILD_RESTART_DELAY_S * 2 ** failures[index])
@@ -261,8 +298,10 @@ class Supervisor:
                     w.cancel()
                 if reload_now.is_set() and not stop.is_set():
                     reload_now.clear()
-                    self._forward(signal.SIGHUP)
+                    # The parent first, so that a process spawned from here on gets the
+                    # new config; one spawned during the reload is caught up when ready.
                     await asyncio.to_thread(live.reload)
+                    self._forward(signal.SIGHUP)
         finally:
             self._stopping = True
             watcher.cancel()
@@ -292,7 +331,7 @@ class Supervisor:
         try:
             while message := self._wake_rx.recv(64):
                 if message.startswith(_READY):
-                    self._ready_pids.add(int(message[len(_READY):]))
+                    self._on_ready(int(message[len(_READY):]))
         except (BlockingIOError, OSError, ValueError):
             pass
         delivery.wake()
