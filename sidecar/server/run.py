@@ -10,9 +10,9 @@ import socket
 from pathlib import Path
 
 from sidecar.config import Config, load_config
-from sidecar.errors import SidecarError
 from sidecar.metrics import Metrics
 from sidecar.server.compose import compose
+from sidecar.server.instance import claim_listen_address
 from sidecar.server.process import (
     freeze_startup_objects,
     quiet_tls_errors,
@@ -34,9 +34,20 @@ def run_server(config_path: Path, *, loop: str = "auto", workers: int = 1) -> in
     spool = open_spool(config.delivery)
     try:
         spool.take_ownership()
-    except SidecarError:
+        # One instance per listen address, whatever the worker count (see instance.py);
+        # the lock is held until this process exits.
+        instance_lock = claim_listen_address(config.listen.host, config.listen.port)
+    except BaseException:
         spool.close()
         raise
+    try:
+        return _run(config, spool, loop=loop, workers=workers)
+    finally:
+        if instance_lock is not None:
+            instance_lock.close()
+
+
+def _run(config: Config, spool: Spool, *, loop: str, workers: int) -> int:
     if workers <= 1:
         try:
             with contextlib.ExitStack() as sockets:  # closed however the run ends
