@@ -117,16 +117,23 @@ class DeliveryRole:
                 await self._upstream.aclose()
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
-        """Drop delivered events once they no longer serve dedup, so the file stays bounded."""
+        """Drop delivered events once they no longer serve dedup, and dead letters and
+        quarantined changes once ``dead_retention_s`` has passed, so the file stays
+        bounded."""
         while not stop.is_set():
-            cutoff = time.time() - self.live.config.delivery.dedup_retention_s
+            d = self.live.config.delivery
+            now = time.time()
             try:
-                purged = await self.spool.purge(delivered_before=cutoff)
+                purged = await self.spool.purge(delivered_before=now - d.dedup_retention_s,
+                                                dead_before=now - d.dead_retention_s,
+                                                quarantined_before=now - d.dead_retention_s)
             except SidecarError as exc:
                 log.error("spool.purge_failed", extra={"error": exc.message})
             else:
-                if purged:
-                    log.info("spool.purged", extra={"events": purged})
+                if purged.total:
+                    log.info("spool.purged", extra={
+                        "events": purged.delivered, "dead": purged.dead,
+                        "quarantined": purged.quarantined})
             await wait_for_event(stop, HOUSEKEEPING_INTERVAL_S)
 
     def _loaded_certificates(self) -> list[CertExpiry]:
@@ -143,9 +150,13 @@ class DeliveryRole:
                 for facts in certs]
 
     async def _refresh_gauges(self) -> None:
-        depth, oldest_age = await self.spool.backlog()
-        self.live.metrics.spool_depth.set(depth)
-        self.live.metrics.spool_oldest_age.set(oldest_age or 0.0)
+        stats = await self.spool.stats()
+        m = self.live.metrics
+        m.spool_depth.set(stats.pending + stats.in_flight)
+        m.spool_oldest_age.set(stats.oldest_pending_age_s or 0.0)
+        m.spool_dead.set(stats.dead)
+        m.spool_quarantined.set(stats.quarantined)
+        m.spool_disk_full.set(1 if stats.disk_full else 0)
 
     async def _certs_ready(self) -> str | None:
         leaf = self.live.holder.state.material.server_chain[0]

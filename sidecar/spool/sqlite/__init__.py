@@ -6,6 +6,7 @@ Several processes may share the file (``serve --workers N``: their commits queue
 kernel file lock); exactly one delivers from it (``take_ownership``).
 
     database.py  the connection, transactions, locks, ownership
+    disk.py      free space and the reserve: ingest refused before the disk is full
     schema.py    tables and their migration
     store.py     ingest and delivery operations
     admin.py     counts, listings, replay and purge
@@ -22,6 +23,7 @@ from sidecar.events import Event, QuarantinedChange
 from sidecar.spool.contract import (
     AddResult,
     Batch,
+    PurgeResult,
     QuarantineRow,
     Renormalize,
     ReplayResult,
@@ -39,10 +41,13 @@ __all__ = ["SQLiteSpool"]
 
 class SQLiteSpool:
     def __init__(self, path: Path, *, max_spool_events: int = 1_000_000,
-                 dedup_retention_s: float = 604800.0, clock: Clock = SYSTEM_CLOCK) -> None:
-        """Opens (and creates or migrates) the file; ``SpoolUnavailable`` when it cannot."""
+                 dedup_retention_s: float = 604800.0, clock: Clock = SYSTEM_CLOCK,
+                 reserve_bytes: int = 64 << 20) -> None:
+        """Opens (and creates or migrates) the file; ``SpoolUnavailable`` when it cannot.
+        ``reserve_bytes``: disk kept for delivery and purge (``disk.py``)."""
         self.db = Database(path, max_spool_events=max_spool_events,
-                           dedup_retention_s=dedup_retention_s, clock=clock)
+                           dedup_retention_s=dedup_retention_s, clock=clock,
+                           reserve_bytes=reserve_bytes)
         self.store = SQLiteStore(self.db)
         self.admin = SQLiteAdmin(self.db, self.store)
 
@@ -107,5 +112,9 @@ class SQLiteSpool:
     async def replay_all_dead(self) -> int:
         return await asyncio.to_thread(self.admin.replay_all_dead)
 
-    async def purge(self, *, delivered_before: float) -> int:
-        return await asyncio.to_thread(self.admin.purge, delivered_before=delivered_before)
+    async def purge(self, *, delivered_before: float | None = None,
+                    dead_before: float | None = None,
+                    quarantined_before: float | None = None) -> PurgeResult:
+        return await asyncio.to_thread(self.admin.purge, delivered_before=delivered_before,
+                                       dead_before=dead_before,
+                                       quarantined_before=quarantined_before)
