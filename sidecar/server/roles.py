@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 
 from sidecar.app.admin import ReadinessCheck, build_admin_app
+from sidecar.app.budget import BodyBudget
 from sidecar.app.public import build_public_app
 from sidecar.clock import wait_for_event
 from sidecar.delivery.ingest import Ingest
@@ -25,6 +26,7 @@ from sidecar.delivery.upstream import UpstreamClient
 from sidecar.delivery.worker import DeliveryWorker
 from sidecar.errors import SidecarError, SpoolUnavailable
 from sidecar.metrics import CertExpiry
+from sidecar.server import memory
 from sidecar.server.listen import Listener, ListenerLimits
 from sidecar.server.reload import LiveState
 from sidecar.spool import Spool
@@ -51,14 +53,16 @@ def listener_limits(live: LiveState, *, graceful_timeout_s: float) -> ListenerLi
 class IngestRole:
     """The public listener's request path, on top of one process's ``LiveState``."""
 
-    def __init__(self, live: LiveState, ingest: Ingest) -> None:
+    def __init__(self, live: LiveState, ingest: Ingest, *, inflight_body_bytes: int) -> None:
         self.live = live
         self._ingest = ingest
         config = live.config
+        budget = BodyBudget(inflight_body_bytes, on_change=live.metrics.inflight_body_bytes.set,
+                            on_drained=_trim_soon)
         self.app = build_public_app(
             path=config.listen.path, settings=live.settings, ingest=ingest, metrics=live.metrics,
             max_body_bytes=config.limits.max_body_bytes,
-            body_timeout_s=config.limits.body_timeout_s)
+            body_timeout_s=config.limits.body_timeout_s, budget=budget)
 
     async def serve(self, stop: asyncio.Event, sock: socket.socket) -> None:
         config = self.live.config
@@ -71,6 +75,11 @@ class IngestRole:
         finally:
             # Listener drained: no request can add to the spool any more.
             await self._ingest.aclose()
+
+
+def _trim_soon() -> None:
+    """A burst of bodies is over: give its memory back, off the event loop."""
+    asyncio.get_running_loop().run_in_executor(None, memory.trim)
 
 
 class DeliveryRole:
@@ -166,7 +175,7 @@ class DeliveryRole:
     async def _spool_ready(self) -> str | None:
         try:
             await self.spool.check_writable()
-        except SpoolUnavailable:
-            return "spool not writable"
+        except SpoolUnavailable as exc:
+            return exc.message  # short and safe: "spool disk full", "spool full", ...
         return None
 

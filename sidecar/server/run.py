@@ -19,7 +19,14 @@ from sidecar.server.process import (
     run_loop,
     stop_and_reload_events,
 )
-from sidecar.server.supervisor import Supervisor, admin_socket, log_start, public_socket
+from sidecar.server import memory
+from sidecar.server.supervisor import (
+    Supervisor,
+    admin_socket,
+    inflight_share,
+    log_start,
+    public_socket,
+)
 from sidecar.spool import Spool, open_spool
 
 __all__ = ["run_server"]
@@ -29,6 +36,8 @@ log = logging.getLogger("sidecar.server")
 
 def run_server(config_path: Path, *, loop: str = "auto", workers: int = 1) -> int:
     config = load_config(config_path)
+    inflight_share(config, max(1, workers))  # a one-line refusal before anything starts
+    memory.tune_malloc()
     # Before any loop or log line: a spool another process delivers from is a one-line
     # refusal (the worker requeues every in-flight claim at start; two would collide).
     spool = open_spool(config.delivery)

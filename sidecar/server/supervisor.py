@@ -35,9 +35,10 @@ from pathlib import Path
 
 from sidecar.clock import wait_for_event
 from sidecar.config import Config
-from sidecar.errors import SidecarError
+from sidecar.errors import ConfigError, SidecarError
 from sidecar.logs import setup_logging
 from sidecar.metrics import Metrics
+from sidecar.server import memory
 from sidecar.server.compose import compose
 from sidecar.server.listen import bind_socket
 from sidecar.server.process import (
@@ -49,7 +50,7 @@ from sidecar.server.process import (
 from sidecar.server.roles import DeliveryRole
 from sidecar.spool import Spool, open_spool
 
-__all__ = ["Supervisor", "log_start", "public_socket", "admin_socket"]
+__all__ = ["Supervisor", "log_start", "public_socket", "admin_socket", "inflight_share"]
 
 log = logging.getLogger("sidecar.server")
 
@@ -67,6 +68,20 @@ def public_socket(config: Config, *, reuse_port: bool) -> socket.socket:
 
 def admin_socket(config: Config) -> socket.socket:
     return bind_socket(config.admin.host, config.admin.port)
+
+
+def inflight_share(config: Config, workers: int) -> int:
+    """One ingest process's share of ``limits.max_inflight_body_bytes``; ``ConfigError``
+    when a body of ``max_body_bytes`` would never fit in a share."""
+    limits = config.limits
+    share = limits.max_inflight_body_bytes // workers
+    if share < limits.max_body_bytes:
+        raise ConfigError(
+            f"config key 'limits.max_inflight_body_bytes': {limits.max_inflight_body_bytes} "
+            f"split across {workers} ingest processes leaves less than "
+            f"limits.max_body_bytes ({limits.max_body_bytes}) each; raise it or use fewer "
+            "--workers")
+    return share
 
 
 def log_start(config: Config, *, workers: int) -> None:
@@ -112,7 +127,8 @@ class _ParentWake:
 
 
 def _ingest_process_main(config: Config, wake_sock: socket.socket, loop_name: str,
-                         metrics_dir: str, max_connections: int) -> None:
+                         metrics_dir: str, max_connections: int,
+                         inflight_body_bytes: int) -> None:
     """Entry point of one spawned ingest process.
 
     It gets the parent's validated config (not the file): the start-up one for what needs
@@ -120,6 +136,7 @@ def _ingest_process_main(config: Config, wake_sock: socket.socket, loop_name: st
     using), the last good reload for ``tls`` and ``meta``; its own reloads then re-read
     the TLS and secret settings from the file like every process's do."""
     setup_logging(config.logging.level, config.logging.format)
+    memory.tune_malloc()
     try:
         sock = public_socket(config, reuse_port=True)
     except OSError as exc:
@@ -133,7 +150,8 @@ def _ingest_process_main(config: Config, wake_sock: socket.socket, loop_name: st
             parts = compose(config, spool=spool,
                             metrics=Metrics(multiprocess_dir=Path(metrics_dir)),
                             ingest=True, delivery=False, wake=parent,
-                            max_connections=max_connections)
+                            max_connections=max_connections,
+                            inflight_body_bytes=inflight_body_bytes)
             assert parts.ingest is not None
             loop = asyncio.get_running_loop()
             loop.set_exception_handler(quiet_tls_errors)
@@ -211,7 +229,7 @@ class Supervisor:
         proc = self._ctx.Process(
             target=_ingest_process_main, name=f"sidecar-ingest-{index}",
             args=(self.child_config(), self._wake_tx, self.loop_name, self._metrics_dir,
-                  per_child),
+                  per_child, inflight_share(self.config, self.workers)),
             daemon=True)
         proc.start()
         self._children[index] = proc
