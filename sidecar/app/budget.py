@@ -26,14 +26,15 @@ class BodyBudget:
 
     def __init__(self, limit: int, *, on_change: Callable[[int], None] | None = None,
                  on_drained: Callable[[], None] | None = None,
-                 drained_after: int = 16 << 20) -> None:
+                 drained_after: int | None = None) -> None:
         self.limit = limit
         self.in_use = 0
         self._on_change = on_change or (lambda n: None)
         # Called once the budget is idle again after a burst of at least drained_after
         # bytes: the moment to hand freed memory back to the OS (server/memory.py).
         self._on_drained = on_drained or (lambda: None)
-        self._drained_after = drained_after
+        self._drained_after = min(16 << 20, limit // 4) if drained_after is None \
+            else drained_after
         self._peak = 0
 
     def hold(self) -> BodyHold:

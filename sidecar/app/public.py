@@ -105,6 +105,7 @@ def build_public_app(
                 metrics.signature_failures.inc()
                 raise
             envelopes = parse_envelopes(body)
+            del body  # the parsed form replaces it while the commit is awaited
             normalized = normalize(envelopes, received_at=received_at,
                                    unknown_fields=current.unknown_fields)
             await ingest.accept(normalized)

@@ -10,19 +10,22 @@ after they had closed: glibc keeps freed memory for reuse.  Two of its habits do
   own free memory (the spool's blocking calls run in worker threads).
 
 So each serving process fixes the mmap threshold (large blocks are mapped and unmapped
-whole) and caps the arenas, and ``trim`` returns free heap pages (``malloc_trim``) once
-a burst has drained (``BodyBudget``'s ``on_drained``).  Measured in
+whole) and caps the arenas, and ``trim`` collects the burst's closed connections and
+returns free heap pages (``malloc_trim``) a moment after a burst has drained
+(``BodyBudget``'s ``on_drained``: the last answers are still being sent then).  Measured in
 tests/integration/test_body_budget.py.  Without glibc (musl, macOS) all of this is a
 no-op.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
+import gc
 import logging
 
-__all__ = ["tune_malloc", "trim"]
+__all__ = ["tune_malloc", "trim", "TrimAfterBurst"]
 
 log = logging.getLogger("sidecar.server")
 
@@ -63,7 +66,30 @@ def tune_malloc() -> bool:
 
 
 def trim() -> None:
-    """Return free heap memory to the OS (a few milliseconds on a large heap)."""
+    """Collect cyclic garbage, then return free heap memory to the OS (a few
+    milliseconds on a large heap).  The collection comes first: a closed connection's
+    transport, protocol and TLS buffers form a cycle that only the collector frees."""
+    gc.collect()
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+class TrimAfterBurst:
+    """``BodyBudget``'s ``on_drained``: ``trim`` once the last answers of a burst are out
+    and its connections closed (``delay_s`` after the budget went idle, one trim per quiet
+    spell), in a worker thread so the event loop goes on."""
+
+    def __init__(self, delay_s: float = 1.0) -> None:
+        self._delay_s = delay_s
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __call__(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._delay_s, self._run, loop)
+
+    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        loop.run_in_executor(None, trim)

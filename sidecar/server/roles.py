@@ -58,7 +58,7 @@ class IngestRole:
         self._ingest = ingest
         config = live.config
         budget = BodyBudget(inflight_body_bytes, on_change=live.metrics.inflight_body_bytes.set,
-                            on_drained=_trim_soon)
+                            on_drained=memory.TrimAfterBurst())
         self.app = build_public_app(
             path=config.listen.path, settings=live.settings, ingest=ingest, metrics=live.metrics,
             max_body_bytes=config.limits.max_body_bytes,
@@ -75,11 +75,6 @@ class IngestRole:
         finally:
             # Listener drained: no request can add to the spool any more.
             await self._ingest.aclose()
-
-
-def _trim_soon() -> None:
-    """A burst of bodies is over: give its memory back, off the event loop."""
-    asyncio.get_running_loop().run_in_executor(None, memory.trim)
 
 
 class DeliveryRole:
