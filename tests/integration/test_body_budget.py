@@ -10,7 +10,6 @@ import http.client
 import json
 import re
 import threading
-import time
 
 from conftest import APP_SECRET
 from sidecar.checks.signature import sign
