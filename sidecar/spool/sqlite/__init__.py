@@ -15,8 +15,10 @@ kernel file lock); exactly one delivers from it (``take_ownership``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.events import Event, QuarantinedChange
@@ -37,6 +39,8 @@ from sidecar.spool.sqlite.database import Database
 from sidecar.spool.sqlite.store import SQLiteStore
 
 __all__ = ["SQLiteSpool"]
+
+T = TypeVar("T")
 
 
 class SQLiteSpool:
@@ -76,20 +80,40 @@ class SQLiteSpool:
 
     async def settle_and_claim(self, settlement: Settlement, limit: int, *,
                                lease_s: float) -> list[SpooledEvent]:
-        return await asyncio.to_thread(self.store.settle_and_claim, settlement, limit,
-                                       lease_s=lease_s)
+        return await self._draining(self._settle_and_claim, settlement, limit, lease_s)
+
+    async def _draining(self, op: Callable[..., T], *args: Any) -> T:
+        """A write that drains the spool or frees space: it may use the disk reserve."""
+        return await asyncio.to_thread(self.db.with_room, functools.partial(op, *args))
+
+    def _settle_and_claim(self, settlement: Settlement, limit: int,
+                          lease_s: float) -> list[SpooledEvent]:
+        if not self.db.disk_low:
+            return self.store.settle_and_claim(settlement, limit, lease_s=lease_s)
+        # On a full disk, one event per transaction: updating a row rewrites all of it,
+        # body included, into the WAL, and a transaction of many large events could need
+        # more WAL than the reserve holds.  Slower, but the backlog keeps draining.
+        for one in _one_by_one(settlement):
+            self.store.settle(one)
+        claimed: list[SpooledEvent] = []
+        while len(claimed) < limit:
+            got = self.store.settle_and_claim(Settlement(), 1, lease_s=lease_s)
+            if not got:
+                break
+            claimed += got
+        return claimed
 
     async def next_due(self) -> float | None:
         return await asyncio.to_thread(self.store.next_due)
 
     async def settle(self, settlement: Settlement) -> None:
-        await asyncio.to_thread(self.store.settle, settlement)
+        await self._draining(self._settle_and_claim, settlement, 0, 0.0)
 
     async def release(self, ids: Sequence[str]) -> None:
-        await asyncio.to_thread(self.store.release, ids)
+        await self._draining(self.store.release, ids)
 
     async def recover(self, *, at_start: bool = False) -> int:
-        return await asyncio.to_thread(self.store.recover, at_start=at_start)
+        return await self._draining(functools.partial(self.store.recover, at_start=at_start))
 
     async def backlog(self) -> tuple[int, float | None]:
         return await asyncio.to_thread(self.store.backlog)
@@ -110,11 +134,17 @@ class SQLiteSpool:
                                        force=force)
 
     async def replay_all_dead(self) -> int:
-        return await asyncio.to_thread(self.admin.replay_all_dead)
+        return await self._draining(self.admin.replay_all_dead)
 
     async def purge(self, *, delivered_before: float | None = None,
                     dead_before: float | None = None,
                     quarantined_before: float | None = None) -> PurgeResult:
-        return await asyncio.to_thread(self.admin.purge, delivered_before=delivered_before,
-                                       dead_before=dead_before,
-                                       quarantined_before=quarantined_before)
+        return await self._draining(functools.partial(
+            self.admin.purge, delivered_before=delivered_before, dead_before=dead_before,
+            quarantined_before=quarantined_before))
+
+
+def _one_by_one(s: Settlement) -> list[Settlement]:
+    return ([Settlement(delivered=[i]) for i in s.delivered]
+            + [Settlement(retry=[r]) for r in s.retry]
+            + [Settlement(dead=[d]) for d in s.dead])

@@ -24,9 +24,10 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.errors import SpoolUnavailable
@@ -44,6 +45,8 @@ _PRAGMAS = (
     "pragma secure_delete = fast",
 )
 _SQLITE_FULL = 13
+T = TypeVar("T")
+_AUTOCHECKPOINT_PAGES = 1000  # SQLite's default
 
 
 class Database:
@@ -60,6 +63,7 @@ class Database:
         self._owner_fd: int | None = None
         self._write_fd: int | None = None
         self._page_bytes: int | None = None
+        self._low = False
         self.conn = self._open(self.path)
 
     def now(self) -> float:
@@ -123,7 +127,7 @@ class Database:
                     if not self.disk.admit(self._spare_bytes(conn)):
                         raise SpoolUnavailable(DISK_FULL)
                 else:
-                    self.disk.make_room()
+                    self._low_disk(not self.disk.reserve_held())
                 if durable != self._sync_full:
                     conn.execute(f"pragma synchronous = {'full' if durable else 'normal'}")
                     self._sync_full = durable
@@ -137,9 +141,6 @@ class Database:
                 _rollback(conn)
                 if isinstance(exc, sqlite3.Error):
                     if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
-                        # Admitted, yet no room (a big group, or someone else filled
-                        # the disk): hand the reserve to the draining side now.
-                        self.disk.release("write failed: disk full")
                         raise SpoolUnavailable(DISK_FULL) from exc
                     raise SpoolUnavailable(f"spool unavailable ({reason(exc)})") from exc
                 raise
@@ -203,6 +204,31 @@ class Database:
                 self.conn.execute("pragma wal_checkpoint(passive)").fetchall()
             except sqlite3.Error as exc:
                 raise SpoolUnavailable(f"spool unavailable ({reason(exc)})") from exc
+
+    def with_room(self, op: Callable[[], T]) -> T:
+        """Run a write that drains the spool (claims, settlements, purges); if the disk
+        is full, release the reserve and run it once more (``disk.py``)."""
+        try:
+            return op()
+        except SpoolUnavailable as exc:
+            if exc.message != DISK_FULL or not self.disk.reserve_held():
+                raise
+        self.disk.release("a write that drains the spool found the disk full")
+        return op()
+
+    @property
+    def disk_low(self) -> bool:
+        """The reserve is released: drain in small transactions (``SQLiteSpool``)."""
+        return not self.disk.reserve_held()
+
+    def _low_disk(self, low: bool) -> None:
+        # While the reserve is all the room there is, checkpoint the WAL well before it
+        # would outgrow the reserve (SQLite's default waits for 1000 pages, 4 MB).
+        if low != self._low:
+            pages = max(16, self.disk.reserve_bytes // 4 // self._page_size()) if low \
+                else _AUTOCHECKPOINT_PAGES
+            self.conn.execute(f"pragma wal_autocheckpoint = {int(pages)}")
+            self._low = low
 
     def _spare_bytes(self, conn: sqlite3.Connection) -> int:
         try:

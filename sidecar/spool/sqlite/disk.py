@@ -10,12 +10,14 @@ stops draining, and even ``spool purge`` fails.  So:
   is admitted only while the filesystem's free space plus the file's own free pages (which
   SQLite fills before it grows the file) is at least ``reserve_bytes``.
 * **A reserve file** (``spool.db.reserve``, ``reserve_bytes`` allocated with
-  ``posix_fallocate``) holds that much more.  It is released (deleted) the moment the
-  disk runs low (or a write fails with "database or disk is full"), so that delivery,
-  housekeeping and ``spool purge`` have room to work with.  While it is released, ingest
-  stays refused (503, Meta retries) until the filesystem has room for the reserve and as
-  much again; then the reserve is re-created and ingest resumes, by itself.  The
-  hysteresis keeps a disk at the edge from flapping between 200 and 503.
+  ``posix_fallocate``) holds that much more.  When a write that drains the spool (a
+  claim, a settlement, a purge) fails with "database or disk is full", the reserve is
+  released (deleted) and the write tried again, so delivery, housekeeping and ``spool
+  purge`` go on.  Released only then, not as soon as the disk runs low: whatever filled
+  the disk has stopped by the time a write fails, and does not get the reserve.  While
+  it is released, ingest stays refused (503, Meta retries) until the filesystem has room
+  for the reserve and as much again; then the reserve is re-created and ingest resumes,
+  by itself.  The hysteresis keeps a disk at the edge from flapping between 200 and 503.
 
 The state lives in the filesystem (the reserve file and the free space), so every
 process sharing the spool (``--workers N``, the CLI) sees the same thing.  Each process
@@ -47,17 +49,14 @@ class DiskGuard:
 
     def admit(self, spare_bytes: int) -> bool:
         """May an ingest write go ahead?  ``spare_bytes``: free pages inside the file.
-        Re-creates a released reserve when there is room, releases it when the disk is
-        low."""
+        Re-creates a released reserve once there is room for it and as much again."""
         free = self.free_bytes()
         held = self.reserve_held()
         if not held and free >= 2 * self.reserve_bytes and self._restore():
             held, free = True, self.free_bytes()
-        if held and free + spare_bytes < self.reserve_bytes:
-            self.release("low")
-            held = False
-        self._note(full=not held, free=free)
-        return held
+        ok = held and free + spare_bytes >= self.reserve_bytes
+        self._note(full=not ok, free=free)
+        return ok
 
     def is_full(self, spare_bytes: int) -> bool:
         """What ``admit`` would say, without changing anything (``spool stats``)."""
@@ -65,11 +64,6 @@ class DiskGuard:
         if self.reserve_held():
             return free + spare_bytes < self.reserve_bytes
         return free < 2 * self.reserve_bytes
-
-    def make_room(self) -> None:
-        """Before a write that drains the spool: hand it the reserve if the disk is low."""
-        if self.free_bytes() < self.reserve_bytes and self.reserve_held():
-            self.release("low")
 
     def release(self, why: str) -> None:
         try:
