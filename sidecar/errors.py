@@ -16,7 +16,8 @@ command with (``exit_code``).  Those two attributes are read in exactly two plac
     │   └── BodyTimeout             408
     ├── Unavailable                 503      Meta retries later
     │   ├── SpoolUnavailable        503
-    │   └── UpstreamUnavailable     503
+    │   ├── UpstreamUnavailable     503
+    │   └── Overloaded              503      limits.max_inflight_body_bytes reached
     └── GraphError                  exit 1   Graph API said no / network error
         ├── GraphAuthError          exit 3
         ├── GraphPermissionError    exit 4
@@ -40,6 +41,7 @@ __all__ = [
     "Unavailable",
     "SpoolUnavailable",
     "UpstreamUnavailable",
+    "Overloaded",
     "GraphError",
     "GraphAuthError",
     "GraphPermissionError",
@@ -97,6 +99,10 @@ class Unavailable(SidecarError):
 
 class SpoolUnavailable(Unavailable):
     pass
+
+
+class Overloaded(Unavailable):
+    """Too many request bodies in memory already: refused before this one is read."""
 
 
 class UpstreamUnavailable(Unavailable):

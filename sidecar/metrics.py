@@ -88,6 +88,21 @@ class Metrics:
             "Seconds since the oldest event not yet delivered or dead was received (0 when "
             "there is none): how far delivery lags, whatever the depth.",
             multiprocess_mode="livemax", registry=r)
+        self.spool_dead = Gauge(
+            "sidecar_spool_dead", "Dead letters kept (listable, replayable) until "
+            "delivery.dead_retention_s.", multiprocess_mode="livemax", registry=r)
+        self.spool_quarantined = Gauge(
+            "sidecar_spool_quarantined", "Quarantined changes not yet replayed.",
+            multiprocess_mode="livemax", registry=r)
+        self.spool_disk_full = Gauge(
+            "sidecar_spool_disk_full",
+            "1 while new deliveries get 503 because the spool's disk is (nearly) full "
+            "(free space below delivery.spool_reserve_bytes); the backlog keeps draining.",
+            multiprocess_mode="livemax", registry=r)
+        self.inflight_body_bytes = Gauge(
+            "sidecar_inflight_body_bytes",
+            "Request body bytes held in memory now (capped by "
+            "limits.max_inflight_body_bytes).", multiprocess_mode="livesum", registry=r)
         self.open_connections = Gauge(
             "sidecar_open_connections",
             "Established TLS connections on the public listener (capped by "

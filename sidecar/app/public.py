@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from sidecar.app.budget import BodyBudget, BodyHold
 from sidecar.app.responses import error_response
 from sidecar.checks.payload import parse_envelopes
 from sidecar.checks.signature import SignatureVerifier
@@ -30,11 +31,13 @@ from sidecar.errors import (
     BadPayload,
     BodyTimeout,
     BodyTooLarge,
+    Overloaded,
     RequestRejected,
     SidecarError,
     SignatureInvalid,
     Unavailable,
 )
+from sidecar.logs import Throttle
 from sidecar.metrics import Metrics
 from sidecar.normalize import Bounds, normalize
 from sidecar.secret import Secret
@@ -45,6 +48,7 @@ __all__ = ["RequestSettings", "build_public_app", "MAX_CHALLENGE_LENGTH"]
 log = logging.getLogger("sidecar.request")
 
 MAX_CHALLENGE_LENGTH = 1024
+UNAVAILABLE_LOG_INTERVAL_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +69,12 @@ def build_public_app(
     max_body_bytes: int,
     body_timeout_s: float,
     max_events_per_delivery: int = 1000,
+    budget: BodyBudget | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
 ) -> ASGIApp:
+    budget = budget or BodyBudget(2**62)
+    unavailable_logs = Throttle(UNAVAILABLE_LOG_INTERVAL_S)
+
     async def verify_subscription(request: Request) -> Response:
         params = request.query_params
         token = params.get("hub.verify_token")
@@ -82,9 +90,16 @@ def build_public_app(
         return _outcome(metrics, "verified", PlainTextResponse(challenge))
 
     async def receive_delivery(request: Request) -> Response:
+        hold = budget.hold()
+        try:
+            return await _checked_delivery(request, hold)
+        finally:
+            hold.release()  # what the body became is gone with the answer
+
+    async def _checked_delivery(request: Request, hold: BodyHold) -> Response:
         received_at = clock()
         try:
-            body = await _read_body(request, max_body_bytes, body_timeout_s)
+            body = await _read_body(request, max_body_bytes, body_timeout_s, hold)
             current = settings()
             try:
                 current.verifier.verify(body, request.headers.get("x-hub-signature-256"))
@@ -94,17 +109,24 @@ def build_public_app(
             envelopes = parse_envelopes(body)
             bounds = Bounds(max_events=max_events_per_delivery, body_bytes=len(body),
                             stored_size=stored_size)
+            del body  # the parsed form replaces it while the commit is awaited
             normalized = normalize(envelopes, received_at=received_at,
                                    unknown_fields=current.unknown_fields, bounds=bounds)
             await ingest.accept(normalized)
         except ClientDisconnect:
             metrics.requests.labels("client_disconnect").inc()
             return Response(status_code=400)
-        except (BodyTooLarge, BodyTimeout) as exc:
+        except (BodyTooLarge, BodyTimeout, Overloaded) as exc:
+            # The body was not read (whole): the connection cannot carry another request.
             return _outcome(metrics, _outcome_name(exc), error_response(exc, close=True))
         except (RequestRejected, Unavailable) as exc:
             if isinstance(exc, Unavailable):
-                log.warning("delivery.unavailable", extra={"error": exc.message})
+                # Lasts as long as its cause (a full disk, a down upstream): one line per
+                # cause every few seconds; the metric counts every request.
+                left_out = unavailable_logs.allow(exc.message)
+                if left_out is not None:
+                    log.warning("delivery.unavailable", extra={
+                        "error": exc.message, "similar_left_out": left_out})
             return _outcome(metrics, _outcome_name(exc), error_response(exc))
         accepted.inc()
         return _accepted_response(len(normalized.events), len(normalized.quarantined))
@@ -169,30 +191,52 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-async def _read_body(request: Request, max_body_bytes: int, timeout_s: float) -> bytes:
-    """The raw body, reading no further than the limit and for no longer than the timeout."""
+async def _read_body(request: Request, max_body_bytes: int, timeout_s: float,
+                     hold: BodyHold) -> bytes:
+    """The raw body, reading no further than the limit and for no longer than the timeout,
+    paid for in ``hold`` before it is read: a declared length at once, a chunked body
+    chunk by chunk (``Overloaded`` when the in-flight budget has no room).
+
+    The body goes into one buffer (sized up front when the length is declared) rather
+    than a list of chunks joined at the end: half the peak, and one large allocation,
+    which the allocator maps and unmaps whole, instead of many small ones that fragment
+    the heap and keep a burst's memory after it is over (server/memory.py)."""
     declared = request.headers.get("content-length")
+    buffer = bytearray()
     if declared is not None:
         try:
-            if int(declared) > max_body_bytes:
-                raise BodyTooLarge(f"body larger than {max_body_bytes} bytes")
+            length = int(declared)
         except ValueError:
             raise BadPayload("invalid Content-Length") from None
-    chunks: list[bytes] = []
+        if length > max_body_bytes:
+            raise BodyTooLarge(f"body larger than {max_body_bytes} bytes")
+        hold.take(length)
+        buffer = bytearray(length)
     size = 0
     try:
         async with asyncio.timeout(timeout_s):
             async for chunk in request.stream():
-                size += len(chunk)
-                if size > max_body_bytes:
+                end = size + len(chunk)
+                if end > max_body_bytes:
                     raise BodyTooLarge(f"body larger than {max_body_bytes} bytes")
-                chunks.append(chunk)
+                if declared is None:
+                    hold.take(len(chunk))
+                    buffer += chunk
+                elif end > len(buffer):  # the server frames by Content-Length; be sure
+                    raise BadPayload("body longer than its Content-Length")
+                else:
+                    buffer[size:end] = chunk
+                size = end
     except TimeoutError:
         raise BodyTimeout("request body not received in time") from None
-    return b"".join(chunks)
+    if declared is not None and size != len(buffer):
+        raise ClientDisconnect()  # fewer bytes than declared: the client went away
+    return bytes(buffer)
 
 
 def _outcome_name(exc: SidecarError) -> str:
+    if isinstance(exc, Overloaded):
+        return "overloaded"
     return {
         401: "bad_signature", 400: "bad_payload", 408: "body_timeout",
         413: "too_large", 503: "unavailable",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 from typing import Any
 
 from sidecar.config import load_config
@@ -43,9 +44,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"  clients  {', '.join(config.tls.allowed_client_names)} from "
           f"{len(material.client_cas)} CA certificate(s)")
     print(f"  secrets  {len(config.meta.app_secrets)} app secret(s), verify token set")
-    print(f"  delivery {config.delivery.mode} -> {config.upstream.url}"
+    print(f"  delivery {config.delivery.mode} -> {_without_query(config.upstream.url)}"
           + (f" (trusting {config.upstream.ca_file})" if config.upstream.ca_file else ""))
     if config.tls.client_auth == "optional":
         print("  WARNING  tls.client_auth is optional: clients without a certificate are "
               "admitted (onboarding only)")
     return 0
+
+
+def _without_query(url: str) -> str:
+    """The upstream URL as printed: a query string may carry a token, so only its
+    presence is shown (credentials before the host are refused by the loader)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(query="…" if parts.query else "", fragment=""))

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sidecar.cli._args import positive_int
+from sidecar.cli._args import bounded_int
 from sidecar.config import load_config
 from sidecar.logs import setup_logging
 from sidecar.server import default_workers, run_server
@@ -30,8 +30,11 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+MAX_WORKERS = 256  # more ingest processes than any host has cores is a typo
+
+
 def _workers(text: str) -> int | str:
-    return "auto" if text == "auto" else positive_int(text)
+    return "auto" if text == "auto" else bounded_int(1, MAX_WORKERS)(text)
 
 
 def run(args: argparse.Namespace) -> int:

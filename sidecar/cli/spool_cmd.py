@@ -34,7 +34,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "spool", help="inspect and replay stored events",
-        description="Inspect the spool, replay dead or quarantined events, purge delivered ones.")
+        description="Inspect the spool, replay dead or quarantined events, purge old ones.")
     parser.set_defaults(func=run)
     sub = parser.add_subparsers(dest="spool_command", metavar="SUBCOMMAND")
     sub.required = True
@@ -67,15 +67,21 @@ def register(subparsers: Any) -> None:
     replay.set_defaults(spool_func=_replay)
 
     purge = sub.add_parser(
-        "purge", help="delete delivered events (dedup is kept)",
-        description="Delete delivered events (all of them, or those delivered longer ago "
-                    "than --delivered-before). Their ids keep blocking repeats until "
-                    "delivery.dedup_retention_s has passed. Pending, dead and quarantined "
-                    "events are never purged.")
+        "purge", help="delete delivered events, dead letters or quarantined changes",
+        description="Delete stored rows to free space (works on a full disk too). Without "
+                    "--dead or --quarantined: delivered events. Deleted ids keep blocking "
+                    "repeats until delivery.dedup_retention_s has passed. Pending and "
+                    "in-flight events are never purged.")
     _common(purge)
-    purge.add_argument("--delivered-before", default="0s", metavar="DURATION",
-                       help="only events delivered at least this long ago: 7d, 12h, 30m, "
-                            "3600s or 3600 (seconds); default 0s, every delivered event")
+    purge.add_argument("--dead", action="store_true", help="dead letters")
+    purge.add_argument("--quarantined", action="store_true",
+                       help="quarantined changes (replayed or not)")
+    purge.add_argument("--before", metavar="AGE",
+                       help="only rows older than AGE (delivered: since delivery; dead and "
+                            "quarantined: since receipt or the last replay): 7d, 12h, 30m, "
+                            "3600s or 3600 (seconds); default 0s, every selected row")
+    purge.add_argument("--delivered-before", metavar="AGE",
+                       help="also delivered events, those delivered at least AGE ago")
     purge.set_defaults(spool_func=_purge)
 
 
@@ -86,7 +92,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     func: Callable[[Spool, argparse.Namespace], Coroutine[None, None, int]] = args.spool_func
     if func is _purge:
-        parse_duration(args.delivered_before)  # a usage error before touching anything
+        _purge_cutoffs(args, now=0.0)  # a usage error before touching anything
     if func is _replay and bool(args.ids) == bool(args.all_dead):
         raise UsageError("spool replay: give event ids or --all-dead (not both)")
     spool = open_spool(load_config(args.config).delivery, must_exist=True)
@@ -101,7 +107,10 @@ def parse_duration(text: str) -> float:
     match = _DURATION.match(text)
     if match is None:
         raise UsageError(f"bad duration {text!r}: use e.g. 7d, 12h, 30m, 3600s or 3600")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds > 100 * 365 * 86400:
+        raise UsageError(f"bad duration {text!r}: more than 100 years")
+    return seconds
 
 
 # ---------------------------------------------------------------------- commands
@@ -118,7 +127,8 @@ async def _stats(spool: Spool, args: argparse.Namespace) -> int:
 def _format_stats(s: SpoolStats) -> str:
     age = "-" if s.oldest_pending_age_s is None else _format_age(s.oldest_pending_age_s)
     rows = [("pending", s.pending), ("in flight", s.in_flight), ("delivered", s.delivered),
-            ("dead", s.dead), ("quarantined", s.quarantined), ("oldest pending age", age)]
+            ("dead", s.dead), ("quarantined", s.quarantined), ("oldest pending age", age),
+            ("disk", "FULL: new deliveries get 503" if s.disk_full else "ok")]
     return "\n".join(f"{name:<20}{value}" for name, value in rows)
 
 
@@ -176,10 +186,32 @@ async def _replay(spool: Spool, args: argparse.Namespace) -> int:
     return 0 if result.is_complete else 1
 
 
+def _purge_cutoffs(args: argparse.Namespace, *, now: float) -> dict[str, float]:
+    """``Spool.purge`` keywords from the flags: the kinds selected, each with its time."""
+    if args.before is not None and args.delivered_before is not None:
+        raise UsageError("spool purge: give --before or --delivered-before, not both")
+    before = now - parse_duration(args.before or "0s")
+    cutoffs: dict[str, float] = {}
+    if args.dead:
+        cutoffs["dead_before"] = before
+    if args.quarantined:
+        cutoffs["quarantined_before"] = before
+    if args.delivered_before is not None:
+        cutoffs["delivered_before"] = now - parse_duration(args.delivered_before)
+    elif not cutoffs:
+        cutoffs["delivered_before"] = before
+    return cutoffs
+
+
 async def _purge(spool: Spool, args: argparse.Namespace) -> int:
-    age_s = parse_duration(args.delivered_before)
-    purged = await spool.purge(delivered_before=time.time() - age_s)
-    print(f"purged {purged} delivered events")
+    cutoffs = _purge_cutoffs(args, now=time.time())
+    result = await spool.purge(**cutoffs)
+    for key, count, what in (("delivered_before", result.delivered, "delivered events"),
+                             ("dead_before", result.dead, "dead letters"),
+                             ("quarantined_before", result.quarantined,
+                              "quarantined changes")):
+        if key in cutoffs:
+            print(f"purged {count} {what}")
     return 0
 
 

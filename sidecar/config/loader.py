@@ -46,7 +46,11 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"config file {path}: not valid YAML{where}") from exc
-    return parse_config(raw, base_dir=path.resolve().parent, env=os.environ if env is None else env,
+    # Relative paths are relative to the folder of the path as given, symlinks not
+    # followed: a config that is a symlink (a Kubernetes ConfigMap's ..data/, a release
+    # symlink) must not move the spool into whatever folder the link points to today.
+    base_dir = Path(os.path.abspath(path)).parent
+    return parse_config(raw, base_dir=base_dir, env=os.environ if env is None else env,
                         path=path)
 
 
@@ -75,8 +79,22 @@ def _listen(s: Section) -> ListenConfig:
     path = s.string("path", ListenConfig.path)
     if not path.startswith("/"):
         raise ConfigError(f"config key '{s.key('path')}': must start with /")
+    if not _PATH.fullmatch(path):
+        # The path is compared with the raw request target: a space, '?', '#', a
+        # non-ASCII character or a stray '%' can never arrive as written.
+        raise ConfigError(f"config key '{s.key('path')}': must be a URL path (letters, "
+                          "digits and - . _ ~ ! $ & ' ( ) * + , ; = : @ / or %XX; no "
+                          "spaces, '?' or '#')")
     return ListenConfig(host=s.string("host", ListenConfig.host),
                         port=_port(s, "port", ListenConfig.port), path=path)
+
+
+# RFC 3986 path characters: unreserved, sub-delims, ':', '@', '/', and %XX escapes.
+_PATH = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})+")
+# Durations that drive a timer: a positive value too small to mean anything (1e-300)
+# would make that timer fire without pause.
+_MIN_TIMER_S = 0.001
+_MIN_RELOAD_S = 0.1
 
 
 def _port(s: Section, k: str, default: int) -> int:
@@ -108,7 +126,7 @@ def _tls(s: Section) -> TLSConfig:
         allowed_client_names=names,
         client_auth=s.string("client_auth", "required", choices=("required", "optional")),
         reload_interval_s=s.number("reload_interval_s", TLSConfig.reload_interval_s,
-                                   minimum=0.0, exclusive=True),
+                                   minimum=_MIN_RELOAD_S),
         client_ca_sha256=pins,
     )
 
@@ -132,6 +150,16 @@ def _upstream(s: Section) -> UpstreamConfig:
     if not _is_http_url(url):
         raise ConfigError(f"config key '{s.key('url')}': must be an http:// or https:// URL "
                           "with a host (and a port from 1 to 65535, if given)")
+    if not url.isascii() or any(ord(c) < 0x21 or c == "\x7f" for c in url):
+        # A request line is ASCII: the host must be IDNA-encoded (xn--) and anything
+        # else percent-encoded, or every delivery would fail at the first send.
+        raise ConfigError(f"config key '{s.key('url')}': must be ASCII without spaces "
+                          "(percent-encode other characters, write an IDN host as xn--)")
+    if "@" in urlsplit(url).netloc:
+        # Never printed, never silently dropped: the upstream authenticates the sidecar
+        # by upstream.signing_secret.
+        raise ConfigError(f"config key '{s.key('url')}': must not carry credentials "
+                          "(user:password@); sign requests with upstream.signing_secret")
     ca_file = s.path("ca_file") if s.has("ca_file") else None
     if ca_file is not None and urlsplit(url).scheme != "https":
         raise ConfigError(f"config key '{s.key('ca_file')}': only used with an https:// "
@@ -146,7 +174,7 @@ def _upstream(s: Section) -> UpstreamConfig:
                               "after the prefix (Standard Webhooks)") from None
     return UpstreamConfig(
         url=url,
-        timeout_s=s.number("timeout_s", UpstreamConfig.timeout_s, exclusive=True),
+        timeout_s=s.number("timeout_s", UpstreamConfig.timeout_s, minimum=_MIN_TIMER_S),
         signing_secret=signing_secret,
         batch_max=s.integer("batch_max", UpstreamConfig.batch_max, minimum=1),
         max_in_flight=s.integer("max_in_flight", UpstreamConfig.max_in_flight, minimum=1),
@@ -166,36 +194,53 @@ def _is_http_url(url: str) -> bool:
 
 def _delivery(s: Section) -> DeliveryConfig:
     s.check_unknown({"mode", "spool_path", "max_attempts", "max_age_s", "backoff_initial_s",
-                     "backoff_max_s", "dedup_retention_s", "max_spool_events"})
+                     "backoff_max_s", "dedup_retention_s", "max_spool_events",
+                     "dead_retention_s", "spool_reserve_bytes"})
     d = DeliveryConfig
-    initial = s.number("backoff_initial_s", d.backoff_initial_s, exclusive=True)
-    maximum = s.number("backoff_max_s", d.backoff_max_s, exclusive=True)
+    initial = s.number("backoff_initial_s", d.backoff_initial_s, minimum=_MIN_TIMER_S)
+    maximum = s.number("backoff_max_s", d.backoff_max_s, minimum=_MIN_TIMER_S)
     if maximum < initial:
         raise ConfigError(f"config key '{s.key('backoff_max_s')}': must be >= backoff_initial_s")
+    max_age_s = s.number("max_age_s", d.max_age_s, exclusive=True)
+    dead_retention_s = s.number("dead_retention_s", d.dead_retention_s, exclusive=True)
+    if dead_retention_s < max_age_s:
+        # Both count from receipt (or the last replay): a shorter retention would delete
+        # an event that dies of old age as soon as it dies.
+        raise ConfigError(f"config key '{s.key('dead_retention_s')}': must be >= "
+                          f"{s.key('max_age_s')} ({max_age_s:g})")
     return DeliveryConfig(
         mode=s.string("mode", "spool", choices=("spool", "direct")),
         spool_path=s.path("spool_path", str(d.spool_path)),
         max_attempts=s.integer("max_attempts", d.max_attempts, minimum=1),
-        max_age_s=s.number("max_age_s", d.max_age_s, exclusive=True),
+        max_age_s=max_age_s,
         backoff_initial_s=initial,
         backoff_max_s=maximum,
         dedup_retention_s=s.number("dedup_retention_s", d.dedup_retention_s),
         max_spool_events=s.integer("max_spool_events", d.max_spool_events, minimum=1),
+        dead_retention_s=dead_retention_s,
+        spool_reserve_bytes=s.integer("spool_reserve_bytes", d.spool_reserve_bytes,
+                                      minimum=1 << 20),
     )
 
 
 def _limits(s: Section) -> LimitsConfig:
     s.check_unknown({"max_body_bytes", "header_timeout_s", "body_timeout_s",
-                     "keepalive_timeout_s", "max_connections", "max_events_per_delivery"})
+                     "keepalive_timeout_s", "max_connections", "max_events_per_delivery",
+                     "max_inflight_body_bytes"})
     d = LimitsConfig
+    max_body_bytes = s.integer("max_body_bytes", d.max_body_bytes, minimum=1)
+    inflight = s.integer("max_inflight_body_bytes", d.max_inflight_body_bytes,
+                         minimum=max_body_bytes)
     return LimitsConfig(
-        max_body_bytes=s.integer("max_body_bytes", d.max_body_bytes, minimum=1),
-        header_timeout_s=s.number("header_timeout_s", d.header_timeout_s, exclusive=True),
-        body_timeout_s=s.number("body_timeout_s", d.body_timeout_s, exclusive=True),
-        keepalive_timeout_s=s.number("keepalive_timeout_s", d.keepalive_timeout_s, exclusive=True),
+        max_body_bytes=max_body_bytes,
+        header_timeout_s=s.number("header_timeout_s", d.header_timeout_s, minimum=_MIN_TIMER_S),
+        body_timeout_s=s.number("body_timeout_s", d.body_timeout_s, minimum=_MIN_TIMER_S),
+        keepalive_timeout_s=s.number("keepalive_timeout_s", d.keepalive_timeout_s,
+                                     minimum=_MIN_TIMER_S),
         max_connections=s.integer("max_connections", d.max_connections, minimum=1),
         max_events_per_delivery=s.integer("max_events_per_delivery",
                                           d.max_events_per_delivery, minimum=1),
+        max_inflight_body_bytes=inflight,
     )
 
 

@@ -74,6 +74,8 @@ class DeliveryConfig:
     backoff_max_s: float = 300.0
     dedup_retention_s: float = 604800.0
     max_spool_events: int = 1_000_000
+    dead_retention_s: float = 2_592_000.0  # dead letters and quarantined changes, from receipt
+    spool_reserve_bytes: int = 64 * 1024 * 1024  # SQLite: disk kept free for delivery and purge
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class LimitsConfig:
     keepalive_timeout_s: float = 75.0
     max_connections: int = 1000
     max_events_per_delivery: int = 1000  # past it a delivery is quarantined whole
+    max_inflight_body_bytes: int = 256 * 1024 * 1024  # whole instance, split across --workers
 
 
 @dataclass(frozen=True)

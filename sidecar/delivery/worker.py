@@ -36,6 +36,7 @@ from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.delivery.retry import RetryPolicy
 from sidecar.delivery.upstream import UpstreamClient
 from sidecar.errors import SpoolUnavailable, UpstreamUnavailable
+from sidecar.logs import Throttle
 from sidecar.metrics import Metrics
 from sidecar.spool import Settlement, Spool, SpooledEvent
 
@@ -70,6 +71,7 @@ class DeliveryWorker:
                  rng: random.Random | None = None) -> None:
         self._spool = spool
         self._upstream = upstream
+        self._claim_errors = Throttle(10.0)
         self.policy = policy
         self.settings = settings
         self._metrics = metrics
@@ -155,7 +157,12 @@ class DeliveryWorker:
             claimed = await self._spool.settle_and_claim(outcomes, limit,
                                                          lease_s=self.settings.lease_s)
         except SpoolUnavailable as exc:
-            log.error("delivery.spool_error", extra={"op": "claim", "error": str(exc)})
+            # Fails at every poll while the spool is broken: one line per cause every
+            # few seconds, with how many were left out.
+            left_out = self._claim_errors.allow(str(exc))
+            if left_out is not None:
+                log.error("delivery.spool_error", extra={
+                    "op": "claim", "error": str(exc), "similar_left_out": left_out})
             return []
         self._drained = len(claimed) < limit
         self._next_due = None

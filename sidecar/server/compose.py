@@ -40,10 +40,11 @@ class Parts:
 def compose(config: Config, *, spool: Spool, metrics: Metrics, ingest: bool, delivery: bool,
             wake: Callable[[], None] | None = None, max_connections: int | None,
             extra_checks: Mapping[str, ReadinessCheck] | None = None,
-            poll_interval_s: float = 0.5) -> Parts:
+            poll_interval_s: float = 0.5, inflight_body_bytes: int | None = None) -> Parts:
     """Build the parts of one process.  ``wake`` tells a delivering process elsewhere that
     a commit happened (``--workers N``); with both roles here, the worker is woken
-    directly."""
+    directly.  ``max_connections`` and ``inflight_body_bytes`` are this process's share
+    of the instance's limits (default: all of ``limits.max_inflight_body_bytes``)."""
     live = LiveState(config, metrics, max_connections=max_connections)
     mode = _MODES[config.delivery.mode]
     delivery_role = None
@@ -58,7 +59,9 @@ def compose(config: Config, *, spool: Spool, metrics: Metrics, ingest: bool, del
     ingest_role = None
     if ingest:
         assert wake is not None, "an ingest needs someone to wake"
-        ingest_role = IngestRole(live, mode.ingest_side(config, spool, metrics, wake))
+        ingest_role = IngestRole(live, mode.ingest_side(config, spool, metrics, wake),
+                                 inflight_body_bytes=inflight_body_bytes
+                                 or config.limits.max_inflight_body_bytes)
     return Parts(live=live, ingest=ingest_role, delivery=delivery_role)
 
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 
 from sidecar.app.admin import ReadinessCheck, build_admin_app
+from sidecar.app.budget import BodyBudget
 from sidecar.app.public import build_public_app
 from sidecar.clock import wait_for_event
 from sidecar.delivery.ingest import Ingest
@@ -25,6 +26,7 @@ from sidecar.delivery.upstream import UpstreamClient
 from sidecar.delivery.worker import DeliveryWorker
 from sidecar.errors import SidecarError, SpoolUnavailable
 from sidecar.metrics import CertExpiry
+from sidecar.server import memory
 from sidecar.server.listen import Listener, ListenerLimits
 from sidecar.server.reload import LiveState
 from sidecar.spool import Spool
@@ -51,14 +53,16 @@ def listener_limits(live: LiveState, *, graceful_timeout_s: float) -> ListenerLi
 class IngestRole:
     """The public listener's request path, on top of one process's ``LiveState``."""
 
-    def __init__(self, live: LiveState, ingest: Ingest) -> None:
+    def __init__(self, live: LiveState, ingest: Ingest, *, inflight_body_bytes: int) -> None:
         self.live = live
         self._ingest = ingest
         config = live.config
+        budget = BodyBudget(inflight_body_bytes, on_change=live.metrics.inflight_body_bytes.set,
+                            on_drained=memory.TrimAfterBurst())
         self.app = build_public_app(
             path=config.listen.path, settings=live.settings, ingest=ingest, metrics=live.metrics,
             max_body_bytes=config.limits.max_body_bytes,
-            body_timeout_s=config.limits.body_timeout_s,
+            body_timeout_s=config.limits.body_timeout_s, budget=budget,
             max_events_per_delivery=config.limits.max_events_per_delivery)
 
     async def serve(self, stop: asyncio.Event, sock: socket.socket) -> None:
@@ -118,16 +122,23 @@ class DeliveryRole:
                 await self._upstream.aclose()
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
-        """Drop delivered events once they no longer serve dedup, so the file stays bounded."""
+        """Drop delivered events once they no longer serve dedup, and dead letters and
+        quarantined changes once ``dead_retention_s`` has passed, so the file stays
+        bounded."""
         while not stop.is_set():
-            cutoff = time.time() - self.live.config.delivery.dedup_retention_s
+            d = self.live.config.delivery
+            now = time.time()
             try:
-                purged = await self.spool.purge(delivered_before=cutoff)
+                purged = await self.spool.purge(delivered_before=now - d.dedup_retention_s,
+                                                dead_before=now - d.dead_retention_s,
+                                                quarantined_before=now - d.dead_retention_s)
             except SidecarError as exc:
                 log.error("spool.purge_failed", extra={"error": exc.message})
             else:
-                if purged:
-                    log.info("spool.purged", extra={"events": purged})
+                if purged.total:
+                    log.info("spool.purged", extra={
+                        "events": purged.delivered, "dead": purged.dead,
+                        "quarantined": purged.quarantined})
             await wait_for_event(stop, HOUSEKEEPING_INTERVAL_S)
 
     def _loaded_certificates(self) -> list[CertExpiry]:
@@ -144,9 +155,13 @@ class DeliveryRole:
                 for facts in certs]
 
     async def _refresh_gauges(self) -> None:
-        depth, oldest_age = await self.spool.backlog()
-        self.live.metrics.spool_depth.set(depth)
-        self.live.metrics.spool_oldest_age.set(oldest_age or 0.0)
+        stats = await self.spool.stats()
+        m = self.live.metrics
+        m.spool_depth.set(stats.pending + stats.in_flight)
+        m.spool_oldest_age.set(stats.oldest_pending_age_s or 0.0)
+        m.spool_dead.set(stats.dead)
+        m.spool_quarantined.set(stats.quarantined)
+        m.spool_disk_full.set(1 if stats.disk_full else 0)
 
     async def _certs_ready(self) -> str | None:
         leaf = self.live.holder.state.material.server_chain[0]
@@ -156,7 +171,7 @@ class DeliveryRole:
     async def _spool_ready(self) -> str | None:
         try:
             await self.spool.check_writable()
-        except SpoolUnavailable:
-            return "spool not writable"
+        except SpoolUnavailable as exc:
+            return exc.message  # short and safe: "spool disk full", "spool full", ...
         return None
 

@@ -10,11 +10,18 @@ import socket
 from pathlib import Path
 
 from sidecar.config import Config, load_config
-from sidecar.errors import SidecarError
 from sidecar.metrics import Metrics
 from sidecar.server.compose import compose
+from sidecar.server import memory
+from sidecar.server.instance import claim_listen_address
 from sidecar.server.process import run_loop, serve_until_stopped
-from sidecar.server.supervisor import Supervisor, admin_socket, log_start, public_socket
+from sidecar.server.supervisor import (
+    Supervisor,
+    admin_socket,
+    inflight_share,
+    log_start,
+    public_socket,
+)
 from sidecar.spool import Spool, open_spool
 
 __all__ = ["run_server"]
@@ -24,14 +31,27 @@ log = logging.getLogger("sidecar.server")
 
 def run_server(config_path: Path, *, loop: str = "auto", workers: int = 1) -> int:
     config = load_config(config_path)
+    inflight_share(config, max(1, workers))  # a one-line refusal before anything starts
+    memory.tune_malloc()
     # Before any loop or log line: a spool another process delivers from is a one-line
     # refusal (the worker requeues every in-flight claim at start; two would collide).
     spool = open_spool(config.delivery)
     try:
         spool.take_ownership()
-    except SidecarError:
+        # One instance per listen address, whatever the worker count (see instance.py);
+        # the lock is held until this process exits.
+        instance_lock = claim_listen_address(config.listen.host, config.listen.port)
+    except BaseException:
         spool.close()
         raise
+    try:
+        return _run(config, spool, loop=loop, workers=workers)
+    finally:
+        if instance_lock is not None:
+            instance_lock.close()
+
+
+def _run(config: Config, spool: Spool, *, loop: str, workers: int) -> int:
     if workers <= 1:
         try:
             with contextlib.ExitStack() as sockets:  # closed however the run ends

@@ -10,6 +10,13 @@ across processes) and wake the parent's delivery worker with a datagram after ea
 commit.  Metrics use Prometheus's multiprocess mode, so the parent's ``/metrics`` shows
 every process.  SIGHUP to the parent is forwarded to every ingest process that is ready;
 one that dies is replaced, with a growing delay while replacements keep failing.
+
+Every process that serves uses the last good configuration.  A replacement gets the
+parent's current one (its reloadable sections, ``tls`` and ``meta``), never the start-up
+file's: after onboarding switched ``client_auth`` to ``required``, or a secret, name or CA
+was removed, a killed process must not come back admitting what the reload refused.  A
+reload that completes while a replacement is starting (it was handed the config before)
+is caught up by a SIGHUP as soon as that process says it is ready.
 """
 
 from __future__ import annotations
@@ -23,13 +30,15 @@ import signal
 import socket
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from sidecar.clock import wait_for_event
 from sidecar.config import Config
-from sidecar.errors import SidecarError
+from sidecar.errors import ConfigError, SidecarError
 from sidecar.logs import setup_logging
 from sidecar.metrics import Metrics
+from sidecar.server import memory
 from sidecar.server.compose import compose
 from sidecar.server.listen import bind_socket
 from sidecar.server.process import (
@@ -42,7 +51,7 @@ from sidecar.server.process import (
 from sidecar.server.roles import DeliveryRole
 from sidecar.spool import Spool, open_spool
 
-__all__ = ["Supervisor", "log_start", "public_socket", "admin_socket"]
+__all__ = ["Supervisor", "log_start", "public_socket", "admin_socket", "inflight_share"]
 
 log = logging.getLogger("sidecar.server")
 
@@ -60,6 +69,20 @@ def public_socket(config: Config, *, reuse_port: bool) -> socket.socket:
 
 def admin_socket(config: Config) -> socket.socket:
     return bind_socket(config.admin.host, config.admin.port)
+
+
+def inflight_share(config: Config, workers: int) -> int:
+    """One ingest process's share of ``limits.max_inflight_body_bytes``; ``ConfigError``
+    when a body of ``max_body_bytes`` would never fit in a share."""
+    limits = config.limits
+    share = limits.max_inflight_body_bytes // workers
+    if share < limits.max_body_bytes:
+        raise ConfigError(
+            f"config key 'limits.max_inflight_body_bytes': {limits.max_inflight_body_bytes} "
+            f"split across {workers} ingest processes leaves less than "
+            f"limits.max_body_bytes ({limits.max_body_bytes}) each; raise it or use fewer "
+            "--workers")
+    return share
 
 
 def log_start(config: Config, *, workers: int) -> None:
@@ -105,13 +128,16 @@ class _ParentWake:
 
 
 def _ingest_process_main(config: Config, wake_sock: socket.socket, loop_name: str,
-                         metrics_dir: str, max_connections: int) -> None:
+                         metrics_dir: str, max_connections: int,
+                         inflight_body_bytes: int) -> None:
     """Entry point of one spawned ingest process.
 
-    It gets the parent's validated start-up config (not the file: a replacement process
-    must not pick up a spool path or port the parent is not using); its own reloads then
-    re-read the TLS and secret settings from the file like every process's do."""
+    It gets the parent's validated config (not the file): the start-up one for what needs
+    a restart (a replacement must not pick up a spool path or port the parent is not
+    using), the last good reload for ``tls`` and ``meta``; its own reloads then re-read
+    the TLS and secret settings from the file like every process's do."""
     setup_logging(config.logging.level, config.logging.format)
+    memory.tune_malloc()
     try:
         sock = public_socket(config, reuse_port=True)
     except OSError as exc:
@@ -125,7 +151,8 @@ def _ingest_process_main(config: Config, wake_sock: socket.socket, loop_name: st
             parts = compose(config, spool=spool,
                             metrics=Metrics(multiprocess_dir=Path(metrics_dir)),
                             ingest=True, delivery=False, wake=parent,
-                            max_connections=max_connections)
+                            max_connections=max_connections,
+                            inflight_body_bytes=inflight_body_bytes)
             ingest = parts.ingest
             assert ingest is not None
             await serve_until_stopped(parts.live, lambda stop: ingest.serve(stop, sock),
@@ -179,16 +206,41 @@ class Supervisor:
         self._ctx = multiprocessing.get_context("spawn")
         self._children: list[multiprocessing.process.BaseProcess | None] = [None] * workers
         self._ready_pids: set[int] = set()
+        self._spawned_with: dict[int, Config] = {}  # pid -> the parent config it was given
         self._stopping = False
+
+    def child_config(self) -> Config:
+        """What a process started now gets: the start-up config, with the sections a
+        reload may change taken from the parent's last good reload."""
+        live = self.parts.live.config
+        return replace(self.config, tls=live.tls, meta=live.meta)
 
     def _spawn(self, index: int) -> None:
         per_child = max(1, self.config.limits.max_connections // self.workers)
+        live = self.parts.live.config
         proc = self._ctx.Process(
             target=_ingest_process_main, name=f"sidecar-ingest-{index}",
-            args=(self.config, self._wake_tx, self.loop_name, self._metrics_dir, per_child),
+            args=(self.child_config(), self._wake_tx, self.loop_name, self._metrics_dir,
+                  per_child, inflight_share(self.config, self.workers)),
             daemon=True)
         proc.start()
         self._children[index] = proc
+        if proc.pid is not None:
+            self._spawned_with[proc.pid] = live
+
+    def _on_ready(self, pid: int) -> None:
+        """A process said it is ready (its SIGHUP handler is installed).  Had the parent
+        reloaded since handing it a config, it missed that reload's SIGHUP: send it now.
+        (Any completed reload counts, changed or not: it may have swapped TLS files whose
+        paths stayed the same, and one extra reload costs nothing.)"""
+        self._ready_pids.add(pid)
+        given = self._spawned_with.pop(pid, None)
+        if given is not None and given is not self.parts.live.config:
+            log.info("ingest.catching_up", extra={"pid": pid})
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
 
     async def _children_ready(self) -> str | None:
         waiting = [i for i, p in enumerate(self._children)
@@ -205,6 +257,9 @@ class Supervisor:
                 if proc is not None and not proc.is_alive() and not self._stopping:
                     log.error("ingest.exited", extra={"index": index, "exitcode": proc.exitcode})
                     _mark_dead(proc.pid, self._metrics_dir)
+                    if proc.pid is not None:
+                        self._ready_pids.discard(proc.pid)
+                        self._spawned_with.pop(proc.pid, None)
                     lived = time.monotonic() - started[index]
                     failures[index] = 0 if lived > 60 else failures[index] + 1
                     delay = min(60.0, _CHILD_RESTART_DELAY_S * 2 ** failures[index])
@@ -253,8 +308,10 @@ class Supervisor:
                     w.cancel()
                 if reload_now.is_set() and not stop.is_set():
                     reload_now.clear()
-                    self._forward(signal.SIGHUP)
+                    # The parent first, so that a process spawned from here on gets the
+                    # new config; one spawned during the reload is caught up when ready.
                     await asyncio.to_thread(live.reload)
+                    self._forward(signal.SIGHUP)
         finally:
             self._stopping = True
             watcher.cancel()
@@ -284,7 +341,7 @@ class Supervisor:
         try:
             while message := self._wake_rx.recv(64):
                 if message.startswith(_READY):
-                    self._ready_pids.add(int(message[len(_READY):]))
+                    self._on_ready(int(message[len(_READY):]))
         except (BlockingIOError, OSError, ValueError):
             pass
         delivery.wake()

@@ -16,6 +16,7 @@ from sidecar.spool.contract import (
     STATES,
     AddResult,
     Batch,
+    PurgeResult,
     QuarantineRow,
     Renormalize,
     ReplayResult,
@@ -42,6 +43,7 @@ __all__ = [
     "SpoolRow",
     "QuarantineRow",
     "ReplayResult",
+    "PurgeResult",
     "STATES",
 ]
 
@@ -52,4 +54,5 @@ def open_spool(delivery: DeliveryConfig, *, must_exist: bool = False) -> Spool:
     if must_exist and not delivery.spool_path.is_file():
         raise SpoolUnavailable(f"spool file {delivery.spool_path} does not exist")
     return SQLiteSpool(delivery.spool_path, max_spool_events=delivery.max_spool_events,
-                       dedup_retention_s=delivery.dedup_retention_s)
+                       dedup_retention_s=delivery.dedup_retention_s,
+                       reserve_bytes=delivery.spool_reserve_bytes)

@@ -1,6 +1,6 @@
 """The storage contract: every operation the ingest, the delivery worker, the CLI and
 ``/metrics`` need from a spool, whatever keeps it (SQLite on one machine, PostgreSQL for
-replicas).  One test suite (``tests/unit/spool/contract.py``) holds every backend to it.
+replicas).  One test suite (``tests/unit/spool/spool_contract.py``) holds every backend to it.
 
 What every backend guarantees:
 
@@ -17,7 +17,18 @@ What every backend guarantees:
 * **Nothing half-written.**  Every failure is ``SpoolUnavailable`` (ingest answers 503 and
   Meta retries) and leaves the store as it was before the call.
 * **Quarantine and dead letters are kept**, listed and replayable; replay re-normalizes a
-  quarantined change through the ``Renormalize`` the caller passes in.
+  quarantined change through the ``Renormalize`` the caller passes in.  They are kept
+  until ``purge`` deletes them (housekeeping does after ``delivery.dead_retention_s``,
+  counted from receipt or the last replay, like an event's age).  They do not count
+  toward ``max_spool_events``, which bounds the delivery backlog (pending + in-flight).
+* **Storage running out refuses ingest first.**  While the backend's storage is (nearly)
+  full, ``add_many``, ``record_delivered`` and ``check_writable`` raise
+  ``SpoolUnavailable`` (so ``/readyz`` fails exactly while an ingest would answer 503),
+  ``stats().disk_full`` is True, and everything that shrinks the spool or moves the
+  backlog — ``settle_and_claim``, ``settle``, ``release``, ``recover`` and ``purge`` —
+  still works: the backlog drains and an operator can free space.  When space returns
+  ingest resumes by itself.  (SQLite keeps ``delivery.spool_reserve_bytes`` of the disk
+  for this; a backend whose storage is a server's decides what "full" means there.)
 
 Operations are coroutines; a backend on a blocking driver runs them in a thread.
 ``take_ownership`` and ``close`` are plain calls, made outside any event loop too.
@@ -43,6 +54,7 @@ __all__ = [
     "SpoolRow",
     "QuarantineRow",
     "ReplayResult",
+    "PurgeResult",
     "STATES",
 ]
 
@@ -96,6 +108,7 @@ class SpoolStats:
     dead: int
     quarantined: int  # not yet replayed
     oldest_pending_age_s: float | None  # oldest pending or in-flight event
+    disk_full: bool = False  # ingest refused for lack of storage space (see the module doc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +144,19 @@ class ReplayResult:
     def is_complete(self) -> bool:
         """True when every requested id was replayed."""
         return not (self.not_found or self.still_invalid or self.skipped)
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeResult:
+    """Rows deleted by one ``purge``, by kind."""
+
+    delivered: int = 0
+    dead: int = 0
+    quarantined: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.delivered + self.dead + self.quarantined
 
 
 class Spool(Protocol):
@@ -206,7 +232,20 @@ class Spool(Protocol):
 
     async def replay_all_dead(self) -> int: ...
 
-    async def purge(self, *, delivered_before: float) -> int:
-        """Delete events delivered before that time; their ids keep blocking repeats
-        until ``dedup_retention_s`` has passed.  The number deleted."""
+    async def purge(self, *, delivered_before: float | None = None,
+                    dead_before: float | None = None,
+                    quarantined_before: float | None = None) -> PurgeResult:
+        """Delete stored rows older than the times given (unix seconds); a kind given
+        None is left alone:
+
+        * ``delivered_before``: delivered events delivered before it;
+        * ``dead_before``: dead letters received (or last replayed) before it;
+        * ``quarantined_before``: quarantined changes, replayed or not, received (or
+          last replayed) before it.
+
+        Pending and in-flight events are never deleted.  A deleted event's id keeps
+        blocking repeats until ``dedup_retention_s`` after it was stored (a tombstone),
+        so a purge never weakens dedup.  Works while ingest is refused for a full disk
+        (that is when it is needed), and gives the space back to the storage where the
+        backend can."""
         ...

@@ -151,14 +151,14 @@ def test_slow_upstream_in_direct_mode_answers_before_meta_gives_up(start_sidecar
 
 @pytest.fixture
 def spool_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs where start_sidecar puts the spool (tmp_path/var).
+    """An 8 MiB tmpfs where start_sidecar puts the spool (tmp_path/var).
 
     Requested before start_sidecar, so it is torn down after the sidecar stopped.
     """
     folder = tmp_path / "var"
     folder.mkdir()
     try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs",
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs",
                         str(folder)], check=True, capture_output=True, timeout=10)
     except (OSError, subprocess.SubprocessError) as exc:
         pytest.skip(f"cannot mount a tmpfs here (needs root/CAP_SYS_ADMIN): {exc}")

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from sidecar.errors import SidecarError
 from sidecar.events import QuarantinedChange
 from sidecar.spool.contract import (
+    PurgeResult,
     QuarantineRow,
     Renormalize,
     ReplayResult,
@@ -42,6 +43,7 @@ class SQLiteAdmin:
                 "select count(*) from quarantine where replayed_at is null").fetchone()
             oldest = oldest_age(conn, now)
         return SpoolStats(
+            disk_full=self.db.disk_full(),
             pending=counts.get("pending", 0),
             in_flight=counts.get("in_flight", 0),
             delivered=counts.get("delivered", 0),
@@ -142,19 +144,38 @@ class SQLiteAdmin:
 
     # ------------------------------------------------------------------ purge
 
-    def purge(self, *, delivered_before: float) -> int:
-        """Delete delivered rows delivered before the given time; dedup still holds.
+    def purge(self, *, delivered_before: float | None = None,
+              dead_before: float | None = None,
+              quarantined_before: float | None = None) -> PurgeResult:
+        """Delete what the contract says (``Spool.purge``), in chunks so that ingest waits
+        for the write lock at most one chunk long, then give the freed pages back.
 
-        A purged id still inside the dedup window keeps a tombstone in ``seen``;
-        tombstones past the window are dropped here too.
+        A deleted event id still inside the dedup window keeps a tombstone in ``seen``;
+        tombstones past the window are dropped here too.  Dead letters and quarantined
+        changes are aged from receipt or their last replay, like an event's age budget.
         """
+        delivered = dead = quarantined = 0
+        if delivered_before is not None:
+            delivered = self._purge_events(
+                "state = 'delivered' and delivered_at < ?", delivered_before)
+        if dead_before is not None:
+            dead = self._purge_events(
+                "state = 'dead' and coalesce(replayed_at, received_at) < ?", dead_before)
+        if quarantined_before is not None:
+            quarantined = self._purge_chunks(
+                "delete from quarantine where rowid in (select rowid from quarantine"
+                " where coalesce(replayed_at, received_at) < ? limit ?)", quarantined_before)
+        if delivered or dead or quarantined:
+            self.db.give_back()
+        return PurgeResult(delivered=delivered, dead=dead, quarantined=quarantined)
+
+    def _purge_events(self, where: str, before: float) -> int:
         cutoff = self.db.now() - self.db.dedup_retention_s
         purged = 0
-        while True:  # in chunks: ingest waits for the write lock at most one chunk long
+        while True:
             with self.db.tx(durable=False) as conn:
                 ids = [(row[0],) for row in conn.execute(
-                    "select id from events where state = 'delivered' and delivered_at < ?"
-                    " limit ?", (delivered_before, _PURGE_CHUNK))]
+                    f"select id from events where {where} limit ?", (before, _PURGE_CHUNK))]
                 conn.executemany(
                     "insert or replace into seen (id, created_at) select id, created_at"
                     " from events where id = ? and created_at >= ?",
@@ -164,6 +185,15 @@ class SQLiteAdmin:
                     conn.execute("delete from seen where created_at < ?", (cutoff,))
             purged += len(ids)
             if len(ids) < _PURGE_CHUNK:
+                return purged
+
+    def _purge_chunks(self, delete_sql: str, before: float) -> int:
+        purged = 0
+        while True:
+            with self.db.tx(durable=False) as conn:
+                n = conn.execute(delete_sql, (before, _PURGE_CHUNK)).rowcount
+            purged += n
+            if n < _PURGE_CHUNK:
                 return purged
 
 

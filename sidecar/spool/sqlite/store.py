@@ -45,7 +45,7 @@ class SQLiteStore:
         every = [e for events, _ in batches for e in events]
         encoded = bodies(every)  # before the write lock, which other writers queue on
         now = self.db.now()
-        with self.db.tx(durable=True) as conn:
+        with self.db.tx(durable=True, ingest=True) as conn:
             depth = depth_of(conn)
             inserted = iter(self.insert_events(conn, every, encoded, state="pending", now=now))
             results = []
@@ -68,7 +68,7 @@ class SQLiteStore:
                          quarantined: Sequence[QuarantinedChange]) -> None:
         encoded = bodies(events)
         now = self.db.now()
-        with self.db.tx(durable=True) as conn:
+        with self.db.tx(durable=True, ingest=True) as conn:
             self.insert_events(conn, events, encoded, state="delivered", now=now)
             for q in quarantined:
                 _insert_quarantined(conn, q, now)

@@ -18,7 +18,7 @@ from sidecar.clock import ManualClock
 from sidecar.errors import SpoolUnavailable
 from sidecar.events import Event, QuarantinedChange, content_event_id, encode_event
 from sidecar.normalize import renormalize
-from sidecar.spool import AddResult, Settlement, Spool, SpooledEvent
+from sidecar.spool import AddResult, PurgeResult, Settlement, Spool, SpooledEvent
 
 T0 = 1_800_000_000.0
 RETENTION_S = 1000.0
@@ -401,7 +401,7 @@ class SpoolContract:
         await claim(spool, 2)
         await ack(spool, ["evt_1", "evt_2"])
         clock.now += 100
-        assert await spool.purge(delivered_before=clock.now) == 2
+        assert (await spool.purge(delivered_before=clock.now)).delivered == 2
         assert (await spool.stats()).delivered == 0 and await depth(spool) == 1
         assert (await add(spool, [make_event(1)])).duplicates == 1  # still within retention
         assert await spool.filter_new(["evt_2"]) == set()
@@ -416,7 +416,7 @@ class SpoolContract:
         await claim(spool, 1)
         await ack(spool, ["evt_1"])
         clock.now += 100
-        assert await spool.purge(delivered_before=clock.now) == 1  # leaves a tombstone
+        assert (await spool.purge(delivered_before=clock.now)).delivered == 1  # a tombstone
         clock.now += RETENTION_S  # past retention, not purged again
         assert await add(spool, [make_event(1), make_event(1)]) == AddResult(["evt_1"], 1, 0)
         assert await depth(spool) == 1
@@ -426,7 +426,7 @@ class SpoolContract:
         await add(spool, [make_event(1)])
         await claim(spool, 1)
         await ack(spool, ["evt_1"])
-        assert await spool.purge(delivered_before=clock.now - 1) == 0
+        assert (await spool.purge(delivered_before=clock.now - 1)).total == 0
         assert (await spool.stats()).delivered == 1
 
     # ------------------------------------------------------------ shared parts
@@ -445,12 +445,12 @@ class SpoolContract:
         await claim(spool, 1)
         await ack(spool, [first.id])
         clock.now += 100
-        assert await spool.purge(delivered_before=clock.now) == 1
+        assert (await spool.purge(delivered_before=clock.now)).delivered == 1
         (claimed,) = await claim(spool, 10)
         assert claimed.body == encode_event(second)
         await ack(spool, [second.id])
         clock.now += 100
-        assert await spool.purge(delivered_before=clock.now) == 1
+        assert (await spool.purge(delivered_before=clock.now)).delivered == 1
         (third,) = sharing_events(1, first=2)  # the same parts again, after none is left
         await add(spool, [third])
         (claimed,) = await claim(spool, 10)
@@ -471,3 +471,90 @@ class SpoolContract:
         assert result.replayed == [events[1].id]
         (claimed,) = await claim(spool, 10)
         assert claimed.body == encode_event(events[1])
+
+    # ------------------------------------------------------------ retention
+
+    async def test_purge_dead_deletes_old_dead_letters_only(self, spool: Spool,
+                                                            clock: ManualClock) -> None:
+        await add(spool, [make_event(1), make_event(2), make_event(3)])
+        await claim(spool, 3)
+        await dead(spool, "evt_1", error="x")
+        await ack(spool, ["evt_2"])
+        clock.now += 50
+        await add(spool, [make_event(4)])
+        await claim(spool, 1)
+        await dead(spool, "evt_4", error="x")  # received 50 s later: kept
+        result = await spool.purge(dead_before=clock.now - 10)
+        assert result == PurgeResult(dead=1)
+        stats = await spool.stats()
+        assert (stats.dead, stats.delivered, stats.in_flight) == (1, 1, 1)
+        assert [r.id for r in await spool.list_events(state="dead")] == ["evt_4"]
+        # Its id still blocks a repeat inside the dedup window (a tombstone) ...
+        assert (await add(spool, [make_event(1)])).duplicates == 1
+        clock.now += RETENTION_S  # ... and no longer after it.
+        assert (await add(spool, [make_event(1)])).stored == ["evt_1"]
+
+    async def test_a_replay_restarts_a_dead_letters_retention(self, spool: Spool,
+                                                              clock: ManualClock) -> None:
+        await add(spool, [make_event(1)])
+        await claim(spool, 1)
+        await dead(spool, "evt_1", error="x")
+        clock.now += 100
+        await spool.replay(["evt_1"], **replaying())
+        await claim(spool, 1)
+        await dead(spool, "evt_1", error="x")
+        assert (await spool.purge(dead_before=clock.now - 1)).dead == 0
+        assert (await spool.purge(dead_before=clock.now + 1)).dead == 1
+
+    async def test_purge_quarantined_deletes_old_changes_replayed_or_not(
+            self, spool: Spool, clock: ManualClock) -> None:
+        old, replayed = make_quarantined({"a": 1}), make_quarantined(
+            {"event": "VERIFIED_ACCOUNT"})
+        await add(spool, [], [old, replayed])
+        await spool.replay([replayed.id], **replaying())
+        clock.now += 100
+        new = make_quarantined({"b": 2})
+        await add(spool, [], [new])
+        assert await spool.purge(quarantined_before=clock.now - 10) == PurgeResult(
+            quarantined=2)
+        assert [r.id for r in await spool.list_quarantined()] == [new.id]
+        assert (await spool.stats()).pending == 1  # the replayed change's event stays
+
+    async def test_purge_with_no_kind_deletes_nothing(self, spool: Spool,
+                                                      clock: ManualClock) -> None:
+        await add(spool, [make_event(1)], [make_quarantined({"a": 1})])
+        await claim(spool, 1)
+        await dead(spool, "evt_1", error="x")
+        clock.now += 100
+        assert await spool.purge() == PurgeResult()
+        stats = await spool.stats()
+        assert (stats.dead, stats.quarantined) == (1, 1)
+
+    async def test_purge_never_deletes_pending_or_in_flight(self, spool: Spool,
+                                                            clock: ManualClock) -> None:
+        await add(spool, [make_event(1), make_event(2)])
+        await claim(spool, 1)
+        clock.now += 100
+        result = await spool.purge(delivered_before=clock.now, dead_before=clock.now,
+                                   quarantined_before=clock.now)
+        assert result.total == 0 and await depth(spool) == 2
+
+    async def test_dead_and_quarantined_do_not_count_toward_max_spool_events(
+            self, make_spool: MakeSpool) -> None:
+        spool = await make_spool(max_spool_events=2)
+        await add(spool, [make_event(1), make_event(2)],
+                  [make_quarantined({"a": n}) for n in range(3)])
+        await claim(spool, 2)
+        await dead(spool, "evt_1", error="x")
+        await dead(spool, "evt_2", error="x")
+        assert (await add(spool, [make_event(3), make_event(4)])).stored == ["evt_3", "evt_4"]
+
+    async def test_check_writable_fails_while_ingest_would(self, make_spool: MakeSpool) -> None:
+        spool = await make_spool(max_spool_events=1)
+        await spool.check_writable()
+        await add(spool, [make_event(1)])
+        with pytest.raises(SpoolUnavailable):
+            await add(spool, [make_event(2)])
+        with pytest.raises(SpoolUnavailable):  # /readyz says what the ingest would
+            await spool.check_writable()
+        assert (await spool.stats()).disk_full is False

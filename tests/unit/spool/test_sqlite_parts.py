@@ -122,7 +122,7 @@ async def test_a_version_1_spool_is_migrated_on_open(path: Path, clock: ManualCl
     # Purging old rows works and touches no part.
     await ack(spool, [e.id for e in old])
     clock.now += 10
-    assert await spool.purge(delivered_before=clock.now) == 2
+    assert (await spool.purge(delivered_before=clock.now)).delivered == 2
     assert [refs for _, refs in parts(spool)] == [2, 2]
     spool.close()
     again = SQLiteSpool(path, dedup_retention_s=RETENTION_S, clock=clock)  # idempotent
