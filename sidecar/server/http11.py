@@ -1,8 +1,8 @@
 """The one place that relies on Hypercorn's internals: its HTTP/1.1 protocol class.
 
-Hypercorn (0.18) has a setting for most of the listener's limits, but not for two that a
-public listener needs, and neither can be had from outside the protocol (the ASGI app
-sees a request only once its head is complete, and the TLS object sees no HTTP):
+Hypercorn (0.18) has a setting for most of the listener's limits, but not for these,
+and none can be had from outside the protocol (the ASGI app sees a request only once
+its head is complete, and the TLS object sees no HTTP):
 
 * **a header deadline** (slowloris): Hypercorn's ``read_timeout`` is per read and its
   ``keep_alive_timeout`` runs from the end of the previous response, so a client that
@@ -16,6 +16,11 @@ sees a request only once its head is complete, and the TLS object sees no HTTP):
   listener enforces and tests, so here those requests stay HTTP/1.1 requests (the
   ``Upgrade`` header is ignored, as RFC 9110 §7.8 allows, and ``HTTP/2.0`` in a request
   line is answered ``505`` by ``sidecar.server.guard``).
+
+* **a client's close, seen at once**: when the client closes an idle kept-alive
+  connection, Hypercorn's read loop ends but its keep-alive timer runs on, and the
+  connection (its memory, and its ``limits.max_connections`` slot, released when its TLS
+  object is) lingers until the timer fires; here the end of the read side closes it.
 
 ``install()`` swaps the class Hypercorn's ``ProtocolWrapper`` instantiates for every
 non-h2 connection (``hypercorn.protocol.H11Protocol``) for the subclass below, once per
@@ -52,7 +57,8 @@ OVERRIDDEN = {
 
 
 class GuardedH11Protocol(H11Protocol):
-    """Hypercorn's HTTP/1.1 protocol with a header deadline and no switch to HTTP/2."""
+    """Hypercorn's HTTP/1.1 protocol with a header deadline, no switch to HTTP/2, and a
+    client's close ending the connection."""
 
     _header_deadline: asyncio.TimerHandle | None = None
 
@@ -67,6 +73,8 @@ class GuardedH11Protocol(H11Protocol):
         elif isinstance(event, Closed):
             self._cancel_header_deadline()
         await super().handle(event)
+        if isinstance(event, Closed) and self.stream is None:
+            await self.send(Closed())  # see "a client's close" in the module docstring
 
     async def _create_stream(self, request: Any) -> None:
         self._cancel_header_deadline()  # the head is complete
