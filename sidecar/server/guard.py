@@ -40,8 +40,8 @@ ASGIApp = Any  # (scope, receive, send) -> Awaitable[None]; Hypercorn's types ar
 Message = dict[str, Any]
 
 
-class _SendTimedOut(Exception):
-    pass
+class _SendFailed(Exception):
+    """The answer could not be sent: the request ends here."""
 
 
 class RequestGuard:
@@ -83,13 +83,17 @@ class RequestGuard:
                 async with asyncio.timeout(self._send_timeout_s):
                     await send(message)
             except TimeoutError:
-                raise _SendTimedOut() from None
+                raise _SendFailed("send_timeout") from None
+            except OSError as exc:
+                # The connection failed under the answer (reset, or the TLS close met
+                # data the client sent after it): the client's doing, not an app error.
+                raise _SendFailed(type(exc).__name__) from None
 
         try:
             await app(scope, guarded_receive, guarded_send)
-        except _SendTimedOut:
+        except _SendFailed as failed:
             # Ending the app ends the request: Hypercorn closes the connection.
-            log.info("request.refused", extra={"outcome": "send_timeout"})
+            log.info("request.send_failed", extra={"outcome": str(failed)})
 
     def _drain(self, receive: Any) -> None:
         task = asyncio.create_task(_drain(receive))

@@ -13,6 +13,7 @@ from sidecar.config import Config, load_config
 from sidecar.errors import SidecarError
 from sidecar.metrics import Metrics
 from sidecar.server.compose import compose, open_spool
+from sidecar.server.fds import check_fd_budget, raise_nofile_limit
 from sidecar.server.process import (
     freeze_startup_objects,
     quiet_tls_errors,
@@ -29,6 +30,8 @@ log = logging.getLogger("sidecar.server")
 
 def run_server(config_path: Path, *, loop: str = "auto", workers: int = 1) -> int:
     config = load_config(config_path)
+    # The public listener must never run the process out of file descriptors (fds.py).
+    check_fd_budget(config, limit=raise_nofile_limit())
     # Before any loop or log line: a spool another process delivers from is a one-line
     # refusal (the worker requeues every in-flight claim at start; two would collide).
     spool = open_spool(config)

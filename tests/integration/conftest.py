@@ -97,7 +97,8 @@ def sink() -> Iterator[RecordingSink]:
 
 class SidecarProcess:
     def __init__(self, config_path: Path, port: int, admin_port: int, pki: PKI, path: str,
-                 log_path: Path, loop: str, workers: int = 1) -> None:
+                 log_path: Path, loop: str, workers: int = 1,
+                 nofile: tuple[int, int] | None = None) -> None:
         self.config_path = config_path
         self.port = port
         self.admin_port = admin_port
@@ -106,6 +107,7 @@ class SidecarProcess:
         self.log_path = log_path
         self.loop = loop
         self.workers = workers
+        self.nofile = nofile  # (soft, hard) RLIMIT_NOFILE to start the process with
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -122,10 +124,16 @@ class SidecarProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sidecar", "serve", "-c", str(self.config_path),
              "--loop", self.loop, "--workers", str(self.workers)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env)
+            stdout=self._log, stderr=subprocess.STDOUT, env=env, preexec_fn=self._limits)
         if wait:
             self.wait_ready()
         return self
+
+    def _limits(self) -> None:
+        if self.nofile is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_NOFILE, self.nofile)
 
     def wait_ready(self, timeout_s: float = 20.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -228,13 +236,14 @@ def start_sidecar(tmp_path: Path, pki: PKI, sink: RecordingSink,
     started: list[SidecarProcess] = []
 
     def _start(*, loop: str = "asyncio", upstream_url: str | None = None, wait: bool = True,
-               workers: int = 1, **kw: Any) -> SidecarProcess:
+               workers: int = 1, nofile: tuple[int, int] | None = None,
+               **kw: Any) -> SidecarProcess:
         port, admin_port = free_port(), free_port()
         config = write_config(tmp_path, port=port, admin_port=admin_port,
                               upstream_url=upstream_url or sink.url,
                               spool_path=tmp_path / "var" / "spool.db", **kw)
         proc = SidecarProcess(config, port, admin_port, pki, "/webhooks/whatsapp",
-                              tmp_path / "sidecar.log", loop, workers)
+                              tmp_path / "sidecar.log", loop, workers, nofile)
         started.append(proc)
         return proc.start(wait=wait)
 
