@@ -113,7 +113,7 @@ class GuardedH11Protocol(H11Protocol):
 
 def install() -> None:
     """Make Hypercorn build ``GuardedH11Protocol`` for HTTP/1.1 connections (idempotent)."""
-    current = hypercorn.protocol.H11Protocol
+    current = hypercorn.protocol.H11Protocol  # type: ignore[attr-defined]
     if current is GuardedH11Protocol:
         return
     if current is not H11Protocol:
@@ -123,4 +123,4 @@ def install() -> None:
         if found != params:
             raise RuntimeError(f"Hypercorn's H11Protocol.{name}{tuple(found)} is not the one "
                                "sidecar.server.http11 was written for (hypercorn 0.18)")
-    hypercorn.protocol.H11Protocol = GuardedH11Protocol  # type: ignore[misc]
+    hypercorn.protocol.H11Protocol = GuardedH11Protocol  # type: ignore[attr-defined]

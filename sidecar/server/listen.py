@@ -163,4 +163,5 @@ class Listener:
         app = RequestGuard(self._app, stopping=stop,
                            max_header_bytes=self._limits.max_header_bytes,
                            send_timeout_s=self._limits.effective_send_timeout_s)
-        await serve(app, self._config, shutdown_trigger=stop.wait, mode="asgi")
+        await serve(app, self._config, shutdown_trigger=stop.wait,  # type: ignore[arg-type]
+                    mode="asgi")
