@@ -30,6 +30,9 @@ APP_SECRET_2 = "second-app-secret"
 VERIFY_TOKEN = "test-verify-token"
 SIGNING_SECRET = "test-signing-secret"
 
+# The event loop a test's sidecar runs on unless the test names one: run the suite with
+# SIDECAR_TEST_LOOP=uvloop to run all of it on uvloop.
+DEFAULT_LOOP = os.environ.get("SIDECAR_TEST_LOOP", "asyncio")
 
 
 def free_port() -> int:
@@ -235,7 +238,7 @@ def start_sidecar(tmp_path: Path, pki: PKI, sink: RecordingSink,
     monkeypatch.setenv("TEST_APP_SECRET", APP_SECRET)
     started: list[SidecarProcess] = []
 
-    def _start(*, loop: str = "asyncio", upstream_url: str | None = None, wait: bool = True,
+    def _start(*, loop: str = DEFAULT_LOOP, upstream_url: str | None = None, wait: bool = True,
                workers: int = 1, nofile: tuple[int, int] | None = None,
                **kw: Any) -> SidecarProcess:
         port, admin_port = free_port(), free_port()
