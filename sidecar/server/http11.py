@@ -17,6 +17,9 @@ its head is complete, and the TLS object sees no HTTP):
   ``Upgrade`` header is ignored, as RFC 9110 §7.8 allows, and ``HTTP/2.0`` in a request
   line is answered ``505`` by ``sidecar.server.guard``).
 
+* **one write per response** (not a limit, the one cost this module removes): Hypercorn
+  writes a response's head, body and (empty) end separately; here the head waits for
+  the body, so a response is one TLS record and one ``send``.
 * **a client's close, seen at once**: when the client closes an idle kept-alive
   connection, Hypercorn's read loop ends but its keep-alive timer runs on, and the
   connection (its memory, and its ``limits.max_connections`` slot, released when its TLS
@@ -38,6 +41,7 @@ import inspect
 import logging
 from typing import Any
 
+import h11
 import hypercorn.protocol
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.h11 import H11Protocol
@@ -53,6 +57,7 @@ OVERRIDDEN = {
     "_create_stream": ["self", "request"],
     "_maybe_recycle": ["self"],
     "_check_protocol": ["self", "event"],
+    "_send_h11_event": ["self", "event"],
 }
 
 
@@ -61,6 +66,7 @@ class GuardedH11Protocol(H11Protocol):
     client's close ending the connection."""
 
     _header_deadline: asyncio.TimerHandle | None = None
+    _held_head = b""
 
     async def initiate(self) -> None:
         await super().initiate()
@@ -88,6 +94,25 @@ class GuardedH11Protocol(H11Protocol):
 
     async def _check_protocol(self, event: Any) -> None:
         return None  # never h2c, never the HTTP/2 preface: see the module docstring
+
+    async def _send_h11_event(self, event: Any) -> None:
+        # As Hypercorn's, except that a final response's head is held until its first body
+        # bytes (or its end), so both go out in one write: one TLS record and one send
+        # instead of two (Hypercorn writes each h11 event on its own, an empty end
+        # included).  Every app here sends its body right after the head.
+        try:
+            data = self.connection.send(event)
+        except h11.LocalProtocolError:
+            if self.connection.their_state != h11.ERROR:
+                raise
+            return
+        if type(event) is h11.Response:
+            self._held_head = data
+            return
+        if self._held_head:
+            data, self._held_head = self._held_head + data, b""
+        if data:
+            await self.send(RawData(data=data))
 
     # ------------------------------------------------------------------ deadline
 

@@ -120,9 +120,10 @@ class _ListenerConfig(Config):
         self.h11_max_incomplete_size = limits.max_header_bytes
         self.keep_alive_timeout = limits.keepalive_timeout_s
         self.keep_alive_max_requests = _KEEP_ALIVE_MAX_REQUESTS
-        # Per read, a backstop only: no legitimate client is silent longer than this at
-        # a read (idle keep-alive, or a head; a body is bounded by the app first).
-        self.read_timeout = max(limits.keepalive_timeout_s, limits.header_timeout_s)  # type: ignore[assignment]
+        # No per-read timeout: every phase has its own deadline (keep-alive, header
+        # deadline, the app's body deadline, the guard's send deadline), and Hypercorn's
+        # read_timeout wraps every read in asyncio.wait_for (a task and a timer each).
+        self.read_timeout = None
         self.graceful_timeout = limits.graceful_timeout_s
         self.max_app_queue_size = _APP_QUEUE_MESSAGES
         self.include_server_header = False
