@@ -54,3 +54,43 @@ def test_hypercorn_builds_the_guarded_protocol_for_http11_connections() -> None:
         return wrapper.protocol
 
     assert isinstance(asyncio.run(build()), http11.GuardedH11Protocol)
+
+
+def test_a_response_goes_out_in_one_write() -> None:
+    """Hypercorn writes a response's head, body and (empty) end separately: three writes,
+    two TLS records.  The guarded protocol holds the head for the body."""
+    import asyncio
+
+    from hypercorn.app_wrappers import ASGIWrapper
+    from hypercorn.events import Closed, RawData
+
+    http11.install()
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        await send({"type": "http.response.start", "status": 200,  # type: ignore[operator]
+                    "headers": [(b"content-length", b"5")]})
+        await send({"type": "http.response.body", "body": b"hello"})  # type: ignore[operator]
+
+    async def scenario() -> list[bytes]:
+        sent: list[object] = []
+
+        async def send(event: object) -> None:
+            sent.append(event)
+
+        loop = asyncio.get_running_loop()
+        async with TaskGroup(loop) as task_group:
+            wrapper = hypercorn.protocol.ProtocolWrapper(
+                ASGIWrapper(app), Config(), WorkerContext(None), task_group,  # type: ignore[arg-type]
+                ConnectionState({}), False, None, None, send, "http/1.1")
+            await wrapper.initiate()
+            await wrapper.handle(RawData(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"))
+            for _ in range(50):
+                if sent:
+                    break
+                await asyncio.sleep(0.01)
+            await wrapper.handle(Closed())
+        return [e.data for e in sent if isinstance(e, RawData)]
+
+    writes = asyncio.run(scenario())
+    assert len(writes) == 1, writes
+    assert writes[0].startswith(b"HTTP/1.1 200") and writes[0].endswith(b"\r\n\r\nhello")
