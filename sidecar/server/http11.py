@@ -133,7 +133,10 @@ class GuardedH11Protocol(H11Protocol):
         self._header_deadline = None
         if self.stream is None:
             log.info("request.refused", extra={"outcome": "header_timeout"})
-            self.task_group.spawn(self.send, Closed())
+            try:
+                self.task_group.spawn(self.send, Closed())
+            except RuntimeError:
+                pass  # the connection's task group already ended (cancelled at a stop)
 
 
 def install() -> None:
