@@ -57,8 +57,12 @@ class RequestGuard:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
-        if scope["type"] != "http":
-            return  # no WebSocket: Hypercorn refuses the upgrade when the app does not accept
+        if scope["type"] == "websocket":
+            # No WebSocket here: refused before the handshake (Hypercorn answers 403;
+            # an app that just returned would make it a 500).
+            await receive()
+            await send({"type": "websocket.close"})
+            return
         app = self._app
         if scope["http_version"] not in _HTTP1:
             app = _Refusal(505, "http_version")

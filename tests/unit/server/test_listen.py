@@ -296,3 +296,15 @@ def test_an_answer_the_client_does_not_take_ends_the_request_at_the_send_deadlin
         assert sent == ["http.response.start", "http.response.body"]
 
     asyncio.run(scenario())
+
+
+def test_a_websocket_upgrade_is_refused_before_the_handshake():
+    async def test(port: int, stop: asyncio.Event) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /x HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     b"Sec-WebSocket-Version: 13\r\n\r\n")
+        data, _ = await _read_all(reader, 3)
+        assert data.startswith(b"HTTP/1.1 403"), data  # not 101, and not a 500
+
+    _run(test)
