@@ -807,15 +807,17 @@ class Scenario:
 
 # In run order: every keep-alive scenario before the handshake one (TIME_WAIT pitfall).
 SCENARIOS = (
+    # layer-spool beside spool: the ingest alone (every check, the durable commit, no
+    # delivery worker in the process), which is what the ingest target measures.
     Scenario("keepalive", run_keepalive, ("nginx-w1", "nginx-w2", "ref-hypercorn",
-                                          "ref-uvicorn", "spool", "direct",
+                                          "ref-uvicorn", "layer-spool", "spool", "direct",
                                           "spool-w2")),
     Scenario("big", run_big, ("nginx-w1", "spool", "spool-w2")),
     Scenario("e2e", run_e2e, ("spool", "spool-w2")),
     Scenario("latency", run_latency, ("nginx-w1", "spool", "spool-w2")),
     Scenario("soak", run_soak, ("spool",)),
     Scenario("handshake", run_handshake, ("nginx-w1", "nginx-w2", "ref-hypercorn",
-                                          "ref-uvicorn", "spool", "spool-w2")),
+                                          "ref-uvicorn", "layer-spool", "spool", "spool-w2")),
     Scenario("handshake-rsa", run_handshake_rsa, ("nginx-w1", "nginx-w2", "ref-hypercorn",
                                                   "spool", "spool-w2")),
     # Opt-in (not in DEFAULT_SCENARIOS): an analysis of the handshake row, not a target.
