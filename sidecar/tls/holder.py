@@ -24,6 +24,10 @@ timeout, one that vanished without a TLS close_notify at the latest when the idl
 timeout fires — and its objects may wait for the cyclic collector, which is run before
 refusing anyone.
 
+The same object refuses application data that arrives after its own close_notify
+(``unwrap``), as OpenSSL does inside ``SSL_shutdown``: uvloop's TLS transport would read
+and drop it until its shutdown timeout.
+
 ``reload()`` follows ghostunnel: build a complete new ``TLSState``, validate it, then
 swap one attribute.  On failure the old state keeps serving.
 """
@@ -37,7 +41,7 @@ import time
 import threading
 import weakref
 from collections.abc import Callable, Mapping
-from typing import NoReturn
+from typing import Any, NoReturn
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -131,6 +135,21 @@ class TLSHolder:
 
         class IdentityCheckedSSLObject(ssl.SSLObject):
             _counted = False
+            _closing = False
+
+            def unwrap(self) -> None:
+                self._closing = True  # our close_notify is being sent
+                super().unwrap()
+
+            def read(self, len: int = 1024, buffer: Any = None) -> Any:
+                data = super().read(len, buffer)
+                if data and self._closing:
+                    # Application data after our close_notify: OpenSSL refuses it in
+                    # SSL_shutdown (asyncio's transport then closes at once), but uvloop
+                    # reads and drops it until its 30 s shutdown timeout, so a client that
+                    # goes on sending after its answer keeps a core busy.  Refused here.
+                    raise ssl.SSLError("application data after close_notify")
+                return data
 
             def do_handshake(self) -> None:
                 if not self._counted:
