@@ -16,7 +16,6 @@ its head is complete, and the TLS object sees no HTTP):
   listener enforces and tests, so here those requests stay HTTP/1.1 requests (the
   ``Upgrade`` header is ignored, as RFC 9110 §7.8 allows, and ``HTTP/2.0`` in a request
   line is answered ``505`` by ``sidecar.server.guard``).
-
 * **one write per response** (not a limit, the one cost this module removes): Hypercorn
   writes a response's head, body and (empty) end separately; here the head waits for
   the body, so a response is one TLS record and one ``send``.
@@ -62,8 +61,8 @@ OVERRIDDEN = {
 
 
 class GuardedH11Protocol(H11Protocol):
-    """Hypercorn's HTTP/1.1 protocol with a header deadline, no switch to HTTP/2, and a
-    client's close ending the connection."""
+    """Hypercorn's HTTP/1.1 protocol with a header deadline, no switch to HTTP/2, one
+    write per response, and a client's close ending the connection."""
 
     _header_deadline: asyncio.TimerHandle | None = None
     _held_head = b""
