@@ -10,8 +10,8 @@ and answers every POST 200, adding one piece of the real path to the layer befor
                ``asyncio.Protocol`` that reads one request and answers it: the floor;
 ``identity``   the listener context of ``tls.holder`` instead (each connection made from
                the current context, identity check, connection admission and gauge);
-``http``       ``sidecar.server.listen.Listener`` (uvicorn's httptools protocol with the
-               sidecar's limits) and a trivial ASGI app that reads the body;
+``http``       ``sidecar.server.listen.Listener`` (Hypercorn with the sidecar's limits:
+               header deadline, guard, timeouts) and a trivial ASGI app that reads the body;
 ``checks``     the sidecar's public app: signature, strict JSON, schemas, normalize
                (the events are dropped);
 ``spool``      and the durable group commit into a real spool file (nothing delivers).
@@ -32,10 +32,10 @@ import uvloop
 from sidecar.app.public import build_public_app
 from sidecar.config import load_config
 from sidecar.delivery.ingest import SpoolIngest
-from sidecar.server.listen import Listener, bind_socket
 from sidecar.metrics import Metrics
 from sidecar.normalize import Normalized
-from sidecar.server import LiveState, _listener_limits
+from sidecar.server.listen import Listener, ListenerLimits, bind_socket
+from sidecar.server.reload import LiveState
 from sidecar.spool import Spool, SpoolWriter
 from sidecar.tls.material import build_context
 
@@ -109,7 +109,11 @@ async def serve(layer: str, config_path: Path, port: int) -> None:
                                body_timeout_s=config.limits.body_timeout_s)
     listener = Listener(app, bind_socket("127.0.0.1", port),
                         ssl_context=live.holder.listener_context(), backlog=1024,
-                        limits=_listener_limits(config, graceful_timeout_s=1.0))
+                        limits=ListenerLimits(
+                            header_timeout_s=config.limits.header_timeout_s,
+                            keepalive_timeout_s=config.limits.keepalive_timeout_s,
+                            handshake_timeout_s=config.limits.header_timeout_s,
+                            graceful_timeout_s=1.0))
     await listener.serve(stop)
     if writer is not None:
         await writer.aclose()

@@ -1,12 +1,16 @@
-"""The reference app of ``performance-baseline.md`` on either HTTP server, for the bench.
+"""The reference app of ``performance-baseline.md`` on a bare HTTP server, for the bench.
 
 A plain Starlette app that does what every webhook server must (read the body, check
 ``X-Hub-Signature-256`` in constant time, parse the JSON) and nothing else: no schema,
-no spool, no forwarding.  Served over mTLS (client certificate required) by Hypercorn
-+ h11 or by uvicorn + httptools, one process, uvloop, so the two servers' own cost can
-be compared in the same run (the sidecar moved from the first to the second).
+no spool, no forwarding.  Served over the sidecar's own TLS — the TLS holder's listener
+context from the sidecar config given (each connection made from the current context,
+the client identity checked in the handshake, the connection cap) — by stock Hypercorn
+0.18 + h11 (``ref-hypercorn``: the server the sidecar runs, without the sidecar's
+limits, guard or checks) or by uvicorn + httptools (``ref-uvicorn``: the server it ran
+before), one process, uvloop.  The sidecar's own cost is its rate against
+``ref-hypercorn`` in the same run.
 
-    python bench/refapp.py --server uvicorn --port 8443 --cert S.pem --key S.key --ca CA.pem
+    python bench/refapp.py --server hypercorn --port 8443 --config sidecar.yaml
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import hmac
 import json
 import signal
 import ssl
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -39,22 +44,30 @@ async def webhook(request: Request) -> PlainTextResponse:
 app = Starlette(routes=[Route("/webhooks/whatsapp", webhook, methods=["POST"])])
 
 
-def tls_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    ctx.load_verify_locations(ca)
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
+def sidecar_tls(config_path: Path) -> ssl.SSLContext:
+    """The sidecar's listener context, as ``sidecar serve`` builds it."""
+    from sidecar.config import load_config
+    from sidecar.tls.holder import TLSHolder
+
+    config = load_config(config_path)
+    holder = TLSHolder(config.tls, max_connections=config.limits.max_connections)
+    return holder.listener_context()
 
 
 async def serve_hypercorn(args: argparse.Namespace, stop: asyncio.Event) -> None:
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
-    config = Config()
+    context = sidecar_tls(args.config)
+
+    class SidecarTLSConfig(Config):
+        certfile = keyfile = "unused"  # ssl_enabled; the context below is what serves
+
+        def create_ssl_context(self) -> ssl.SSLContext:
+            return context
+
+    config = SidecarTLSConfig()
     config.bind = [f"127.0.0.1:{args.port}"]
-    config.certfile, config.keyfile, config.ca_certs = args.cert, args.key, args.ca
-    config.verify_mode = ssl.CERT_REQUIRED
     config.accesslog = None
     await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
@@ -62,10 +75,15 @@ async def serve_hypercorn(args: argparse.Namespace, stop: asyncio.Event) -> None
 async def serve_uvicorn(args: argparse.Namespace, stop: asyncio.Event) -> None:
     import uvicorn
 
-    config = uvicorn.Config(app, host="127.0.0.1", port=args.port, http="httptools",
-                            lifespan="off", access_log=False, log_level="warning",
-                            ssl_certfile=args.cert, ssl_keyfile=args.key,
-                            ssl_ca_certs=args.ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    context = sidecar_tls(args.config)
+
+    class SidecarTLSConfig(uvicorn.Config):
+        def load(self) -> None:
+            super().load()
+            self.ssl = context  # what uvicorn's server listens with
+
+    config = SidecarTLSConfig(app, host="127.0.0.1", port=args.port, http="httptools",
+                              lifespan="off", access_log=False, log_level="warning")
     server = uvicorn.Server(config)
     server.capture_signals = lambda: _nothing()  # type: ignore[method-assign]
 
@@ -98,9 +116,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", choices=("hypercorn", "uvicorn"), required=True)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--cert", required=True)
-    parser.add_argument("--key", required=True)
-    parser.add_argument("--ca", required=True)
+    parser.add_argument("--config", type=Path, required=True,
+                        help="a sidecar config: its tls section is served")
     import uvloop
 
     uvloop.run(main(parser.parse_args()))

@@ -105,8 +105,8 @@ class Metrics:
             "limits.max_inflight_body_bytes).", multiprocess_mode="livesum", registry=r)
         self.open_connections = Gauge(
             "sidecar_open_connections",
-            "Established TLS connections on the public listener (capped by "
-            "limits.max_connections).", multiprocess_mode="livesum", registry=r)
+            "Connections on the public listener, counted from accept (TLS handshakes in "
+            "progress included; capped by limits.max_connections).", multiprocess_mode="livesum", registry=r)
         self._cert_expiry = _CertExpiryCollector()
         r.register(self._cert_expiry)
         self.tls_reloads = Counter(

@@ -102,7 +102,7 @@ def build_public_app(
             body = await _read_body(request, max_body_bytes, body_timeout_s, hold)
             current = settings()
             try:
-                current.verifier.verify(body, request.headers.get("x-hub-signature-256"))
+                current.verifier.verify(body, request.headers.getlist("x-hub-signature-256"))
             except SignatureInvalid:
                 metrics.signature_failures.inc()
                 raise
@@ -156,7 +156,9 @@ class _WebhookApp:
     logged once with its traceback, never shown."""
 
     def __init__(self, path: str, *, get: Handler, post: Handler) -> None:
-        self._path = path
+        # Matched against the raw request target, so a percent-encoded variant of the path
+        # (``/webhooks%2Fwhatsapp``) is another path: a 404.
+        self._raw_path = path.encode("utf-8")
         self._handlers = {"GET": get, "POST": post}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -167,7 +169,7 @@ class _WebhookApp:
             return
         response: Response
         handler = self._handlers.get(scope["method"])
-        if scope["path"] != self._path:
+        if scope["raw_path"] != self._raw_path:
             response = PlainTextResponse("Not Found", status_code=404)
         elif handler is None:
             response = PlainTextResponse("Method Not Allowed", status_code=405,

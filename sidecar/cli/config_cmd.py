@@ -9,6 +9,7 @@ from typing import Any
 
 from sidecar.config import load_config
 from sidecar.errors import ConfigError
+from sidecar.server.fds import check_fd_budget, nofile_hard_limit
 from sidecar.tls.material import load_material
 from sidecar.tls.upstream_trust import UpstreamTrust
 
@@ -33,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     material = load_material(config.tls)
     if config.upstream.ca_file is not None:
         UpstreamTrust(config.upstream.ca_file)  # raises, naming upstream.ca_file
+    check_fd_budget(config, limit=nofile_hard_limit())  # what serve raises the limit to
     spool_dir = config.delivery.spool_path.parent
     if spool_dir.exists() and not spool_dir.is_dir():
         raise ConfigError(f"config key 'delivery.spool_path': {spool_dir} is not a directory")

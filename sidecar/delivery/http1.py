@@ -1,28 +1,30 @@
-"""A small HTTP/1.1 keep-alive client for the one thing the delivery worker does:
-POST a JSON body to one upstream URL and read the status.
+"""A small HTTP/1.1 keep-alive pool for the one thing the delivery worker does: POST a
+JSON body to one upstream URL and read the status.  The framing is h11's (the codec of
+Hypercorn and of httpcore, under httpx); this module only pools connections.
 
 Why not httpx here: measured on the 2-core box (reference/performance-baseline.md and
 bench/RESULTS.md), a POST through ``httpx.AsyncClient`` costs ~1.5 ms of CPU, mostly
 httpcore's per-request pool scan and anyio plumbing — more than everything else on the
 ingest path together.  The worker needs none of httpx's generality (one origin, no
 redirects, no cookies, no proxies, no HTTP/2), so this pool keeps up to
-``max_connections`` persistent connections and speaks just enough HTTP/1.1.  httpx
-stays the client for everything else (Graph API, send-test, probes).
+``max_connections`` persistent connections, each an ``h11.Connection`` over an asyncio
+stream.  httpx stays the client for everything else (Graph API, send-test).
 
 Behaviour:
 
 * One request at a time per connection; at most ``max_connections`` connections.
 * The whole exchange is bounded by ``timeout_s``; a connection that timed out or
   misbehaved is closed, never reused.
-* A kept-alive connection the server closed while idle shows up as EOF before any
-  response byte; that request is retried once on a fresh connection (delivery is
-  at-least-once and the upstream deduplicates by event id).
+* A kept-alive connection the server closed while idle shows up as EOF (or a reset)
+  before any response byte; that request is retried once on a fresh connection
+  (delivery is at-least-once and the upstream deduplicates by event id).
 * Response bodies are read (so the connection can be reused) up to 1 MiB and dropped:
   the worker never needs them, and they are never logged.
-* Framing is read as RFC 9112 says: 1xx responses before the final one are skipped;
-  chunked wins over Content-Length, and a response carrying both is not trusted to
-  leave the connection in sync (closed after it); conflicting Content-Length values are
-  malformed.
+* h11 judges the framing (RFC 9112): 1xx responses before the final one are skipped (up
+  to 8), an unasked ``101``, conflicting ``Content-Length`` values or a transfer coding
+  other than ``chunked`` are malformed; a response with both ``Transfer-Encoding`` and
+  ``Content-Length`` is read as chunked and its connection is not trusted with another
+  request (closed after it).
 * Every failure is ``UpstreamUnavailable``, with a message that names no body.
 """
 
@@ -30,8 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from urllib.parse import urlsplit
+
+import h11
 
 from sidecar.delivery.transport import UpstreamResponse
 from sidecar.errors import UpstreamUnavailable
@@ -42,18 +46,20 @@ __all__ = ["HTTP1Pool"]
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024
 MAX_INFORMATIONAL = 8  # 1xx responses skipped before the final one
+_READ_BYTES = 64 * 1024
 
 
 class _StaleConnection(Exception):
-    """EOF before any response byte on a reused connection."""
+    """EOF or a reset before any response byte on a reused connection."""
 
 
 class _Connection:
-    __slots__ = ("reader", "writer", "reused")
+    __slots__ = ("reader", "writer", "http", "reused")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.http = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
         self.reused = False
 
     def close(self) -> None:
@@ -74,9 +80,9 @@ class HTTP1Pool:
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
-        host_header = parts.netloc.rpartition("@")[2]
-        self._request_head = (f"POST {target} HTTP/1.1\r\nHost: {host_header}\r\n"
-                              "User-Agent: whatsapp-webhook-sidecar\r\n").encode("latin-1")
+        self._target = target.encode("ascii")
+        self._fixed_headers = [(b"host", parts.netloc.rpartition("@")[2].encode("ascii")),
+                               (b"user-agent", b"whatsapp-webhook-sidecar")]
         self._timeout_s = timeout_s
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: list[_Connection] = []
@@ -118,112 +124,85 @@ class HTTP1Pool:
             raise UpstreamUnavailable(f"upstream unreachable: {type(exc).__name__}") from None
         return _Connection(reader, writer)
 
+    def _request_bytes(self, http: h11.Connection, body: bytes,
+                       headers: Mapping[str, str]) -> bytes:
+        fields = [*self._fixed_headers, *((n.encode("latin-1"), v.encode("latin-1"))
+                                          for n, v in headers.items()),
+                  (b"content-length", b"%d" % len(body))]
+        return (http.send(h11.Request(method=b"POST", target=self._target, headers=fields))
+                + http.send(h11.Data(data=body)) + http.send(h11.EndOfMessage()))
+
     async def _exchange(self, conn: _Connection | None, body: bytes,
                         headers: Mapping[str, str]) -> UpstreamResponse:
         if conn is None:
             conn = await self._open()
         reusable = False
         try:
-            head = bytearray(self._request_head)
-            for name, value in headers.items():
-                head += f"{name}: {value}\r\n".encode("latin-1")
-            head += b"Content-Length: %d\r\n\r\n" % len(body)
-            conn.writer.write(bytes(head) + body)
+            conn.writer.write(self._request_bytes(conn.http, body, headers))
+            await conn.writer.drain()
             response, reusable = await self._read_response(conn)
             return response
-        except asyncio.IncompleteReadError as exc:
-            if conn.reused and not exc.partial:
-                raise _StaleConnection() from None
-            raise UpstreamUnavailable("upstream closed the connection mid-response") from None
         except (ConnectionError, OSError, ssl.SSLError) as exc:
             if conn.reused and isinstance(exc, ConnectionResetError):
                 raise _StaleConnection() from None
             raise UpstreamUnavailable(f"upstream connection failed: {type(exc).__name__}"
                                       ) from None
-        except (asyncio.LimitOverrunError, ValueError):
+        except h11.ProtocolError:
             raise UpstreamUnavailable("upstream sent a malformed HTTP response") from None
         finally:
             if reusable and not self._closed:
+                conn.http.start_next_cycle()
                 conn.reused = True
                 self._idle.append(conn)
             else:
                 conn.close()
 
     async def _read_response(self, conn: _Connection) -> tuple[UpstreamResponse, bool]:
-        await conn.writer.drain()
-        # A client must accept 1xx responses before the final one even unasked (RFC 9110
-        # §15.2): some servers send "100 Continue" or "103 Early Hints" anyway.
-        for _ in range(MAX_INFORMATIONAL + 1):
-            version, status, headers = await self._read_head(conn.reader)
-            if status >= 200:
-                break
-            if status == 101:
-                raise ValueError("protocol switch not asked for")
-        else:
-            raise ValueError("too many informational responses")
-        keep_alive = version == "HTTP/1.1" and "close" not in headers.get("connection", "").lower()
-        transfer_encoding = headers.get("transfer-encoding")
-        if transfer_encoding is not None:
-            if transfer_encoding.rpartition(",")[2].strip().lower() == "chunked":
-                await self._skip_chunked(conn.reader)
-                if "content-length" in headers:
-                    # Both framings at once is how responses are split (RFC 9112 §6.3):
-                    # chunked wins, and the connection is not trusted with another request.
-                    keep_alive = False
-            else:
-                keep_alive = False  # delimited by close: we stop reading and drop it
-        elif "content-length" in headers:
-            length = _content_length(headers["content-length"])
-            if length > MAX_BODY_BYTES:
-                raise ValueError("response body too large")
-            await conn.reader.readexactly(length)
-        elif status not in (204, 304):
-            keep_alive = False  # body delimited by close: we stop reading and drop it
-        return UpstreamResponse(status, headers), keep_alive
-
-    @staticmethod
-    async def _read_head(reader: asyncio.StreamReader) -> tuple[str, int, dict[str, str]]:
-        raw = await reader.readuntil(b"\r\n\r\n")
-        lines = raw[:-4].decode("latin-1").split("\r\n")
-        version, _, rest = lines[0].partition(" ")
-        code = rest[:3]
-        if (not version.startswith("HTTP/1.") or not (code.isascii() and code.isdigit())
-                or rest[3:4] not in ("", " ") or not 100 <= int(code) <= 599):
-            raise ValueError("bad status line")
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep:
-                raise ValueError("bad header line")
-            name, value = name.strip().lower(), value.strip()
-            # A repeated field is one list (RFC 9110 §5.3); Content-Length checks its own.
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        return version, int(code), headers
-
-    @staticmethod
-    async def _skip_chunked(reader: asyncio.StreamReader) -> None:
-        total = 0
+        http = conn.http
+        response: UpstreamResponse | None = None
+        informational = body_bytes = 0
+        received_any = ended = False
         while True:
-            size_line = await reader.readuntil(b"\r\n")
-            size = int(size_line.split(b";", 1)[0].strip(), 16)
-            total += size
-            if total > MAX_BODY_BYTES:
-                raise ValueError("response body too large")
-            if size == 0:
-                # trailers, if any, end with an empty line
-                while await reader.readuntil(b"\r\n") != b"\r\n":
-                    pass
-                return
-            await reader.readexactly(size + 2)
+            try:
+                event = http.next_event()
+            except h11.RemoteProtocolError:
+                if ended:  # h11 saw the stream end inside the response
+                    raise UpstreamUnavailable("upstream closed the connection mid-response"
+                                              ) from None
+                raise
+            if event is h11.NEED_DATA:
+                data = await conn.reader.read(_READ_BYTES)
+                if not data:
+                    if not received_any and conn.reused:
+                        raise _StaleConnection()
+                    ended = True
+                received_any = True
+                http.receive_data(data)  # b"" is the end of the stream
+            elif isinstance(event, h11.InformationalResponse):
+                informational += 1  # "100 Continue", "103 Early Hints", sent unasked
+                if informational > MAX_INFORMATIONAL:
+                    raise UpstreamUnavailable("upstream sent a malformed HTTP response")
+            elif isinstance(event, h11.Response):
+                response = UpstreamResponse(event.status_code, _header_dict(event.headers))
+            elif isinstance(event, h11.Data):
+                body_bytes += len(event.data)
+                if body_bytes > MAX_BODY_BYTES:
+                    raise UpstreamUnavailable("upstream response body too large")
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:  # ConnectionClosed before the response
+                raise UpstreamUnavailable("upstream closed the connection mid-response")
+        assert response is not None
+        # Both framings at once is how responses are split (RFC 9112 §6.3): read as
+        # chunked, and the connection is not trusted with another request.
+        split = "transfer-encoding" in response.headers and "content-length" in response.headers
+        reusable = http.our_state is h11.DONE and http.their_state is h11.DONE and not split
+        return response, reusable
 
 
-def _content_length(value: str) -> int:
-    """The length, from one value or a list of identical ones (RFC 9112 §6.3); any other
-    value is malformed, never guessed at."""
-    values = {v.strip() for v in value.split(",")}
-    if len(values) != 1:
-        raise ValueError("conflicting content-length")
-    (only,) = values
-    if not (only.isascii() and only.isdigit()):
-        raise ValueError("bad content-length")
-    return int(only)
+def _header_dict(fields: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in fields:
+        name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers

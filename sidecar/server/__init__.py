@@ -8,7 +8,10 @@ supervisor, and the HTTP listeners.
     supervisor.py  N ingest processes on one port, the parent delivering
     run.py         ``sidecar serve``: own the spool, bind, run
     process.py     event loop, signals, GC freeze, CPU count
-    listen.py      the HTTP/1.1 listeners
+    listen.py      the HTTP/1.1 listeners: Hypercorn on our socket and TLS context
+    http11.py      the one Hypercorn internal (header deadline, HTTP/1.1 only)
+    guard.py       the listeners' ASGI-level limits
+    fds.py         RLIMIT_NOFILE for the connection cap
 """
 
 from sidecar.server.process import default_workers

@@ -1,41 +1,36 @@
-"""HTTP/1.1 listeners: uvicorn's httptools protocol on a socket the sidecar owns.
+"""HTTP/1.1 listeners: Hypercorn, through its public API, on a socket the sidecar owns.
 
-Why uvicorn's protocol (llhttp, the C parser behind Node.js, through ``httptools``)
-rather than Hypercorn + h11: the same Starlette app with the same HMAC and JSON work,
-over the same mTLS, answered 2.6-4x the requests per second on keep-alive connections
-and 1.2-1.5x the new handshakes per second on the project's 2-core machine
-(``bench/RESULTS.md``: the ``ref-hypercorn`` and ``ref-uvicorn`` peers).
-h11 is pure Python and Hypercorn adds a task group, an idle task and three writes per
-request; at a few thousand deliveries a second that was most of the sidecar's CPU.
+``Listener.serve`` is ``hypercorn.asyncio.serve(app, config, shutdown_trigger=stop.wait)``
+with a ``Config`` subclass whose ``create_sockets`` hands Hypercorn the socket the
+sidecar bound (``SO_REUSEPORT`` for ingest processes) and whose ``create_ssl_context``
+returns the TLS holder's listener context: each connection is made from the current
+(reloadable) context, and the identity check and the connection cap run inside the
+handshake (``sidecar.tls.holder``).
 
-Only the per-connection protocol is uvicorn's.  The listening socket, the TLS context
-(reloadable, identity-checking: ``sidecar.tls.holder``) and the lifecycle are ours, and
-this module adds what uvicorn does not do but the SPEC's slow-client limits need:
+Each SPEC limit, and what enforces it:
 
-* a **handshake timeout** (``ssl_handshake_timeout``): a client that stalls the TLS
-  handshake is dropped;
-* a **header deadline**: the request line and headers must be complete within
-  ``header_timeout_s`` of the connection's first byte (or of its handshake, for a
-  client that sends nothing); bytes trickling in do not extend it (slowloris).  A client
-  that sent part of a request gets 408, one that sent nothing is just closed;
-* a **header size cap**: more than ``max_header_bytes`` before the end of the headers
-  gets 431 and the connection is closed; nothing past the cap is handed to the parser,
-  so a huge header costs no memory;
-* **no unread bodies**: a request answered before its body was all read (404, 405, a
-  GET with a body) is answered with ``Connection: close`` and the connection is closed
-  after the answer, instead of reading the rest with no deadline (saying so in the
-  answer keeps a client from sending its next request on a connection about to close);
-* an **idle keep-alive timeout** of its own (``keepalive_timeout_s``), separate from the
-  header deadline;
-* **one write per response**: uvicorn writes a response's head and body separately,
-  which over TLS is two records and two ``send`` calls; the head is held until the body
-  follows (or the loop turns), so a small response is one of each;
-* a **graceful stop**: stop accepting, close idle connections, let requests in progress
-  finish (their connections close after the response), cancel what is left after
-  ``graceful_timeout_s``.
-
-The body deadline and size limit are the app's (``sidecar.app.public``): it reads the
-stream itself and answers 408/413 with ``Connection: close``.
+==========================  =================================================================
+handshake timeout           Hypercorn's ``ssl_handshake_timeout`` (``asyncio.start_server``)
+header deadline             ``sidecar.server.http11``: the head within ``header_timeout_s`` of
+                            its first byte; Hypercorn has only per-read and idle timeouts
+header size                 h11's ``h11_max_incomplete_size`` (431 while incomplete, bounded
+                            buffer), and ``sidecar.server.guard`` for a head read at once
+idle keep-alive             Hypercorn's ``keep_alive_timeout`` (from the end of a response)
+pipelining, trailers        h11 and Hypercorn: h11 buffers at most one read plus
+                            ``h11_max_incomplete_size`` (trailers included, and it never
+                            merges trailer fields into the headers), and Hypercorn reads no
+                            more while a request is being answered
+body size and deadline      the app (``sidecar.app.public``): 413 / 408 with
+                            ``connection: close``; Hypercorn reads at most
+                            ``max_app_queue_size`` messages ahead of the app
+unread bodies, slow readers ``sidecar.server.guard``: ``connection: close``, a drained queue,
+                            a send deadline
+HTTP/1.1 only               ALPN ``http/1.1`` (holder), ``http11`` (no h2c, no preface),
+                            ``guard`` (505 for any other version)
+graceful drain              Hypercorn's ``graceful_timeout``: stop accepting, close idle
+                            connections, let requests finish, then cancel
+connection cap              the TLS holder, counted from accept (``limits.max_connections``)
+==========================  =================================================================
 """
 
 from __future__ import annotations
@@ -44,20 +39,29 @@ import asyncio
 import logging
 import socket
 import ssl
-import weakref
 from dataclasses import dataclass
-from email.utils import formatdate
 from typing import Any
 
-from uvicorn.config import Config as UvicornConfig
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
-from uvicorn.server import ServerState
+from hypercorn.asyncio import serve
+from hypercorn.config import Config, Sockets
+
+from sidecar.server import http11
+from sidecar.server.guard import RequestGuard
 
 __all__ = ["ListenerLimits", "Listener", "bind_socket"]
 
-log = logging.getLogger("sidecar.server.listen")
+# Hypercorn's own log lines ("Running on ...", "Error in ASGI Framework") go through the
+# sidecar's logging; the start-up lines repeat ``server.starting``, so warnings and up only.
+_HYPERCORN_LOG = logging.getLogger("sidecar.server.hypercorn")
+if _HYPERCORN_LOG.level == logging.NOTSET:
+    _HYPERCORN_LOG.setLevel(logging.WARNING)
 
-_DRAIN_POLL_S = 0.05
+# Body messages Hypercorn may read ahead of the app (each at most one 64 KiB read): the
+# most one request's body can hold in memory before the app has read it.
+_APP_QUEUE_MESSAGES = 2
+# Requests on one kept-alive connection before it is closed: connections admitted before a
+# reload (old CA, old names) end after this many, not only once idle.
+_KEEP_ALIVE_MAX_REQUESTS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,13 +71,20 @@ class ListenerLimits:
     max_header_bytes: int = 16 * 1024  # request line + headers
     handshake_timeout_s: float = 10.0
     graceful_timeout_s: float = 10.0
+    send_timeout_s: float | None = None  # default: header_timeout_s
 
     def __post_init__(self) -> None:
         for name in ("header_timeout_s", "keepalive_timeout_s", "handshake_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be greater than 0.")
+        if self.send_timeout_s is not None and not self.send_timeout_s > 0:
+            raise ValueError("send_timeout_s must be greater than 0.")
         if self.max_header_bytes < 1024:
             raise ValueError("max_header_bytes must be at least 1024.")
+
+    @property
+    def effective_send_timeout_s(self) -> float:
+        return self.send_timeout_s if self.send_timeout_s is not None else self.header_timeout_s
 
 
 def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -87,6 +98,7 @@ def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.soc
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as Hypercorn's own
         sock.bind((host, port))
         sock.setblocking(False)
     except OSError:
@@ -95,208 +107,62 @@ def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.soc
     return sock
 
 
+class _ListenerConfig(Config):
+    """Hypercorn's settings for one listener; its sockets and TLS context are ours."""
+
+    def __init__(self, sock: socket.socket, ssl_context: ssl.SSLContext | None,
+                 limits: ListenerLimits, backlog: int) -> None:
+        self._sock = sock
+        self._ssl_context = ssl_context
+        self.header_timeout_s = limits.header_timeout_s  # read by sidecar.server.http11
+        self.backlog = backlog
+        self.ssl_handshake_timeout = limits.handshake_timeout_s
+        self.h11_max_incomplete_size = limits.max_header_bytes
+        self.keep_alive_timeout = limits.keepalive_timeout_s
+        self.keep_alive_max_requests = _KEEP_ALIVE_MAX_REQUESTS
+        # No per-read timeout: every phase has its own deadline (keep-alive, header
+        # deadline, the app's body deadline, the guard's send deadline), and Hypercorn's
+        # read_timeout wraps every read in asyncio.wait_for (a task and a timer each).
+        self.read_timeout = None
+        self.graceful_timeout = limits.graceful_timeout_s
+        self.max_app_queue_size = _APP_QUEUE_MESSAGES
+        self.include_server_header = False
+        self.accesslog = None  # requests are logged by the app, hub.verify_token redacted
+        self.errorlog = _HYPERCORN_LOG
+        self.alpn_protocols = ["http/1.1"]  # unused (the holder's context sets ALPN)
+
+    def listening_socket(self) -> socket.socket:
+        return self._sock
+
+    @property
+    def ssl_enabled(self) -> bool:
+        return self._ssl_context is not None
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        return self._ssl_context
+
+    def create_sockets(self) -> Sockets:
+        if self._ssl_context is not None:
+            return Sockets(secure_sockets=[self._sock], insecure_sockets=[], quic_sockets=[])
+        return Sockets(secure_sockets=[], insecure_sockets=[self._sock], quic_sockets=[])
+
+
 class Listener:
     """Serves one ASGI app on one bound socket until ``stop`` is set, then drains."""
 
     def __init__(self, app: Any, sock: socket.socket, *, limits: ListenerLimits,
                  ssl_context: ssl.SSLContext | None = None, backlog: int = 1024) -> None:
-        self._sock = sock
-        self._ssl = ssl_context
+        self._app = app
         self._limits = limits
-        self._backlog = backlog
-        self._config = UvicornConfig(
-            app, http=_Protocol, ws="none", lifespan="off", interface="asgi3",
-            proxy_headers=False,  # nothing in front of us: never trust X-Forwarded-*
-            server_header=False, date_header=True, access_log=False, log_config=None,
-            timeout_keep_alive=limits.keepalive_timeout_s)  # type: ignore[arg-type]
-        self._config.load()
-        self._state = ServerState()
+        self._config = _ListenerConfig(sock, ssl_context, limits, backlog)
 
     async def serve(self, stop: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        config, state, limits = self._config, self._state, self._limits
-
-        def protocol() -> _Protocol:
-            return _Protocol(config=config, server_state=state, app_state={}, _loop=loop,
-                             limits=limits)
-
-        server = await loop.create_server(
-            protocol, sock=self._sock, ssl=self._ssl, backlog=self._backlog,
-            ssl_handshake_timeout=limits.handshake_timeout_s if self._ssl else None)
-        try:
-            while not stop.is_set():
-                state.default_headers = [(b"date", formatdate(usegmt=True).encode())]
-                try:
-                    await asyncio.wait_for(stop.wait(), 1.0)
-                except TimeoutError:
-                    pass
-        finally:
-            server.close()
-            await self._drain()
-
-    async def _drain(self) -> None:
-        state = self._state
-        for connection in list(state.connections):
-            connection.shutdown()  # idle: closed now; busy: closed after its response
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._limits.graceful_timeout_s
-        while (state.connections or state.tasks) and loop.time() < deadline:
-            await asyncio.sleep(_DRAIN_POLL_S)
-        for task in list(state.tasks):
-            task.cancel()
-        for connection in list(state.connections):
-            connection.transport.close()
-        if state.tasks:
-            await asyncio.wait(list(state.tasks), timeout=1.0)
-
-
-class _Protocol(HttpToolsProtocol):
-    """uvicorn's HTTP/1.1 protocol plus the header deadline and size cap (see above)."""
-
-    def __init__(self, *args: Any, limits: ListenerLimits, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.access_log = False  # we log requests ourselves, with hub.verify_token redacted
-        self._limits = limits
-        self._awaiting_headers = True
-        self._header_bytes = 0
-        self._header_deadline: asyncio.TimerHandle | None = None
-        self._writer: _ResponseWriter | None = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._writer = _ResponseWriter(transport, self.loop)
-        self._arm_header_deadline()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_header_deadline()
-        # uvicorn cancels its keep-alive timer only on a clean close; a timer left behind
-        # would keep this connection's objects (and its ``max_connections`` slot, which
-        # is released when its SSLObject is freed) alive until it fires.
-        self._unset_keepalive_if_required()
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        if self.transport.is_closing():
-            return
-        if self._writer is not None:
-            self._writer.flush()  # anything the parser answers itself (400) goes after it
-        while data and self._awaiting_headers:
-            if self._header_deadline is None:
-                self._arm_header_deadline()
-            # Feed the parser no more than the cap allows; past it, refuse.
-            room = self._limits.max_header_bytes - self._header_bytes
-            if room <= 0:
-                self._refuse(431, b"Request Header Fields Too Large")
-                return
-            chunk, data = data[:room], data[room:]
-            self._header_bytes += len(chunk)
-            super().data_received(chunk)
-            if self.transport.is_closing():
-                return
-        if data:
-            super().data_received(data)
-
-    # Parser callbacks (httptools calls them from inside data_received).
-
-    def on_headers_complete(self) -> None:
-        self._awaiting_headers = False
-        self._cancel_header_deadline()
-        super().on_headers_complete()
-        cycle = self.cycle
-        if cycle is not None and self._writer is not None:
-            cycle.transport = self._writer  # type: ignore[assignment]
-            # A weak reference: a closure holding the cycle (or its bound send) would make
-            # a reference cycle, keeping every finished request's objects, and through
-            # them its connection, alive until a full garbage collection (measured: +16 MB
-            # after 5,000 new connections).
-            cycle_ref = weakref.ref(cycle)
-
-            async def send_closing_if_body_unread(message: Any) -> None:
-                current = cycle_ref()
-                if current is None:
-                    return  # the request is over (a send after the app returned)
-                if message["type"] == "http.response.start" and current.more_body:
-                    # Answered before the body was all read: the rest is not waited for
-                    # (uvicorn would go on reading and discarding it with no deadline, so
-                    # a client could trickle it forever).  uvicorn then says
-                    # "connection: close" and closes after the answer.
-                    current.keep_alive = False
-                await RequestResponseCycle.send(current, message)
-
-            cycle.send = send_closing_if_body_unread  # type: ignore[method-assign]
-
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
-        # Whatever comes next belongs to the next request's header phase.
-        self._awaiting_headers = True
-        self._header_bytes = 0
-
-    # Header deadline.
-
-    def _arm_header_deadline(self) -> None:
-        self._cancel_header_deadline()
-        self._header_deadline = self.loop.call_later(self._limits.header_timeout_s,
-                                                     self._header_deadline_passed)
-
-    def _cancel_header_deadline(self) -> None:
-        if self._header_deadline is not None:
-            self._header_deadline.cancel()
-            self._header_deadline = None
-
-    def _header_deadline_passed(self) -> None:
-        self._header_deadline = None
-        if self.transport.is_closing():
-            return
-        if self.cycle is not None and not self.cycle.response_complete:
-            # A pipelined request waits behind one in progress: its clock restarts.
-            self._arm_header_deadline()
-            return
-        if self._header_bytes:
-            self._refuse(408, b"Request Timeout")
-        else:
-            self.transport.close()
-
-    def _refuse(self, status: int, reason: bytes) -> None:
-        log.info("request.refused", extra={"status": status, "outcome": "header_limit"})
-        self._cancel_header_deadline()
-        if self.cycle is not None and not self.cycle.response_complete:
-            self.transport.close()  # a response is under way: no second one on the wire
-            return
-        if self._writer is not None:
-            self._writer.flush()
-        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                             % (status, reason))
-        self.transport.close()
-
-
-class _ResponseWriter:
-    """What a request cycle writes through: holds a response's head until its body
-    follows, then writes both at once (one TLS record, one ``send``).  Anything held is
-    written at the end of the loop turn at the latest, and before a close."""
-
-    __slots__ = ("_transport", "_loop", "_held")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._held: bytes | None = None
-
-    def write(self, data: bytes) -> None:
-        if self._held is None:
-            self._held = data
-            self._loop.call_soon(self.flush)
-        else:
-            held, self._held = self._held, None
-            self._transport.write(held + data)
-
-    def flush(self) -> None:
-        if self._held is not None:
-            held, self._held = self._held, None
-            self._transport.write(held)
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
-
-    def close(self) -> None:
-        self.flush()
-        self._transport.close()
+        http11.install()
+        # Listening now, not once Hypercorn has started: connections made from here on
+        # wait in the backlog, so the process is reachable once it says it is ready.
+        self._config.listening_socket().listen(self._config.backlog)
+        app = RequestGuard(self._app, stopping=stop,
+                           max_header_bytes=self._limits.max_header_bytes,
+                           send_timeout_s=self._limits.effective_send_timeout_s)
+        await serve(app, self._config, shutdown_trigger=stop.wait,  # type: ignore[arg-type]
+                    mode="asgi")

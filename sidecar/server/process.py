@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from sidecar.logs import Throttle
 from sidecar.server.reload import LiveState
 
 __all__ = [
@@ -76,12 +77,29 @@ def stop_and_reload_events(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Eve
     return stop, reload_now
 
 
+# Accept errors (out of file descriptors or memory) repeat for as long as the cause
+# lasts, once per listener per retry: one line per 10 s says so, with how many were left
+# out.  One throttle per process, like the process's log handlers.
+_ACCEPT_ERRORS = Throttle(10.0)
+
+
 def quiet_tls_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """The loop's exception handler: refused handshakes are expected traffic, counted by
-    the TLS holder, so they leave no traceback."""
+    """The loop's exception handler (Hypercorn's ``_exception_handler``, and more):
+    refused handshakes are expected traffic, counted by the TLS holder, so they leave no
+    traceback; accept errors are logged, throttled; a connection cancelled at the end of
+    a graceful stop is not an error."""
     exc = context.get("exception")
+    if isinstance(exc, OSError) and "accept" in str(context.get("message", "")):
+        skipped = _ACCEPT_ERRORS.allow("accept")
+        if skipped is not None:
+            log.warning("listener.accept_failed", extra={
+                "error": exc.strerror or type(exc).__name__, "left_out": skipped})
+        return
     if isinstance(exc, (ssl.SSLError, ConnectionError, TimeoutError)):
         log.debug("tls.handshake_failed", extra={"error": type(exc).__name__})
+        return
+    if isinstance(exc, asyncio.CancelledError):
+        log.debug("connection.cancelled")
         return
     loop.default_exception_handler(context)
 

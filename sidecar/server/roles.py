@@ -27,6 +27,7 @@ from sidecar.delivery.worker import DeliveryWorker
 from sidecar.errors import SidecarError, SpoolUnavailable
 from sidecar.metrics import CertExpiry
 from sidecar.server import memory
+from sidecar.server.fds import public_backlog
 from sidecar.server.listen import Listener, ListenerLimits
 from sidecar.server.reload import LiveState
 from sidecar.spool import Spool
@@ -68,7 +69,7 @@ class IngestRole:
     async def serve(self, stop: asyncio.Event, sock: socket.socket) -> None:
         config = self.live.config
         listener = Listener(self.app, sock, ssl_context=self.live.holder.listener_context(),
-                            backlog=min(4096, max(100, config.limits.max_connections)),
+                            backlog=public_backlog(config.limits.max_connections),
                             limits=listener_limits(self.live,
                                                    graceful_timeout_s=_INGEST_GRACEFUL_S))
         try:

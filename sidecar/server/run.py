@@ -11,8 +11,9 @@ from pathlib import Path
 
 from sidecar.config import Config, load_config
 from sidecar.metrics import Metrics
-from sidecar.server.compose import compose
 from sidecar.server import memory
+from sidecar.server.compose import compose
+from sidecar.server.fds import check_fd_budget, raise_nofile_limit
 from sidecar.server.instance import claim_listen_address
 from sidecar.server.process import run_loop, serve_until_stopped
 from sidecar.server.supervisor import (
@@ -33,6 +34,8 @@ def run_server(config_path: Path, *, loop: str = "auto", workers: int = 1) -> in
     config = load_config(config_path)
     inflight_share(config, max(1, workers))  # a one-line refusal before anything starts
     memory.tune_malloc()
+    # The public listener must never run the process out of file descriptors (fds.py).
+    check_fd_budget(config, limit=raise_nofile_limit())
     # Before any loop or log line: a spool another process delivers from is a one-line
     # refusal (the worker requeues every in-flight claim at start; two would collide).
     spool = open_spool(config.delivery)

@@ -12,14 +12,21 @@ client identity against the current policy and refuses the handshake when it is 
 allowed, before any HTTP byte is read.  A resumed TLS 1.2 session is not re-verified by
 OpenSSL, so the hook also refuses one whose certificate has expired since.
 
-The same hook enforces ``limits.max_connections``: an established connection is counted
-from its handshake until its ``SSLObject`` is released (a ``weakref.finalize``), and a
-handshake past the cap is refused: at once when the cap is already reached as the
-connection starts (before its ClientHello is read, so an overload costs no crypto), else
-once it completes.  A connection is released once the server has closed
-it — for a client that vanished without a TLS close_notify, at the latest when the idle
+The same hook enforces ``limits.max_connections``: a connection is counted from its
+first ``do_handshake`` call, which the event loop makes right after ``accept`` (before
+the ClientHello is read), until its ``SSLObject`` is released (a ``weakref.finalize``);
+past the cap it is refused there, so an overload costs no crypto.  Counting from accept,
+not from the end of the handshake, bounds the file descriptors the public listener can
+hold (an idle TCP connection that never sends a ClientHello holds one too):
+``sidecar.server.fds`` sizes ``RLIMIT_NOFILE`` for the cap.  A connection is released
+once the server has closed it — one that never finishes its handshake at the handshake
+timeout, one that vanished without a TLS close_notify at the latest when the idle
 timeout fires — and its objects may wait for the cyclic collector, which is run before
-refusing anyone.  Connections still handshaking are bounded by the handshake timeout.
+refusing anyone.
+
+The same object refuses application data that arrives after its own close_notify
+(``unwrap``), as OpenSSL does inside ``SSL_shutdown``: uvloop's TLS transport would read
+and drop it until its shutdown timeout.
 
 ``reload()`` follows ghostunnel: build a complete new ``TLSState``, validate it, then
 swap one attribute.  On failure the old state keeps serving.
@@ -34,7 +41,7 @@ import time
 import threading
 import weakref
 from collections.abc import Callable, Mapping
-from typing import NoReturn
+from typing import Any, NoReturn
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -127,14 +134,30 @@ class TLSHolder:
         holder = self
 
         class IdentityCheckedSSLObject(ssl.SSLObject):
-            _capacity_checked = False
+            _counted = False
+            _closing = False
+
+            def unwrap(self) -> None:
+                self._closing = True  # our close_notify is being sent
+                super().unwrap()
+
+            def read(self, len: int = 1024, buffer: Any = None) -> Any:
+                data = super().read(len, buffer)
+                if data and self._closing:
+                    # Application data after our close_notify: OpenSSL refuses it in
+                    # SSL_shutdown (asyncio's transport then closes at once), but uvloop
+                    # reads and drops it until its 30 s shutdown timeout, so a client that
+                    # goes on sending after its answer keeps a core busy.  Refused here.
+                    raise ssl.SSLError("application data after close_notify")
+                return data
 
             def do_handshake(self) -> None:
-                if not self._capacity_checked:
-                    # The first call comes before the ClientHello is read: past the cap,
-                    # refuse here, before any crypto is spent on the connection.
-                    self._capacity_checked = True
-                    holder.check_capacity()
+                if not self._counted:
+                    # The first call comes right after accept, before the ClientHello is
+                    # read: the connection counts from here, and past the cap it is
+                    # refused here, before any crypto is spent on it.
+                    self._counted = True
+                    holder.admit_connection(self)
                 try:
                     super().do_handshake()
                 except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
@@ -143,7 +166,6 @@ class TLSHolder:
                     holder._report_refusal(_reason(exc), {"error": _error_text(exc)})
                     raise
                 holder.check_peer(self)
-                holder.admit_connection(self)
 
         return IdentityCheckedSSLObject
 
@@ -152,8 +174,8 @@ class TLSHolder:
         return self._admitted - self._released
 
     def check_capacity(self) -> None:
-        """Refuse a new connection when the cap is already reached (a cheap early check;
-        ``admit_connection`` decides once the handshake is done)."""
+        """Refuse when the cap is already reached, without counting anything
+        (``admit_connection`` counts)."""
         limit = self._max_connections
         if limit is None or self.active_connections < limit:
             return
@@ -183,7 +205,7 @@ class TLSHolder:
             gc.collect()
 
     def admit_connection(self, sslobj: ssl.SSLObject) -> None:
-        """Count an established connection, or refuse it past ``max_connections``."""
+        """Count a new connection, or refuse it past ``max_connections``."""
         limit = self._max_connections
         if limit is not None and self.active_connections >= limit:
             self._collect_released()

@@ -9,6 +9,7 @@ sends SIGTERM, waits, and kills only if the drain does not end in time.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -35,14 +36,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 class ServeProcess:
     def __init__(self, config_path: Path, *, admin_port: int, args: Sequence[str] = (),
-                 env: Mapping[str, str] | None = None, output: IO[bytes] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, output: IO[bytes] | None = None,
+                 nofile: tuple[int, int] | None = None) -> None:
         """``args``: more ``serve`` flags (``--workers 2``); ``output``: where the process's
-        stdout and stderr go (default: inherited)."""
+        stdout and stderr go (default: inherited); ``nofile``: the (soft, hard)
+        ``RLIMIT_NOFILE`` to start it with (default: this process's)."""
         self.config_path = config_path
         self.admin_port = admin_port
         self.args = list(args)
         self.env = dict(os.environ if env is None else env)
         self.output = output
+        self.nofile = nofile
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -57,8 +61,13 @@ class ServeProcess:
     def start(self) -> ServeProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sidecar", "serve", "-c", str(self.config_path), *self.args],
-            stdout=self.output, stderr=subprocess.STDOUT if self.output else None, env=self.env)
+            stdout=self.output, stderr=subprocess.STDOUT if self.output else None, env=self.env,
+            preexec_fn=self._set_limits if self.nofile is not None else None)
         return self
+
+    def _set_limits(self) -> None:  # in the child, before exec
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, self.nofile)
 
     def wait_ready(self, timeout_s: float = 20.0) -> None:
         assert self.proc is not None, "not started"

@@ -1,11 +1,12 @@
 """Try a real mTLS handshake (and optionally Meta's verification GET) against an endpoint.
 
 Used by ``sidecar certs probe`` and ``sidecar subscriptions check --probe``, so both
-judge an endpoint the same way.  It speaks stdlib ``ssl`` + ``socket`` and one
-hand-written HTTP/1.1 GET instead of httpx, because the question is *where* a refusal
-happened: with TLS 1.3 the handshake completes before the server has checked the client
-certificate, so only an HTTP answer proves acceptance, and an EOF, reset or alert after
-the handshake means refusal.  An HTTP client library hides that distinction.
+judge an endpoint the same way.  It speaks stdlib ``ssl`` + ``socket`` and one HTTP/1.1
+GET framed by h11 (the codec under httpx) instead of httpx itself, because the question
+is *where* a refusal happened: with TLS 1.3 the handshake completes before the server has
+checked the client certificate, so only an HTTP answer proves acceptance, and an EOF,
+reset or alert after the handshake means refusal.  An HTTP client library hides that
+distinction.
 
 ``probe`` raises ``UsageError`` / ``TLSMaterialError`` for bad local input (URL, the
 client pair, the CA bundle) and never raises for what the network or the server does:
@@ -15,7 +16,6 @@ that goes into the ``ProbeReport``.  The verify token is never part of the repor
 
 from __future__ import annotations
 
-import re
 import secrets
 import socket
 import ssl
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+import h11
 from cryptography import x509
 
 from sidecar.errors import TLSMaterialError, UsageError
@@ -205,11 +206,13 @@ def _exchange(tls: ssl.SSLSocket, target: Target, report: ProbeReport) -> _HTTPA
     """TLS 1.3: the handshake ends before the server checked our certificate, so only an
     HTTP answer proves acceptance; EOF, a reset or an alert mean refusal."""
     host = f"[{target.host}]" if ":" in target.host else target.host
-    request = (f"GET {target.path} HTTP/1.1\r\nHost: {host}:{target.port}\r\n"
-               "User-Agent: sidecar-certs-probe\r\nAccept: */*\r\nConnection: close\r\n\r\n")
+    http = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_BYTES)
+    request = h11.Request(method="GET", target=target.path, headers=[
+        ("Host", f"{host}:{target.port}"), ("User-Agent", "sidecar-certs-probe"),
+        ("Accept", "*/*"), ("Connection", "close")])
     try:
-        tls.sendall(request.encode("ascii"))
-        return _read_answer(tls)
+        tls.sendall(http.send(request) + http.send(h11.EndOfMessage()))
+        return _read_answer(tls, http)
     except (TimeoutError, socket.timeout):
         report.reason = "no HTTP answer before the timeout"
     except (_Refused, ssl.SSLError, ConnectionError) as exc:
@@ -219,73 +222,37 @@ def _exchange(tls: ssl.SSLSocket, target: Target, report: ProbeReport) -> _HTTPA
         report.reason = f"refused: the server did not accept {who}{detail}"
     except OSError as exc:
         report.reason = f"connection failed after the handshake ({_reason_of(exc)})"
-    except ValueError as exc:
+    except h11.ProtocolError as exc:
         report.accepted = True
         report.reason = f"the server's answer is not HTTP/1.x ({exc})"
     return None
 
 
-def _read_answer(tls: ssl.SSLSocket) -> _HTTPAnswer:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = tls.recv(65536)
-        if not chunk:
-            if data:
-                raise ValueError("connection closed inside the response headers")
-            raise _Refused("connection closed without an answer")
-        data += chunk
-        if len(data) > MAX_RESPONSE_BYTES:
-            raise ValueError("response headers too large")
-    head, _, body = data.partition(b"\r\n\r\n")
-    status, headers = _parse_head(head)
-    return _HTTPAnswer(status, _read_body(tls, headers, body))
-
-
-def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
-    lines = head.decode("iso-8859-1").split("\r\n")
-    match = re.match(r"^HTTP/1\.[01] (\d{3})(?: |$)", lines[0])
-    if match is None:
-        raise ValueError("no HTTP/1.x status line")
-    headers = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return int(match.group(1)), headers
-
-
-def _read_body(tls: ssl.SSLSocket, headers: dict[str, str], body: bytes) -> bytes:
-    length = headers.get("content-length")
-    chunked = "chunked" in headers.get("transfer-encoding", "").lower()
-    want = int(length) if length and length.isdigit() and not chunked else None
-    while want is None or len(body) < want:
-        if len(body) > MAX_RESPONSE_BYTES or (chunked and body.endswith(b"0\r\n\r\n")):
-            break
-        try:
-            chunk = tls.recv(65536)
-        except (ssl.SSLError, ConnectionError, TimeoutError):
-            break  # some servers end a Connection: close answer without close_notify
-        if not chunk:
-            break
-        body += chunk
-    if chunked:
-        return _dechunk(body)
-    return body[:want] if want is not None else body
-
-
-def _dechunk(data: bytes) -> bytes:
-    out = b""
-    while data:
-        size_line, _, rest = data.partition(b"\r\n")
-        try:
-            size = int(size_line.split(b";")[0].strip() or b"0", 16)
-        except ValueError:
-            break
-        if size == 0:
-            break
-        out += rest[:size]
-        data = rest[size + 2:]
-    return out
+def _read_answer(tls: ssl.SSLSocket, http: h11.Connection) -> _HTTPAnswer:
+    status: int | None = None
+    body = bytearray()
+    while True:
+        event = http.next_event()
+        if event is h11.NEED_DATA:
+            try:
+                chunk = tls.recv(65536)
+            except (ssl.SSLError, ConnectionError):
+                if status is None:
+                    raise
+                chunk = b""  # some servers end a Connection: close answer without close_notify
+            if not chunk and status is None and not http.trailing_data[0]:
+                raise _Refused("connection closed without an answer")
+            http.receive_data(chunk)
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+        elif isinstance(event, h11.Data):
+            if len(body) + len(event.data) > MAX_RESPONSE_BYTES:
+                raise h11.RemoteProtocolError("response body too large")
+            body += event.data
+        elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+            if status is None:
+                raise _Refused("connection closed without an answer")
+            return _HTTPAnswer(status, bytes(body))
 
 
 def _judge(answer: _HTTPAnswer, with_token: bool, challenge: str, report: ProbeReport) -> None:

@@ -28,6 +28,9 @@ APP_SECRET_2 = "second-app-secret"
 VERIFY_TOKEN = "test-verify-token"
 SIGNING_SECRET = "test-signing-secret"
 
+# The event loop a test's sidecar runs on unless the test names one: run the suite with
+# SIDECAR_TEST_LOOP=uvloop to run all of it on uvloop.
+DEFAULT_LOOP = os.environ.get("SIDECAR_TEST_LOOP", "asyncio")
 
 
 @dataclass
@@ -92,10 +95,11 @@ class SidecarProcess(ServeProcess):
     it, its log, and clients that post signed deliveries."""
 
     def __init__(self, config_path: Path, port: int, admin_port: int, pki: PKI, path: str,
-                 log_path: Path, loop: str, workers: int = 1) -> None:
+                 log_path: Path, loop: str, workers: int = 1,
+                 nofile: tuple[int, int] | None = None) -> None:
         super().__init__(config_path, admin_port=admin_port,
                          args=["--loop", loop, "--workers", str(workers)],
-                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                         env=dict(os.environ, PYTHONUNBUFFERED="1"), nofile=nofile)
         self.port = port
         self.pki = pki
         self.path = path
@@ -202,14 +206,15 @@ def start_sidecar(tmp_path: Path, pki: PKI, sink: RecordingSink,
     monkeypatch.setenv("TEST_APP_SECRET", APP_SECRET)
     started: list[SidecarProcess] = []
 
-    def _start(*, loop: str = "asyncio", upstream_url: str | None = None, wait: bool = True,
-               workers: int = 1, **kw: Any) -> SidecarProcess:
+    def _start(*, loop: str = DEFAULT_LOOP, upstream_url: str | None = None, wait: bool = True,
+               workers: int = 1, nofile: tuple[int, int] | None = None,
+               **kw: Any) -> SidecarProcess:
         port, admin_port = free_port(), free_port()
         config = write_config(tmp_path, port=port, admin_port=admin_port,
                               upstream_url=upstream_url or sink.url,
                               spool_path=tmp_path / "var" / "spool.db", **kw)
         proc = SidecarProcess(config, port, admin_port, pki, "/webhooks/whatsapp",
-                              tmp_path / "sidecar.log", loop, workers)
+                              tmp_path / "sidecar.log", loop, workers, nofile)
         started.append(proc)
         return proc.start(wait=wait)
 

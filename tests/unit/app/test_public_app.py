@@ -46,6 +46,7 @@ def test_unexpected_error_is_a_bare_500_logged_once(caplog: pytest.LogCaptureFix
 @pytest.mark.parametrize("method, url, status", [
     ("GET", "/other", 404), ("POST", "/hook/", 404), ("PUT", "/hook", 405),
     ("HEAD", "/hook", 405), ("DELETE", "/hook?hub.verify_token=tok", 405),
+    ("POST", "/%68ook", 404), ("GET", "/hook%2F", 404),  # the raw target, not its decoding
 ])
 def test_other_paths_and_methods(method: str, url: str, status: int) -> None:
     r = asyncio.run(_request(method, url))

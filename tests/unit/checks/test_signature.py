@@ -17,6 +17,7 @@ def test_any_configured_secret_is_accepted() -> None:
     verifier.verify(BODY, sign(OLD, BODY))
     verifier.verify(BODY, sign(NEW, BODY))
     verifier.verify(BODY, sign(OLD, BODY).upper().replace("SHA256=", "sha256="))  # hex case
+    verifier.verify(BODY, [sign(NEW, BODY)])  # the one header of a request
 
 
 @pytest.mark.parametrize("header, reason", [
@@ -26,12 +27,18 @@ def test_any_configured_secret_is_accepted() -> None:
     ("0" * 64, "sha256="),
     ("sha256=" + "0" * 63, "64 hex"),
     ("sha256=" + "g" * 64, "64 hex"),
+    ("sha256= " + sign(OLD, BODY)[7:], "64 hex"),             # whitespace inside
+    ("sha256=" + sign(OLD, BODY)[7:69] + " " + sign(OLD, BODY)[69:], "64 hex"),
+    ("sha256=" + sign(OLD, BODY)[7:] + "\t", "64 hex"),
+    ([sign(OLD, BODY), sign(OLD, BODY)], "more than one"),     # two headers, both right
+    ([sign(OLD, BODY), "sha256=" + "0" * 64], "more than one"),
+    ([], "missing"),
     ("sha256=" + "0" * 64, "does not match"),
     (sign(Secret("another-app"), BODY), "does not match"),
     (sign(OLD, BODY + b" "), "does not match"),          # one byte more
     (sign(OLD, BODY.replace(b":", b": ")), "does not match"),  # re-serialized
 ])
-def test_refusals(header: str | None, reason: str) -> None:
+def test_refusals(header: str | list[str] | None, reason: str) -> None:
     with pytest.raises(SignatureInvalid, match=reason):
         verifier.verify(BODY, header)
 

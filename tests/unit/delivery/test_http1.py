@@ -1,4 +1,4 @@
-"""The lean upstream HTTP/1.1 pool against real asyncio servers on 127.0.0.1."""
+"""The upstream HTTP/1.1 pool (h11 framing) against real asyncio servers on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -222,11 +222,9 @@ def test_informational_responses_before_the_final_one_are_skipped() -> None:
      b"4\r\nbusy\r\n0\r\n\r\n", False),
     # A repeated, identical Content-Length is one value.
     (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok", True),
-    # Chunked only as the final coding; otherwise the body runs to the close.
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nwhatever", False),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
-     b"2\r\nok\r\n0\r\n\r\n", True),
-], ids=["both-framings", "repeated-length", "chunked-not-last", "chunked-last"])
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", True),
+    (b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n", True),  # no reason phrase
+], ids=["both-framings", "repeated-length", "chunked-any-case", "no-reason"])
 def test_response_framing(response: bytes, reused: bool) -> None:
     async def main() -> None:
         box: list[Server] = []
@@ -246,8 +244,14 @@ def test_response_framing(response: bytes, reused: bool) -> None:
     b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n",
     b"HTTP/1.1 099 Low\r\nContent-Length: 0\r\n\r\n",
     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n",
+    # Only "chunked" alone is a transfer coding h11 (and httpx) reads; the old pool read
+    # these as close-delimited or chunked, a guess about where the body ends.
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nwhatever",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"2\r\nok\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX Bad: header\r\n\r\nok",
 ], ids=["conflicting-lengths", "signed-length", "four-digit-status", "status-below-100",
-        "unasked-switch"])
+        "unasked-switch", "chunked-not-last", "gzip-then-chunked", "bad-field-name"])
 def test_malformed_responses_are_refused_not_guessed(response: bytes) -> None:
     async def main() -> None:
         box: list[Server] = []
@@ -255,6 +259,19 @@ def test_malformed_responses_are_refused_not_guessed(response: bytes) -> None:
             box.append(s)
             pool = HTTP1Pool(s.url, timeout_s=5)
             with pytest.raises(UpstreamUnavailable, match="malformed"):
+                await pool.post(b"{}", {})
+            await pool.aclose()
+    run(main())
+
+
+def test_a_response_body_past_the_cap_is_refused_not_buffered() -> None:
+    async def main() -> None:
+        box: list[Server] = []
+        big = b"HTTP/1.1 200 OK\r\nContent-Length: 2000000\r\n\r\n" + b"x" * 2_000_000
+        async with Server(keep_alive(big, box)) as s:
+            box.append(s)
+            pool = HTTP1Pool(s.url, timeout_s=5)
+            with pytest.raises(UpstreamUnavailable, match="too large"):
                 await pool.post(b"{}", {})
             await pool.aclose()
     run(main())

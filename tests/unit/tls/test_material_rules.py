@@ -19,7 +19,6 @@ from sidecar.tls.material import load_material
 from sidecar.tools.devcerts import CertAuthority
 from sidecar.tools.inspect import check_tls
 
-NOW = datetime.now(timezone.utc)
 
 
 def _write(tmp_path: Path, *, pins: str = "") -> TLSConfig:
@@ -55,25 +54,27 @@ def _short_lived_ca(d: Path) -> None:
 
 
 Setup = Callable[[Path], None]
-CASES: list[tuple[str, Setup, datetime, str, str, str]] = [
-    # (name, setup, now, key, file, the problem's words)
-    ("key of another certificate", _other_key, NOW, "tls.key_file", "server.key",
+CASES: list[tuple[str, Setup, timedelta, str, str, str]] = [
+    # (name, setup, how far from now to check, key, file, the problem's words)
+    ("key of another certificate", _other_key, timedelta(0), "tls.key_file", "server.key",
      "does not match the certificate in"),
-    ("leaf expired", lambda d: None, NOW + timedelta(days=900), "tls.cert_file", "server.pem",
+    ("leaf expired", lambda d: None, timedelta(days=900), "tls.cert_file", "server.pem",
      "expired on "),
-    ("leaf not valid yet", lambda d: None, NOW - timedelta(days=1), "tls.cert_file",
+    ("leaf not valid yet", lambda d: None, -timedelta(days=1), "tls.cert_file",
      "server.pem", "not valid before "),
-    ("a client CA that is a leaf", _leaf_as_ca, NOW, "tls.client_ca_files", "ca.pem",
+    ("a client CA that is a leaf", _leaf_as_ca, timedelta(0), "tls.client_ca_files", "ca.pem",
      "is not a CA certificate"),
-    ("client CA expired", _short_lived_ca, NOW + timedelta(days=2), "tls.client_ca_files",
+    ("client CA expired", _short_lived_ca, timedelta(days=2), "tls.client_ca_files",
      "ca.pem", "CA 'CN=short CA' expired on "),
 ]
 
 
-@pytest.mark.parametrize("name, setup, now, key, file, words", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("name, setup, shift, key, file, words", CASES,
+                         ids=[c[0] for c in CASES])
 def test_loading_refuses_with_the_words_certs_check_reports(
-        files: Path, name: str, setup: Setup, now: datetime, key: str, file: str,
+        files: Path, name: str, setup: Setup, shift: timedelta, key: str, file: str,
         words: str) -> None:
+    now = datetime.now(timezone.utc) + shift
     setup(files)
     tls = _write(files)
     with pytest.raises(TLSMaterialError) as refused:
@@ -92,8 +93,8 @@ def test_a_client_ca_not_valid_yet_is_refused(files: Path) -> None:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "future CA")])
     future = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-              .not_valid_before(NOW + timedelta(days=1))
-              .not_valid_after(NOW + timedelta(days=365))
+              .not_valid_before(datetime.now(timezone.utc) + timedelta(days=1))
+              .not_valid_after(datetime.now(timezone.utc) + timedelta(days=365))
               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
               .sign(key, hashes.SHA256()))
     (files / "ca.pem").write_bytes(future.public_bytes(serialization.Encoding.PEM))

@@ -1,0 +1,153 @@
+"""The one place that relies on Hypercorn's internals: its HTTP/1.1 protocol class.
+
+Hypercorn (0.18) has a setting for most of the listener's limits, but not for these,
+and none can be had from outside the protocol (the ASGI app sees a request only once
+its head is complete, and the TLS object sees no HTTP):
+
+* **a header deadline** (slowloris): Hypercorn's ``read_timeout`` is per read and its
+  ``keep_alive_timeout`` runs from the end of the previous response, so a client that
+  trickles a header byte now and then holds its connection for the whole keep-alive
+  time.  Here a request's head must be complete within ``header_timeout_s`` of its first
+  byte (of the connection's start, for the first request); past that the connection is
+  closed (h11 cannot answer a request it has not parsed).
+* **HTTP/1.1 only**: Hypercorn switches a connection to HTTP/2 on an ``Upgrade: h2c``
+  request (answering ``101`` before the app sees anything) and on the HTTP/2 preface
+  (``PRI * HTTP/2.0``), whatever ALPN said.  HTTP/2 has other limits than the ones this
+  listener enforces and tests, so here those requests stay HTTP/1.1 requests (the
+  ``Upgrade`` header is ignored, as RFC 9110 §7.8 allows, and ``HTTP/2.0`` in a request
+  line is answered ``505`` by ``sidecar.server.guard``).
+* **one write per response** (not a limit, the one cost this module removes): Hypercorn
+  writes a response's head, body and (empty) end separately; here the head waits for
+  the body, so a response is one TLS record and one ``send``.
+* **a client's close, seen at once**: when the client closes an idle kept-alive
+  connection, Hypercorn's read loop ends but its keep-alive timer runs on, and the
+  connection (its memory, and its ``limits.max_connections`` slot, released when its TLS
+  object is) lingers until the timer fires; here the end of the read side closes it.
+
+``install()`` swaps the class Hypercorn's ``ProtocolWrapper`` instantiates for every
+non-h2 connection (``hypercorn.protocol.H11Protocol``) for the subclass below, once per
+process.  Only ``sidecar.server`` serves HTTP in the runtime, and every listener of the
+sidecar wants these limits; the deadline is read from the listener's own config
+(``header_timeout_s``), so a config without it gets plain Hypercorn behaviour.
+The pin is ``hypercorn==0.18.*``; ``tests/unit/server/test_http11.py`` fails loudly when
+the methods overridden here change shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import Any
+
+import h11
+import hypercorn.protocol
+from hypercorn.events import Closed, Event, RawData
+from hypercorn.protocol.h11 import H11Protocol
+
+__all__ = ["GuardedH11Protocol", "install", "OVERRIDDEN"]
+
+log = logging.getLogger("sidecar.server.listen")
+
+# What the subclass overrides, with the parameters Hypercorn 0.18 gives each.
+OVERRIDDEN = {
+    "initiate": ["self"],
+    "handle": ["self", "event"],
+    "_create_stream": ["self", "request"],
+    "_maybe_recycle": ["self"],
+    "_check_protocol": ["self", "event"],
+    "_send_h11_event": ["self", "event"],
+}
+
+
+class GuardedH11Protocol(H11Protocol):
+    """Hypercorn's HTTP/1.1 protocol with a header deadline, no switch to HTTP/2, one
+    write per response, and a client's close ending the connection."""
+
+    _header_deadline: asyncio.TimerHandle | None = None
+    _held_head = b""
+
+    async def initiate(self) -> None:
+        await super().initiate()
+        self._arm_header_deadline()  # the first request's head, from the connection's start
+
+    async def handle(self, event: Event) -> None:
+        if isinstance(event, RawData):
+            if self.stream is None and self._header_deadline is None:
+                self._arm_header_deadline()  # the first bytes of the next request
+        elif isinstance(event, Closed):
+            self._cancel_header_deadline()
+        await super().handle(event)
+        if isinstance(event, Closed) and self.stream is None:
+            await self.send(Closed())  # see "a client's close" in the module docstring
+
+    async def _create_stream(self, request: Any) -> None:
+        self._cancel_header_deadline()  # the head is complete
+        await super()._create_stream(request)
+
+    async def _maybe_recycle(self) -> None:
+        await super()._maybe_recycle()
+        if self.stream is None and self.connection.trailing_data[0]:
+            # Part of a pipelined request arrived with the last one: its clock starts now.
+            self._arm_header_deadline()
+
+    async def _check_protocol(self, event: Any) -> None:
+        return None  # never h2c, never the HTTP/2 preface: see the module docstring
+
+    async def _send_h11_event(self, event: Any) -> None:
+        # As Hypercorn's, except that a final response's head is held until its first body
+        # bytes (or its end), so both go out in one write: one TLS record and one send
+        # instead of two (Hypercorn writes each h11 event on its own, an empty end
+        # included).  Every app here sends its body right after the head.
+        try:
+            data = self.connection.send(event)
+        except h11.LocalProtocolError:
+            if self.connection.their_state != h11.ERROR:
+                raise
+            return
+        if type(event) is h11.Response:
+            self._held_head = data
+            return
+        if self._held_head:
+            data, self._held_head = self._held_head + data, b""
+        if data:
+            await self.send(RawData(data=data))
+
+    # ------------------------------------------------------------------ deadline
+
+    def _arm_header_deadline(self) -> None:
+        timeout_s = getattr(self.config, "header_timeout_s", None)
+        if timeout_s is None:
+            return
+        self._cancel_header_deadline()
+        loop = asyncio.get_running_loop()
+        self._header_deadline = loop.call_later(timeout_s, self._header_deadline_passed)
+
+    def _cancel_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _header_deadline_passed(self) -> None:
+        self._header_deadline = None
+        if self.stream is None:
+            log.info("request.refused", extra={"outcome": "header_timeout"})
+            try:
+                self.task_group.spawn(self.send, Closed())
+            except RuntimeError:
+                pass  # the connection's task group already ended (cancelled at a stop)
+
+
+def install() -> None:
+    """Make Hypercorn build ``GuardedH11Protocol`` for HTTP/1.1 connections (idempotent)."""
+    current = hypercorn.protocol.H11Protocol  # type: ignore[attr-defined]
+    if current is GuardedH11Protocol:
+        return
+    if current is not H11Protocol:
+        raise RuntimeError("hypercorn.protocol.H11Protocol was replaced by someone else")
+    for name, params in OVERRIDDEN.items():
+        found = list(inspect.signature(getattr(H11Protocol, name)).parameters)
+        if found != params:
+            raise RuntimeError(f"Hypercorn's H11Protocol.{name}{tuple(found)} is not the one "
+                               "sidecar.server.http11 was written for (hypercorn 0.18)")
+    hypercorn.protocol.H11Protocol = GuardedH11Protocol  # type: ignore[attr-defined]
