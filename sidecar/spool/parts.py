@@ -20,6 +20,7 @@ Pure functions, no storage: every backend (SQLite, PostgreSQL) uses this module.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import secrets
@@ -69,19 +70,25 @@ def _part_id(text: str) -> str:
 def split_events(events: Sequence[Event]) -> StoredBatch:
     """Every event's own part and holes, and the distinct parts they refer to.
 
-    Each shared value is encoded once per distinct object (events of one change hold
-    the same object), so the cost is that of the delivery, not of its copies."""
+    A value is cut out only where several events hold it (events of one change hold the
+    same object): an event that shares nothing, such as the usual delivery of one
+    message, is stored whole, at the cost of one encoding.  Each shared value is encoded
+    once per distinct object, so the cost is that of the delivery, not of its copies."""
+    holders: collections.Counter[int] = collections.Counter(
+        id(value) for event in events for key in SHARED_KEYS
+        if isinstance(value := event.data.get(key), (dict, list)) and value)
     parts: dict[str, str] = {}
     known: dict[int, tuple[str, JSONValue]] = {}  # id(value) -> (part id, value kept alive)
-    stored = [_split(event, parts, known) for event in events]
+    stored = [_split(event, parts, known, holders) for event in events]
     return StoredBatch(events=stored, parts=parts)
 
 
-def _split(event: Event, parts: dict[str, str],
-           known: dict[int, tuple[str, JSONValue]]) -> StoredEvent:
+def _split(event: Event, parts: dict[str, str], known: dict[int, tuple[str, JSONValue]],
+           holders: collections.Counter[int]) -> StoredEvent:
     data = event.data
     shared = [key for key in SHARED_KEYS
-              if isinstance(data.get(key), (dict, list)) and data[key]]
+              if isinstance(data.get(key), (dict, list)) and data[key]
+              and holders[id(data[key])] > 1]
     if not shared:
         return StoredEvent(own=encode_event(event).decode("utf-8"), holes=())
     sentinels = {key: f"\x00{_NONCE}.{n}\x00" for n, key in enumerate(shared)}

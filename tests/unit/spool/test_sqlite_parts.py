@@ -128,3 +128,16 @@ async def test_a_version_1_spool_is_migrated_on_open(path: Path, clock: ManualCl
     again = SQLiteSpool(path, dedup_retention_s=RETENTION_S, clock=clock)  # idempotent
     assert again.db.conn.execute("pragma user_version").fetchone()[0] == 2
     again.close()
+
+
+async def test_an_event_that_shares_nothing_is_stored_whole(path: Path,
+                                                            clock: ManualClock) -> None:
+    # The usual delivery: one message with its metadata and contact; cutting them out
+    # would only cost a second encoding and two part rows.
+    (alone,) = sharing_events(1)
+    spool = SQLiteSpool(path, clock=clock)
+    await add(spool, [alone])
+    assert parts(spool) == []
+    (claimed,) = await claim(spool, 1)
+    assert claimed.body == encode_event(alone)
+    spool.close()
