@@ -31,12 +31,12 @@ import uvloop
 
 from sidecar.app.public import build_public_app
 from sidecar.config import load_config
-from sidecar.delivery.ingest import SpoolIngest
 from sidecar.metrics import Metrics
 from sidecar.normalize import Normalized
 from sidecar.server.listen import Listener, ListenerLimits, bind_socket
 from sidecar.server.reload import LiveState
-from sidecar.spool import Spool, SpoolWriter
+from sidecar.server.compose import compose
+from sidecar.spool import open_spool
 from sidecar.tls.material import build_context
 
 LAYERS = ("tls", "identity", "http", "checks", "spool")
@@ -96,18 +96,26 @@ async def serve(layer: str, config_path: Path, port: int) -> None:
         await stop.wait()
         server.close()
         return
-    writer: SpoolWriter | None = None
+    sock = bind_socket("127.0.0.1", port)
+    if layer == "spool":
+        # Exactly the sidecar's ingest side (every check, the budget, the bounds, the
+        # durable group commit), built by the composition root; nothing delivers.
+        spool = open_spool(config.delivery)
+        parts = compose(config, spool=spool, metrics=metrics, ingest=True, delivery=False,
+                        wake=lambda: None, max_connections=config.limits.max_connections)
+        assert parts.ingest is not None
+        try:
+            await parts.ingest.serve(stop, sock)
+        finally:
+            spool.close()
+        return
     app: Any = _read_and_answer
-    if layer in ("checks", "spool"):
-        ingest: Any = _Discard()
-        if layer == "spool":
-            writer = SpoolWriter(Spool(config.delivery.spool_path))
-            writer.start()
-            ingest = SpoolIngest(writer, lambda: None, metrics)
-        app = build_public_app(path=config.listen.path, settings=live.settings, ingest=ingest,
-                               metrics=metrics, max_body_bytes=config.limits.max_body_bytes,
+    if layer == "checks":
+        app = build_public_app(path=config.listen.path, settings=live.settings,
+                               ingest=_Discard(), metrics=metrics,
+                               max_body_bytes=config.limits.max_body_bytes,
                                body_timeout_s=config.limits.body_timeout_s)
-    listener = Listener(app, bind_socket("127.0.0.1", port),
+    listener = Listener(app, sock,
                         ssl_context=live.holder.listener_context(), backlog=1024,
                         limits=ListenerLimits(
                             header_timeout_s=config.limits.header_timeout_s,
@@ -115,8 +123,6 @@ async def serve(layer: str, config_path: Path, port: int) -> None:
                             handshake_timeout_s=config.limits.header_timeout_s,
                             graceful_timeout_s=1.0))
     await listener.serve(stop)
-    if writer is not None:
-        await writer.aclose()
 
 
 def main() -> None:

@@ -83,6 +83,10 @@ class RequestGuard:
                     message = _closing(message)
                 if body_unread:
                     self._drain(receive)
+                # The head is held until the body follows (``sidecar.server.http11``): it
+                # writes nothing, so it needs no deadline of its own.
+                await send(message)
+                return
             try:
                 async with asyncio.timeout(self._send_timeout_s):
                     await send(message)
