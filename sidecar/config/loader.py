@@ -26,7 +26,7 @@ from sidecar.config.model import (
 )
 from sidecar.config.reader import Reader, Section
 from sidecar.errors import ConfigError
-from sidecar.secret import standard_webhooks_key
+from sidecar.secret import Secret, standard_webhooks_key
 
 __all__ = ["load_config", "parse_config"]
 
@@ -166,7 +166,8 @@ def _is_http_url(url: str) -> bool:
 
 def _delivery(s: Section) -> DeliveryConfig:
     s.check_unknown({"mode", "spool_path", "max_attempts", "max_age_s", "backoff_initial_s",
-                     "backoff_max_s", "dedup_retention_s", "max_spool_events"})
+                     "backoff_max_s", "dedup_retention_s", "max_spool_events",
+                     "spool_url", "spool_url_file"})
     d = DeliveryConfig
     initial = s.number("backoff_initial_s", d.backoff_initial_s, exclusive=True)
     maximum = s.number("backoff_max_s", d.backoff_max_s, exclusive=True)
@@ -181,7 +182,24 @@ def _delivery(s: Section) -> DeliveryConfig:
         backoff_max_s=maximum,
         dedup_retention_s=s.number("dedup_retention_s", d.dedup_retention_s),
         max_spool_events=s.integer("max_spool_events", d.max_spool_events, minimum=1),
+        spool_url=_spool_url(s),
     )
+
+
+def _spool_url(s: Section) -> Secret | None:
+    """``spool_url`` / ``spool_url_file``: a PostgreSQL URL, instead of ``spool_path``."""
+    url = s.secret("spool_url", required=False)
+    if url is None:
+        return None
+    form = "spool_url_file" if s.has("spool_url_file") else "spool_url"
+    if s.has("spool_path"):
+        raise ConfigError(f"config key '{s.key(form)}': give either spool_path (SQLite) or "
+                          f"{form} (PostgreSQL), not both")
+    scheme = url.reveal().split("://", 1)[0] if "://" in url.reveal() else ""
+    if scheme not in ("postgresql", "postgres"):
+        raise ConfigError(f"config key '{s.key(form)}': must be a postgresql:// or "
+                          "postgres:// URL")
+    return url
 
 
 def _limits(s: Section) -> LimitsConfig:

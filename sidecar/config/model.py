@@ -74,6 +74,9 @@ class DeliveryConfig:
     backoff_max_s: float = 300.0
     dedup_retention_s: float = 604800.0
     max_spool_events: int = 1_000_000
+    # A PostgreSQL spool shared by every replica, instead of spool_path; it holds the
+    # database password, hence a Secret (docs/scaling.md).
+    spool_url: Secret | None = None
 
 
 @dataclass(frozen=True)

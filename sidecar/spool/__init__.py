@@ -3,8 +3,10 @@
     contract.py  the storage contract every backend implements, and its value types
     writer.py    group commit in front of any backend
     sqlite/      the embedded backend: one SQLite file per machine
+    postgres/    the shared backend: one PostgreSQL database for every replica
 
-``open_spool`` picks the backend the config names.
+``open_spool`` picks the backend the config names (``delivery.spool_url`` or
+``delivery.spool_path``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from sidecar.spool.contract import (
     SpoolRow,
     SpoolStats,
 )
+from sidecar.spool.postgres import PostgresSpool
 from sidecar.spool.sqlite import SQLiteSpool
 from sidecar.spool.writer import SpoolWriter
 
@@ -31,6 +34,7 @@ __all__ = [
     "Spool",
     "SpoolWriter",
     "SQLiteSpool",
+    "PostgresSpool",
     "open_spool",
     "AddResult",
     "Batch",
@@ -47,7 +51,12 @@ __all__ = [
 
 def open_spool(delivery: DeliveryConfig, *, must_exist: bool = False) -> Spool:
     """The spool ``delivery`` names.  ``must_exist`` (the CLI): a missing spool is an
-    error, never created, so a typo in ``-c`` leaves no empty spool behind."""
+    error, never created, so a typo in ``-c`` leaves no empty spool behind (for
+    PostgreSQL: a database without the spool's schema, found at the first operation)."""
+    if delivery.spool_url is not None:
+        return PostgresSpool(delivery.spool_url, max_spool_events=delivery.max_spool_events,
+                             dedup_retention_s=delivery.dedup_retention_s,
+                             must_exist=must_exist)
     if must_exist and not delivery.spool_path.is_file():
         raise SpoolUnavailable(f"spool file {delivery.spool_path} does not exist")
     return SQLiteSpool(delivery.spool_path, max_spool_events=delivery.max_spool_events,

@@ -1,6 +1,6 @@
 """The storage contract: every operation the ingest, the delivery worker, the CLI and
 ``/metrics`` need from a spool, whatever keeps it (SQLite on one machine, PostgreSQL for
-replicas).  One test suite (``tests/unit/spool/contract.py``) holds every backend to it.
+replicas).  One test suite (``tests/unit/spool/spool_contract.py``) holds every backend to it.
 
 What every backend guarantees:
 
@@ -18,6 +18,10 @@ What every backend guarantees:
   Meta retries) and leaves the store as it was before the call.
 * **Quarantine and dead letters are kept**, listed and replayable; replay re-normalizes a
   quarantined change through the ``Renormalize`` the caller passes in.
+* **Wake-ups.**  The process that commits an add wakes its own delivery worker (in the
+  same process, or the parent's with ``--workers N``).  A backend shared by several
+  machines also wakes the others' workers: ``watch_commits`` runs in every delivering
+  process; the worker's poll stays the fallback, so a lost wake-up only delays.
 
 Operations are coroutines; a backend on a blocking driver runs them in a thread.
 ``take_ownership`` and ``close`` are plain calls, made outside any event loop too.
@@ -25,6 +29,7 @@ Operations are coroutines; a backend on a blocking driver runs them in a thread.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -162,6 +167,12 @@ class Spool(Protocol):
 
     async def check_writable(self) -> None:
         """Raise ``SpoolUnavailable`` unless a write would commit now (``/readyz``)."""
+        ...
+
+    async def watch_commits(self, wake: Callable[[], None], stop: asyncio.Event) -> None:
+        """Until ``stop``: call ``wake`` (from any thread) soon after another process
+        stored or requeued events, wherever it runs.  A backend only this machine
+        writes, whose writers wake the worker themselves (SQLite), returns at once."""
         ...
 
     # -- delivery

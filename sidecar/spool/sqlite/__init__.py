@@ -14,7 +14,7 @@ kernel file lock); exactly one delivers from it (``take_ownership``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
@@ -68,6 +68,9 @@ class SQLiteSpool:
 
     async def check_writable(self) -> None:
         await asyncio.to_thread(self.db.check_writable)
+
+    async def watch_commits(self, wake: Callable[[], None], stop: asyncio.Event) -> None:
+        return  # every writer is on this machine and wakes the worker itself
 
     async def settle_and_claim(self, settlement: Settlement, limit: int, *,
                                lease_s: float) -> list[SpooledEvent]:
