@@ -31,6 +31,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+
+def _ensure(module: str, requirement: str) -> None:
+    """The candidates the sidecar does not depend on are pip-installed on first use."""
+    try:
+        __import__(module)
+    except ImportError:
+        print(f"[bench] pip install {requirement}", file=sys.stderr)
+        import subprocess
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", requirement], check=True)
+
+
+_ensure("asyncpg", "asyncpg>=0.30")
+_ensure("psycopg_pool", "psycopg-pool>=3.2")
+
 import asyncpg  # noqa: E402
 import psycopg  # noqa: E402
 import psycopg_pool  # noqa: E402

@@ -8,6 +8,7 @@ from typing import Any
 
 from sidecar.config import load_config
 from sidecar.errors import ConfigError
+from sidecar.spool.postgres.url import redact_url
 from sidecar.tls.material import load_material
 from sidecar.tls.upstream_trust import UpstreamTrust
 
@@ -32,8 +33,9 @@ def run(args: argparse.Namespace) -> int:
     material = load_material(config.tls)
     if config.upstream.ca_file is not None:
         UpstreamTrust(config.upstream.ca_file)  # raises, naming upstream.ca_file
+    spool_url = config.delivery.spool_url
     spool_dir = config.delivery.spool_path.parent
-    if spool_dir.exists() and not spool_dir.is_dir():
+    if spool_url is None and spool_dir.exists() and not spool_dir.is_dir():
         raise ConfigError(f"config key 'delivery.spool_path': {spool_dir} is not a directory")
     leaf = material.server_chain[0]
     print(f"config OK: {args.config}")
@@ -45,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"  secrets  {len(config.meta.app_secrets)} app secret(s), verify token set")
     print(f"  delivery {config.delivery.mode} -> {config.upstream.url}"
           + (f" (trusting {config.upstream.ca_file})" if config.upstream.ca_file else ""))
+    print(f"  spool    {redact_url(spool_url.reveal())} (PostgreSQL, shared)" if spool_url
+          else f"  spool    {config.delivery.spool_path} (SQLite)")
     if config.tls.client_auth == "optional":
         print("  WARNING  tls.client_auth is optional: clients without a certificate are "
               "admitted (onboarding only)")

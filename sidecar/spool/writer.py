@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from sidecar.errors import SpoolUnavailable
 from sidecar.events import Event, QuarantinedChange
+from sidecar.logs import Throttle
 from sidecar.spool.contract import AddResult, Batch, Spool
 
 __all__ = ["SpoolWriter", "ADD_TIMEOUT_S"]
@@ -28,6 +29,7 @@ log = logging.getLogger("sidecar.spool")
 ADD_TIMEOUT_S = 5.0
 COMMIT_WINDOW_S = 0.001
 COMMIT_WINDOW_MIN_GROUP = 4
+FAILURE_LOG_INTERVAL_S = 10.0
 
 
 class SpoolWriter:
@@ -45,6 +47,7 @@ class SpoolWriter:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._failures = Throttle(FAILURE_LOG_INTERVAL_S)
 
     def start(self) -> None:
         """Start the writer task on the running loop (``add`` also starts it lazily)."""
@@ -103,7 +106,12 @@ class SpoolWriter:
         try:
             results = await self._spool.add_many([b for b, _ in group])
         except SpoolUnavailable as exc:
-            log.warning("spool.write_failed", extra={"batches": len(group), "error": str(exc)})
+            # Once per interval: an outage fails every request's commit, and the spool
+            # logs the outage itself.
+            left_out = self._failures.allow("write_failed")
+            if left_out is not None:
+                log.warning("spool.write_failed", extra={
+                    "batches": len(group), "error": str(exc), "similar_left_out": left_out})
             for _, future in group:
                 if not future.done():
                     future.set_exception(SpoolUnavailable(str(exc)))
