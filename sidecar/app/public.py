@@ -35,6 +35,7 @@ from sidecar.errors import (
     SignatureInvalid,
     Unavailable,
 )
+from sidecar.logs import Throttle
 from sidecar.metrics import Metrics
 from sidecar.normalize import normalize
 from sidecar.secret import Secret
@@ -44,6 +45,7 @@ __all__ = ["RequestSettings", "build_public_app", "MAX_CHALLENGE_LENGTH"]
 log = logging.getLogger("sidecar.request")
 
 MAX_CHALLENGE_LENGTH = 1024
+UNAVAILABLE_LOG_INTERVAL_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +102,18 @@ def build_public_app(
             return _outcome(metrics, _outcome_name(exc), error_response(exc, close=True))
         except (RequestRejected, Unavailable) as exc:
             if isinstance(exc, Unavailable):
-                log.warning("delivery.unavailable", extra={"error": exc.message})
+                # An outage answers every request 503 (counted in the metrics); the log
+                # gets one line per interval, not one per request.
+                left_out = unavailable_logs.allow(type(exc).__name__)
+                if left_out is not None:
+                    log.warning("delivery.unavailable", extra={
+                        "error": exc.message, "similar_left_out": left_out})
             return _outcome(metrics, _outcome_name(exc), error_response(exc))
         accepted.inc()
         return _accepted_response(len(normalized.events), len(normalized.quarantined))
 
     accepted = metrics.requests.labels("accepted")
+    unavailable_logs = Throttle(UNAVAILABLE_LOG_INTERVAL_S)
     return _WebhookApp(path, get=verify_subscription, post=receive_delivery)
 
 
