@@ -29,8 +29,9 @@ log = logging.getLogger("sidecar.server")
 
 def run_server(config_path: Path, *, loop: str = "auto", workers: int = 1) -> int:
     config = load_config(config_path)
-    # Before any loop or log line: a spool another process delivers from is a one-line
-    # refusal (the worker requeues every in-flight claim at start; two would collide).
+    # Before any loop or log line: a SQLite spool another process delivers from is a
+    # one-line refusal (the worker requeues every in-flight claim at start; two would
+    # collide); a shared PostgreSQL spool is reached, migrated and checked, never refused.
     spool = open_spool(config.delivery)
     try:
         spool.take_ownership()

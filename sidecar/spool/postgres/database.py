@@ -46,7 +46,7 @@ from sidecar.spool.postgres.pool import Connection, Pool
 from sidecar.spool.postgres.sql import NOTIFY_CHANNEL
 from sidecar.spool.postgres.url import SpoolURL
 
-__all__ = ["Database", "Outage", "CONNECT_TIMEOUT_S", "ACQUIRE_TIMEOUT_S",
+__all__ = ["Database", "Outage", "is_outage", "CONNECT_TIMEOUT_S", "ACQUIRE_TIMEOUT_S",
            "STATEMENT_TIMEOUT_S"]
 
 log = logging.getLogger("sidecar.spool")
@@ -57,6 +57,11 @@ STATEMENT_TIMEOUT_S = 4.0  # below the ingest's 5 s (spool.writer.ADD_TIMEOUT_S)
 IDLE_IN_TRANSACTION_TIMEOUT_S = 15.0
 POOL_SIZE = 4  # per process: the group commit, the worker, /readyz and /metrics
 _OUTAGE_DELAY_S = (0.05, 2.0)
+# SQLSTATEs that mean "the database is away": connection exceptions, authorization,
+# insufficient resources (too many connections, disk full), and the server shutting
+# down, crashed or still starting.  No SQLSTATE at all: libpq could not connect.
+_OUTAGE_CLASSES = ("08", "28", "53")
+_OUTAGE_STATES = ("57P01", "57P02", "57P03")
 
 
 class Database:
@@ -136,7 +141,7 @@ class Database:
 
     def _unavailable(self, exc: psycopg.Error) -> SpoolUnavailable:
         why = self.url.reason(exc)
-        if isinstance(exc, psycopg.OperationalError):  # the connection, not the statement
+        if is_outage(exc):
             self.outage.failed(why)
             self._pool.discard_idle()  # they most likely died with this one
         return SpoolUnavailable(f"spool unavailable ({why})")
@@ -154,6 +159,7 @@ class Database:
         except psycopg.Error as exc:
             raise SpoolUnavailable(f"spool {self.url.display}: "
                                    f"{self.url.reason(exc)}") from exc
+        self._schema_ready = True
 
     def check_writable(self) -> None:
         """A transaction that takes a transaction id: fails on a read-only server (a
@@ -168,6 +174,15 @@ class Database:
 
     def close(self) -> None:
         self._pool.close()
+
+
+def is_outage(exc: psycopg.Error) -> bool:
+    """The database is away (no connection, shutting down, starting, refusing us), as
+    opposed to one statement failing (a deadlock, a timeout, a constraint)."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state[:2] in _OUTAGE_CLASSES or state in _OUTAGE_STATES
 
 
 class Outage:

@@ -176,6 +176,11 @@ async def test_a_commit_on_one_replica_wakes_the_other(replicas) -> None:
         await add(a, [make_event(1)])
         assert await asyncio.to_thread(woke.wait, 5)
         assert time.monotonic() - started < 1.0  # a wake-up, not the worker's poll
+        await claim(a, 1)
+        await dead(a, "evt_1", error="x")
+        woke.clear()
+        assert await a.replay_all_dead() == 1  # from the CLI, say: wakes the replicas too
+        assert await asyncio.to_thread(woke.wait, 5)
     finally:
         stop.set()
         await asyncio.wait_for(watcher, 5)
@@ -298,3 +303,17 @@ class socket_closed_port:
 
     def __exit__(self, *exc: object) -> None:
         self._sock.close()
+
+
+def test_only_a_database_that_is_away_counts_as_an_outage() -> None:
+    from psycopg import errors
+
+    from sidecar.spool.postgres.database import is_outage
+
+    assert is_outage(psycopg.OperationalError("connection failed"))  # no SQLSTATE: libpq
+    assert is_outage(errors.AdminShutdown("terminating connection"))
+    assert is_outage(errors.CannotConnectNow("the database system is starting up"))
+    assert is_outage(errors.TooManyConnections("too many clients"))
+    assert not is_outage(errors.DeadlockDetected("deadlock detected"))
+    assert not is_outage(errors.QueryCanceled("canceling statement due to statement timeout"))
+    assert not is_outage(errors.UniqueViolation("duplicate key"))
