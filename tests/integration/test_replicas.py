@@ -79,3 +79,18 @@ def test_a_replica_killed_with_claimed_events_loses_none(replicas, sink, pg_url)
     wait_until(lambda: states(pg_url) == {"delivered": len(sent)}, 60, "B's deliveries")
     assert sorted(wamids(sink.delivered())) == sorted(w for _, w in sent)
     assert "delivery.recovered" in b.log()
+
+
+def test_a_replica_that_cannot_reach_postgres_at_start_says_so_in_one_line(
+        replicas, monkeypatch):
+    import socket
+
+    with socket.socket() as closed:  # bound, never listening: connection refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        monkeypatch.setenv("TEST_SPOOL_URL", f"postgresql://sidecar:start-pw-77@127.0.0.1:{port}/x")
+        node = replicas.start("a", wait=False)
+        assert node.proc.wait(30) != 0
+    log = node.log()
+    assert log.count("\n") == 1, log
+    assert "postgresql://sidecar:***@127.0.0.1" in log and "start-pw-77" not in log
