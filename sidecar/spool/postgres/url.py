@@ -20,10 +20,12 @@ __all__ = ["SpoolURL", "redact_url", "SCHEMES"]
 
 SCHEMES = ("postgresql", "postgres")
 _SECRET_PARAMS = {"password", "sslpassword"}
-# TCP keepalives and a user timeout: a listening connection whose peer vanished
-# (failover, a dropped NAT entry) is noticed in about 30 s instead of hours.
-_DEFAULTS = {"keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
-             "keepalives_count": "3", "tcp_user_timeout": "30000",
+# TCP keepalives and a user timeout: a connection whose peer vanished without a reset
+# (a failover, a dropped NAT entry, a partition) is given up in about 10 s instead of
+# hours, whether it was idle (LISTEN), waiting for an answer or sending.  The server's
+# statement_timeout cannot help there: the server is what is gone.
+_DEFAULTS = {"keepalives": "1", "keepalives_idle": "5", "keepalives_interval": "2",
+             "keepalives_count": "3", "tcp_user_timeout": "10000",
              "fallback_application_name": "whatsapp-webhook-sidecar"}
 
 
