@@ -57,6 +57,9 @@ STATEMENT_TIMEOUT_S = 4.0  # below the ingest's 5 s (spool.writer.ADD_TIMEOUT_S)
 IDLE_IN_TRANSACTION_TIMEOUT_S = 15.0
 POOL_SIZE = 4  # per process: the group commit, the worker, /readyz and /metrics
 _OUTAGE_DELAY_S = (0.05, 2.0)
+# Several statements, no parameters: one simple-protocol round trip.
+_NOTIFY = ("begin; set local synchronous_commit to off; "
+           f"select pg_notify('{NOTIFY_CHANNEL}', ''); commit")
 # SQLSTATEs that mean "the database is away": connection exceptions, authorization,
 # insufficient resources (too many connections, disk full), and the server shutting
 # down, crashed or still starting.  No SQLSTATE at all: libpq could not connect.
@@ -168,9 +171,10 @@ class Database:
             conn.execute("select pg_current_xact_id()")
 
     def notify(self) -> None:
-        """Tell every listening process that events were stored (``notify.py``)."""
-        with self.tx(durable=False) as conn:
-            conn.execute("select pg_notify($1, '')", (NOTIFY_CHANNEL,))
+        """Tell every listening process that events were stored (``notify.py``): one
+        round trip, a transaction that does not wait for its flush."""
+        with self.connection() as conn:
+            conn.execute(_NOTIFY)
 
     def close(self) -> None:
         self._pool.close()
