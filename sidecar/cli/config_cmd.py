@@ -8,7 +8,7 @@ from typing import Any
 
 from sidecar.config import load_config
 from sidecar.errors import ConfigError
-from sidecar.spool.postgres.url import redact_url
+from sidecar.spool.redact import redact_url
 from sidecar.tls.material import load_material
 from sidecar.tls.upstream_trust import UpstreamTrust
 

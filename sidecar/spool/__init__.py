@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sidecar.config import DeliveryConfig
 from sidecar.errors import SpoolUnavailable
 from sidecar.spool.contract import (
@@ -26,9 +28,11 @@ from sidecar.spool.contract import (
     SpoolRow,
     SpoolStats,
 )
-from sidecar.spool.postgres import PostgresSpool
 from sidecar.spool.sqlite import SQLiteSpool
 from sidecar.spool.writer import SpoolWriter
+
+if TYPE_CHECKING:
+    from sidecar.spool.postgres import PostgresSpool
 
 __all__ = [
     "Spool",
@@ -54,6 +58,8 @@ def open_spool(delivery: DeliveryConfig, *, must_exist: bool = False) -> Spool:
     error, never created, so a typo in ``-c`` leaves no empty spool behind (for
     PostgreSQL: a database without the spool's schema, found at the first operation)."""
     if delivery.spool_url is not None:
+        from sidecar.spool.postgres import PostgresSpool
+
         return PostgresSpool(delivery.spool_url, max_spool_events=delivery.max_spool_events,
                              dedup_retention_s=delivery.dedup_retention_s,
                              must_exist=must_exist)
@@ -61,3 +67,13 @@ def open_spool(delivery: DeliveryConfig, *, must_exist: bool = False) -> Spool:
         raise SpoolUnavailable(f"spool file {delivery.spool_path} does not exist")
     return SQLiteSpool(delivery.spool_path, max_spool_events=delivery.max_spool_events,
                        dedup_retention_s=delivery.dedup_retention_s)
+
+
+def __getattr__(name: str) -> object:
+    """``PostgresSpool`` is imported on first use: the driver (libpq, ~11 MB per process)
+    is loaded only by processes whose config names a PostgreSQL spool."""
+    if name == "PostgresSpool":
+        from sidecar.spool.postgres import PostgresSpool
+
+        return PostgresSpool
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

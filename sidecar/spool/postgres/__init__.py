@@ -45,7 +45,8 @@ from sidecar.spool.postgres.database import Database
 from sidecar.spool.postgres.notify import Listener, Notifier
 from sidecar.spool.postgres.replay import PostgresReplay
 from sidecar.spool.postgres.store import PostgresStore
-from sidecar.spool.postgres.url import SpoolURL, redact_url
+from sidecar.spool.postgres.url import SpoolURL
+from sidecar.spool.redact import redact_url
 
 __all__ = ["PostgresSpool", "SpoolURL", "redact_url"]
 

@@ -9,17 +9,17 @@ a message ever quote it.
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from sidecar.secret import Secret
+from sidecar.spool.redact import redact_url
 
 __all__ = ["SpoolURL", "redact_url", "SCHEMES"]
 
 SCHEMES = ("postgresql", "postgres")
-_SECRET_PARAMS = {"password", "sslpassword"}
 # TCP keepalives and a user timeout: a connection whose peer vanished without a reset
 # (a failover, a dropped NAT entry, a partition) is given up in about 10 s instead of
 # hours, whether it was idle (LISTEN), waiting for an answer or sending.  The server's
@@ -27,25 +27,6 @@ _SECRET_PARAMS = {"password", "sslpassword"}
 _DEFAULTS = {"keepalives": "1", "keepalives_idle": "5", "keepalives_interval": "2",
              "keepalives_count": "3", "tcp_user_timeout": "10000",
              "fallback_application_name": "whatsapp-webhook-sidecar"}
-
-
-def redact_url(url: str) -> str:
-    """``postgresql://sidecar:***@db/sidecar``: the password (in the authority or as a
-    query parameter) replaced, everything else as given."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, hosts = netloc.rsplit("@", 1)
-            if ":" in userinfo:
-                userinfo = userinfo.split(":", 1)[0] + ":***"
-            netloc = f"{userinfo}@{hosts}"
-        query = urlencode([(k, "***" if k in _SECRET_PARAMS else v)
-                           for k, v in parse_qsl(parts.query, keep_blank_values=True)],
-                          safe="*/:,")
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return f"{url.split(':', 1)[0]}://***"
 
 
 class SpoolURL:
