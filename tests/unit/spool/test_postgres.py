@@ -317,3 +317,14 @@ def test_only_a_database_that_is_away_counts_as_an_outage() -> None:
     assert not is_outage(errors.DeadlockDetected("deadlock detected"))
     assert not is_outage(errors.QueryCanceled("canceling statement due to statement timeout"))
     assert not is_outage(errors.UniqueViolation("duplicate key"))
+
+
+def test_the_driver_is_loaded_only_for_a_postgresql_spool() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, sidecar.cli, sidecar.server.run, sidecar.spool;"
+            "print('psycopg' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.strip() == "False", done.stderr
