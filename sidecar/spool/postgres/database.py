@@ -134,11 +134,14 @@ class Database:
                 self._schema_ready = True
 
     def _configure(self, conn: Connection) -> None:
-        """Every new connection: bounded statements, durable commits by default."""
-        conn.execute(f"set statement_timeout = {int(STATEMENT_TIMEOUT_S * 1000)}")
-        conn.execute("set idle_in_transaction_session_timeout = "
-                     f"{int(IDLE_IN_TRANSACTION_TIMEOUT_S * 1000)}")
-        row = conn.execute("show synchronous_commit").fetchone()
+        """Every new connection: bounded statements, durable commits by default (one
+        round trip, two when ``synchronous_commit`` has to be raised)."""
+        row = conn.execute(
+            "select current_setting('synchronous_commit'),"
+            " set_config('statement_timeout', $1, false),"
+            " set_config('idle_in_transaction_session_timeout', $2, false)",
+            (str(int(STATEMENT_TIMEOUT_S * 1000)),
+             str(int(IDLE_IN_TRANSACTION_TIMEOUT_S * 1000)))).fetchone()
         if row is not None and row[0] == "off":
             conn.execute("set synchronous_commit to on")
 

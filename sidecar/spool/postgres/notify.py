@@ -8,7 +8,8 @@ inside the add: PostgreSQL serialises committing transactions that notified on o
 lock held until their commit record is flushed, so a NOTIFY in every durable add would
 make every replica's ingest commits wait for each other's disk flush, undoing group
 commit.  Sent on its own with ``synchronous_commit = off``, the lock is held for
-microseconds, and at most one is in flight per process (later commits coalesce).
+microseconds; at most one is in flight per process, and later commits coalesce into
+the next one.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ __all__ = ["Notifier", "Listener"]
 
 log = logging.getLogger("sidecar.spool")
 
-_NOTIFY_GAP_S = 0.002  # under load, at most one NOTIFY per process per this long
+# Under load, at most one NOTIFY per process per this long (a lone commit notifies at
+# once): the committing process's own worker is woken directly anyway; the others only
+# need to learn that there is work, and each wake-up costs every replica a claim.
+_NOTIFY_GAP_S = 0.05
 _PING_EVERY_S = 15.0  # a listening connection proves it is alive this often
 _RETRY_S = (0.05, 5.0)
 
