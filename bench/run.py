@@ -315,6 +315,8 @@ class Peer:
     #            the last two answer and forward nothing
     workers: int = 1
     mode: str = ""  # the sidecar's delivery.mode; the ref app's HTTP server
+    spool: str = "sqlite"  # the sidecar's spool: "sqlite" (spool_path) or "postgres" (spool_url)
+    replicas: int = 1  # sidecar processes on one spool, each on its own port (postgres only)
 
     @property
     def is_sidecar(self) -> bool:
@@ -331,6 +333,9 @@ PEERS = {p.name: p for p in (
     Peer("spool", "sidecar", mode="spool"),
     Peer("direct", "sidecar", mode="direct"),
     Peer("spool-w2", "sidecar", mode="spool", workers=2),
+    Peer("pg", "sidecar", mode="spool", spool="postgres"),
+    Peer("pg-w2", "sidecar", mode="spool", workers=2, spool="postgres"),
+    Peer("pg-2r", "sidecar", mode="spool", spool="postgres", replicas=2),
     Peer("ref-hypercorn", "ref", mode="hypercorn"),
     Peer("ref-uvicorn", "ref", mode="uvicorn"),
     *(Peer(f"layer-{layer}", "layer", mode=layer)
@@ -355,6 +360,7 @@ class Bench:
     loop: str
     drain_timeout_s: float
     sidecar_has_workers: bool
+    postgres: Any = None  # bench/pgpeers.BenchPostgres: the pg* peers' server, started on first use
 
 
 @dataclass
@@ -365,6 +371,13 @@ class Server:
     proc: subprocess.Popen[bytes]
     upstream: subprocess.Popen[bytes]
     upstream_port: int
+    # pg-2r: the other replicas on the same spool, each on its own port
+    others: list[tuple[int, subprocess.Popen[bytes]]] = field(default_factory=list)
+    db_pid: int | None = None  # the PostgreSQL server (pg* peers), for its CPU
+
+    @property
+    def targets(self) -> list[tuple[int, subprocess.Popen[bytes]]]:
+        return [(self.port, self.proc), *self.others]
 
     def upstream_count(self) -> int:
         """Distinct event ids (sidecar) or requests (nginx) the upstream received."""
@@ -373,10 +386,12 @@ class Server:
 
 
 def write_sidecar_config(bench: Bench, name: str, port: int, admin_port: int,
-                         upstream_port: int, mode: str) -> tuple[Path, Path]:
+                         upstream_port: int, mode: str,
+                         spool_url: str | None = None) -> tuple[Path, Path]:
     config = bench.work / f"sidecar-{name}.yaml"
     spool = bench.work / f"spool-{name}.db"
     remove_spool(spool)
+    spool_key = f'spool_url: "{spool_url}"' if spool_url else f"spool_path: {spool}"
     certs = bench.certs
     config.write_text(f"""\
 listen: {{host: 127.0.0.1, port: {port}, path: /webhooks/whatsapp}}
@@ -394,7 +409,7 @@ upstream:
   signing_secret: "{SIGNING_SECRET}"
 delivery:
   mode: {mode}
-  spool_path: {spool}
+  {spool_key}
 admin: {{host: 127.0.0.1, port: {admin_port}}}
 logging: {{level: warning, format: json}}
 """, encoding="utf-8")
@@ -466,7 +481,8 @@ def ensure_uvicorn() -> None:
 
 
 def start_peer(bench: Bench, peer: Peer, tag: str, port: int, upstream_port: int,
-               logs: Any) -> tuple[subprocess.Popen[bytes], Path | None]:
+               logs: Any, spool_url: str | None = None
+               ) -> tuple[subprocess.Popen[bytes], Path | None]:
     """Start ``peer`` on ``port`` and wait until it is ready; returns (process, spool)."""
     if peer.kind == "nginx":
         conf = write_nginx_config(bench, tag, peer.workers, port, upstream_port)
@@ -495,7 +511,7 @@ def start_peer(bench: Bench, peer: Peer, tag: str, port: int, upstream_port: int
         wait_for(lambda: port_open(port), 15, f"layer {peer.mode} ({tag})", proc)
         return proc, spool
     config, spool = write_sidecar_config(bench, tag, port, admin_port, upstream_port,
-                                         peer.mode)
+                                         peer.mode, spool_url)
     cmd = [sys.executable, "-m", "sidecar", "serve", "-c", str(config), "--loop", bench.loop]
     if bench.sidecar_has_workers:  # explicit: the default is one per CPU
         cmd += ["--workers", str(peer.workers)]
@@ -516,18 +532,32 @@ def running(bench: Bench, peer: Peer, tag: str) -> Iterator[Server]:
                                  "--port", str(upstream_port)], stdout=logs, stderr=logs)
     proc: subprocess.Popen[bytes] | None = None
     spool: Path | None = None
+    others: list[tuple[int, subprocess.Popen[bytes]]] = []
+    database: str | None = None
     try:
         wait_for(lambda: http_get(f"http://127.0.0.1:{upstream_port}/stats")[0] == 200, 10,
                  "upstream", upstream)
-        proc, spool = start_peer(bench, peer, tag, port, upstream_port, logs)
-        yield Server(peer, port, proc, upstream, upstream_port)
+        spool_url = None
+        if peer.spool == "postgres":
+            database, spool_url = bench.postgres.database()
+        proc, spool = start_peer(bench, peer, tag, port, upstream_port, logs, spool_url)
+        for i in range(1, peer.replicas):  # more replicas on the same spool
+            other_port = free_port()
+            others.append((other_port, start_peer(bench, peer, f"{tag}-replica{i}", other_port,
+                                                  upstream_port, logs, spool_url)[0]))
+        yield Server(peer, port, proc, upstream, upstream_port, others=others,
+                     db_pid=bench.postgres.pid() if database else None)
     finally:
+        for _, other in others:
+            stop(other)
         if proc is not None:
             stop(proc)
         stop(upstream)
         logs.close()
         if spool is not None:
             remove_spool(spool)
+        if database is not None:
+            bench.postgres.drop(database)
 
 
 # ---------------------------------------------------------------------- driving load
@@ -550,6 +580,7 @@ class Pass:
     cpu_loadgen: float
     new_connections: int = 0  # TCP connections accepted on the box during the pass
     keepalive: bool = True  # the load kept its connections (then new ones mean churn)
+    cpu_db: float = 0.0  # the PostgreSQL server's cores (pg* peers; same box)
 
     @property
     def accepted(self) -> int:
@@ -557,7 +588,63 @@ class Pass:
 
 
 def drive(bench: Bench, server: Server, load: Load, seconds: int, tag: str) -> Pass:
-    cmd = [str(bench.loadgen), "-url", f"https://127.0.0.1:{server.port}/webhooks/whatsapp",
+    """One loadgen run (with several replicas, one per replica at once, the connections
+    split between them) and everyone's CPU over it."""
+    targets = server.targets
+    cmds = [loadgen_cmd(bench, port, replace(load, concurrency=max(
+        1, load.concurrency // len(targets))), seconds, f"{tag}-{i}" if i else tag)
+        for i, (port, _) in enumerate(targets)]
+    pids = [p.pid for _, p in targets]
+
+    def server_cpu() -> float:
+        return sum(cpu_seconds(pid) for pid in pids)
+
+    cpu0 = (server_cpu(), cpu_seconds(server.upstream.pid),
+            cpu_seconds(server.db_pid) if server.db_pid else 0.0)
+    opens0 = passive_opens()
+    t0 = time.monotonic()
+    with open(bench.work / f"{tag}.loadgen.log", "ab") as err:
+        gens = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err) for cmd in cmds]
+        outs = [gen.stdout.read() if gen.stdout else b"" for gen in gens]
+        waited = [os.wait4(gen.pid, 0) for gen in gens]
+    wall = time.monotonic() - t0
+    cpu1 = (server_cpu(), cpu_seconds(server.upstream.pid),
+            cpu_seconds(server.db_pid) if server.db_pid else 0.0)
+    results = []
+    loadgen_cpu = 0.0
+    for gen, out, (_, status, usage) in zip(gens, outs, waited):
+        gen.returncode = os.waitstatus_to_exitcode(status)
+        if gen.returncode != 0:
+            sys.exit(f"bench: loadgen failed ({gen.returncode}); see {bench.work}/{tag}.loadgen.log")
+        results.append(json.loads(out.decode().strip().splitlines()[-1]))
+        loadgen_cpu += usage.ru_utime + usage.ru_stime
+    return Pass(result=merge_results(results), wall_s=wall,
+                cpu_server=(cpu1[0] - cpu0[0]) / wall,
+                cpu_upstream=(cpu1[1] - cpu0[1]) / wall,
+                cpu_loadgen=loadgen_cpu / wall,
+                new_connections=passive_opens() - opens0, keepalive=load.keepalive,
+                cpu_db=(cpu1[2] - cpu0[2]) / wall)
+
+
+def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Loadgens run side by side (one per replica) as one: rates add up, latencies are
+    the worst one's."""
+    if len(results) == 1:
+        return results[0]
+    errors = [r.get("first_error", "") for r in results if r.get("first_error")]
+    return {**results[0],
+            "rps": sum(float(r["rps"]) for r in results),
+            "requests": sum(int(r["requests"]) for r in results),
+            "seconds": max(float(r["seconds"]) for r in results),
+            "p50_ms": max(float(r["p50_ms"]) for r in results),
+            "p99_ms": max(float(r["p99_ms"]) for r in results),
+            "errors": sum(int(r["errors"]) for r in results),
+            "first_error": errors[0] if errors else "",
+            "ok_total": sum(int(r["ok_total"]) for r in results)}
+
+
+def loadgen_cmd(bench: Bench, port: int, load: Load, seconds: int, tag: str) -> list[str]:
+    cmd = [str(bench.loadgen), "-url", f"https://127.0.0.1:{port}/webhooks/whatsapp",
            "-c", str(load.concurrency), "-d", f"{seconds}s",
            "-keepalive=" + ("true" if load.keepalive else "false"),
            "-body", str(bench.bodies[load.body]), "-H", "Content-Type: application/json",
@@ -566,23 +653,7 @@ def drive(bench: Bench, server: Server, load: Load, seconds: int, tag: str) -> P
            "-cacert", str(bench.certs.ca_cert), "-label", tag]
     if load.rate:
         cmd += ["-rate", f"{load.rate:g}"]
-    cpu0 = cpu_seconds(server.proc.pid), cpu_seconds(server.upstream.pid)
-    opens0 = passive_opens()
-    t0 = time.monotonic()
-    with open(bench.work / f"{tag}.loadgen.log", "ab") as err:
-        gen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
-        out = gen.stdout.read() if gen.stdout else b""
-        _, status, usage = os.wait4(gen.pid, 0)
-    wall = time.monotonic() - t0
-    gen.returncode = os.waitstatus_to_exitcode(status)
-    cpu1 = cpu_seconds(server.proc.pid), cpu_seconds(server.upstream.pid)
-    if gen.returncode != 0:
-        sys.exit(f"bench: loadgen failed ({gen.returncode}); see {bench.work}/{tag}.loadgen.log")
-    return Pass(result=json.loads(out.decode().strip().splitlines()[-1]), wall_s=wall,
-                cpu_server=(cpu1[0] - cpu0[0]) / wall,
-                cpu_upstream=(cpu1[1] - cpu0[1]) / wall,
-                cpu_loadgen=(usage.ru_utime + usage.ru_stime) / wall,
-                new_connections=passive_opens() - opens0, keepalive=load.keepalive)
+    return cmd
 
 
 def drain(bench: Bench, server: Server, accepted: int) -> tuple[int, float | None]:
@@ -631,6 +702,10 @@ def row_from_pass(scenario: str, peer: Peer, rnd: int, p: Pass, delivered_at_end
               accepted=p.accepted, delivered=delivered, delivered_at_load_end=delivered_at_end,
               load_s=p.wall_s, drain_s=drain_s, cpu_server=p.cpu_server,
               cpu_loadgen=p.cpu_loadgen, cpu_upstream=p.cpu_upstream, rss_mb=rss)
+    if PEERS[peer.name].spool == "postgres":
+        replicas = f"{peer.replicas} replicas on one database, " if peer.replicas > 1 else ""
+        row.notes.append(f"{replicas}PostgreSQL on this box (fsync on): "
+                         f"{p.cpu_db:.2f} cores besides the CPU columns")
     if p.keepalive and p.new_connections > CHURN_LIMIT:
         # A kept-alive pass opens a few dozen connections (the loadgen's, nginx's or the
         # sidecar's upstream pool); thousands mean the load churned, not the server.
@@ -654,7 +729,7 @@ def measure(bench: Bench, scenario: str, peer: Peer, rnd: int, load: Load) -> Ro
             delivered, drain_s = drain(bench, server, p.accepted)
         else:  # ref and layer peers answer and forward nothing: nothing to wait for
             delivered, drain_s = p.accepted, 0.0
-        rss = rss_mb(server.proc.pid) if peer.is_sidecar else None
+        rss = max(rss_mb(p.pid) for _, p in server.targets) if peer.is_sidecar else None
     return row_from_pass(scenario, peer, rnd, p, at_end, delivered, drain_s, rss)
 
 
@@ -679,7 +754,7 @@ def merge_passes(passes: list[Pass]) -> Pass:
     return Pass(result=result, wall_s=wall, cpu_server=avg("cpu_server"),
                 cpu_upstream=avg("cpu_upstream"), cpu_loadgen=avg("cpu_loadgen"),
                 new_connections=sum(p.new_connections for p in passes),
-                keepalive=all(p.keepalive for p in passes))
+                keepalive=all(p.keepalive for p in passes), cpu_db=avg("cpu_db"))
 
 
 def segments(total_s: int) -> list[int]:
@@ -757,7 +832,7 @@ def run_e2e(bench: Bench, peer: Peer, rnd: int) -> Row:
         p = merge_passes(passes)
         at_end = server.upstream_count()
         delivered, drain_s = drain(bench, server, p.accepted)
-        rss = rss_mb(server.proc.pid)
+        rss = max(rss_mb(proc.pid) for _, proc in server.targets)
     row = row_from_pass("e2e", peer, rnd, p, at_end, delivered, drain_s, rss)
     row.notes.append(f"accepted {row.rps:,.0f} req/s over {p.wall_s:.0f}s")
     if drain_s is not None:
@@ -811,9 +886,9 @@ SCENARIOS = (
     # delivery worker in the process), which is what the issue's ingest target measures.
     Scenario("keepalive", run_keepalive, ("nginx-w1", "nginx-w2", "ref-hypercorn",
                                           "ref-uvicorn", "layer-spool", "spool", "direct",
-                                          "spool-w2")),
+                                          "spool-w2", "pg", "pg-w2")),
     Scenario("big", run_big, ("nginx-w1", "spool", "spool-w2")),
-    Scenario("e2e", run_e2e, ("spool", "spool-w2")),
+    Scenario("e2e", run_e2e, ("spool", "spool-w2", "pg", "pg-w2", "pg-2r")),
     Scenario("latency", run_latency, ("nginx-w1", "spool", "spool-w2")),
     Scenario("soak", run_soak, ("spool",)),
     Scenario("handshake", run_handshake, ("nginx-w1", "nginx-w2", "ref-hypercorn",
@@ -1011,10 +1086,14 @@ def main(argv: list[str] | None = None) -> int:
     log(f"payloads {bodies['small'].stat().st_size} and {bodies['big'].stat().st_size} bytes;"
         f" sidecar --workers: {'yes' if bench.sidecar_has_workers else 'no'}; workdir {work}")
 
+    from pgpeers import BenchPostgres
+
+    bench.postgres = BenchPostgres(work)
     rows: list[Row] = []
     try:
         run_all(bench, names, args.rounds, only, rows)
     finally:  # on a failed pass too: report what was measured before it
+        bench.postgres.stop()  # by PID
         if rows:
             jsonl = write_jsonl(rows, work)
             print(table(pick_best(rows), args.rounds))

@@ -121,9 +121,9 @@ def build_public_app(
             return _outcome(metrics, _outcome_name(exc), error_response(exc, close=True))
         except (RequestRejected, Unavailable) as exc:
             if isinstance(exc, Unavailable):
-                # Lasts as long as its cause (a full disk, a down upstream): one line per
-                # cause every few seconds; the metric counts every request.
-                left_out = unavailable_logs.allow(exc.message)
+                # An outage answers every request 503 (counted in the metrics); the log
+                # gets one line per interval, not one per request.
+                left_out = unavailable_logs.allow(type(exc).__name__)
                 if left_out is not None:
                     log.warning("delivery.unavailable", extra={
                         "error": exc.message, "similar_left_out": left_out})
@@ -132,6 +132,7 @@ def build_public_app(
         return _accepted_response(len(normalized.events), len(normalized.quarantined))
 
     accepted = metrics.requests.labels("accepted")
+    unavailable_logs = Throttle(UNAVAILABLE_LOG_INTERVAL_S)
     return _WebhookApp(path, get=verify_subscription, post=receive_delivery)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from sidecar.config import load_config
 from sidecar.errors import ConfigError
 from sidecar.server.fds import check_fd_budget, nofile_hard_limit
+from sidecar.spool.redact import redact_url
 from sidecar.tls.material import load_material
 from sidecar.tls.upstream_trust import UpstreamTrust
 
@@ -35,8 +36,9 @@ def run(args: argparse.Namespace) -> int:
     if config.upstream.ca_file is not None:
         UpstreamTrust(config.upstream.ca_file)  # raises, naming upstream.ca_file
     check_fd_budget(config, limit=nofile_hard_limit())  # what serve raises the limit to
+    spool_url = config.delivery.spool_url
     spool_dir = config.delivery.spool_path.parent
-    if spool_dir.exists() and not spool_dir.is_dir():
+    if spool_url is None and spool_dir.exists() and not spool_dir.is_dir():
         raise ConfigError(f"config key 'delivery.spool_path': {spool_dir} is not a directory")
     leaf = material.server_chain[0]
     print(f"config OK: {args.config}")
@@ -48,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"  secrets  {len(config.meta.app_secrets)} app secret(s), verify token set")
     print(f"  delivery {config.delivery.mode} -> {_without_query(config.upstream.url)}"
           + (f" (trusting {config.upstream.ca_file})" if config.upstream.ca_file else ""))
+    print(f"  spool    {redact_url(spool_url.reveal())} (PostgreSQL, shared)" if spool_url
+          else f"  spool    {config.delivery.spool_path} (SQLite)")
     if config.tls.client_auth == "optional":
         print("  WARNING  tls.client_auth is optional: clients without a certificate are "
               "admitted (onboarding only)")

@@ -26,7 +26,7 @@ from sidecar.config.model import (
 )
 from sidecar.config.reader import Reader, Section
 from sidecar.errors import ConfigError
-from sidecar.secret import standard_webhooks_key
+from sidecar.secret import Secret, standard_webhooks_key
 
 __all__ = ["load_config", "parse_config"]
 
@@ -195,7 +195,8 @@ def _is_http_url(url: str) -> bool:
 def _delivery(s: Section) -> DeliveryConfig:
     s.check_unknown({"mode", "spool_path", "max_attempts", "max_age_s", "backoff_initial_s",
                      "backoff_max_s", "dedup_retention_s", "max_spool_events",
-                     "dead_retention_s", "spool_reserve_bytes"})
+                     "dead_retention_s", "spool_reserve_bytes", "spool_url",
+                     "spool_url_file"})
     d = DeliveryConfig
     initial = s.number("backoff_initial_s", d.backoff_initial_s, minimum=_MIN_TIMER_S)
     maximum = s.number("backoff_max_s", d.backoff_max_s, minimum=_MIN_TIMER_S)
@@ -220,7 +221,24 @@ def _delivery(s: Section) -> DeliveryConfig:
         dead_retention_s=dead_retention_s,
         spool_reserve_bytes=s.integer("spool_reserve_bytes", d.spool_reserve_bytes,
                                       minimum=1 << 20),
+        spool_url=_spool_url(s),
     )
+
+
+def _spool_url(s: Section) -> Secret | None:
+    """``spool_url`` / ``spool_url_file``: a PostgreSQL URL, instead of ``spool_path``."""
+    url = s.secret("spool_url", required=False)
+    if url is None:
+        return None
+    form = "spool_url_file" if s.has("spool_url_file") else "spool_url"
+    if s.has("spool_path"):
+        raise ConfigError(f"config key '{s.key(form)}': give either spool_path (SQLite) or "
+                          f"{form} (PostgreSQL), not both")
+    scheme = url.reveal().split("://", 1)[0] if "://" in url.reveal() else ""
+    if scheme not in ("postgresql", "postgres"):
+        raise ConfigError(f"config key '{s.key(form)}': must be a postgresql:// or "
+                          "postgres:// URL")
+    return url
 
 
 def _limits(s: Section) -> LimitsConfig:

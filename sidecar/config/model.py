@@ -76,6 +76,9 @@ class DeliveryConfig:
     max_spool_events: int = 1_000_000
     dead_retention_s: float = 2_592_000.0  # dead letters and quarantined changes, from receipt
     spool_reserve_bytes: int = 64 * 1024 * 1024  # SQLite: disk kept free for delivery and purge
+    # A PostgreSQL spool shared by every replica, instead of spool_path; it holds the
+    # database password, hence a Secret (docs/scaling.md).
+    spool_url: Secret | None = None
 
 
 @dataclass(frozen=True)

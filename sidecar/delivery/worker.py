@@ -3,8 +3,9 @@
 Why it looks like this:
 
 * Claims are leases.  A claimed event is in flight until its lease ends; if the process
-  dies mid-send (SIGKILL, power cut) ``Spool.recover`` gives it back at the next start
-  or lease period, so nothing is lost (at-least-once).
+  dies mid-send (SIGKILL, power cut) ``Spool.recover`` gives it back at the next start,
+  or (any replica's worker, on a shared spool) within a few seconds of the lease's end,
+  so nothing is lost (at-least-once).
 * A pipeline, not rounds.  Up to ``max_in_flight`` sends run at once, each carrying up to
   ``batch_max`` events; as soon as one finishes the loop claims more, so one slow send
   does not hold the others back.  ``wake()`` (called after each spool add) starts
@@ -48,6 +49,10 @@ _SYNC_EVERY_S = 0.1  # at most this stale: outcomes recorded, new events claimed
 _SYNC_OUTCOMES = 64  # or sooner, once this many outcomes wait
 _MIN_SYNC_GAP_S = 0.02  # after a claim that emptied the spool: delivery waits <= 20 ms more
 _MIN_IDLE_S = 0.005  # the shortest sleep before a retry comes due (no busy loop on a clock edge)
+SPOOL_ERROR_LOG_INTERVAL_S = 10.0
+# Expired leases are looked for this often (one indexed update): on a shared spool, the
+# claims of a replica that died are delivered by another within lease + this.
+_RECOVER_EVERY_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +76,6 @@ class DeliveryWorker:
                  rng: random.Random | None = None) -> None:
         self._spool = spool
         self._upstream = upstream
-        self._claim_errors = Throttle(10.0)
         self.policy = policy
         self.settings = settings
         self._metrics = metrics
@@ -86,6 +90,8 @@ class DeliveryWorker:
         self._last_sync = 0.0
         self._drained = False  # the last claim got fewer events than it asked for
         self._next_due: float | None = None  # then: when the earliest pending retry is due
+        # A spool outage fails every poll; say so once per interval per operation.
+        self._spool_errors = Throttle(SPOOL_ERROR_LOG_INTERVAL_S)
 
     # ------------------------------------------------------------------ public
 
@@ -107,7 +113,8 @@ class DeliveryWorker:
                 if self._clock.monotonic() >= next_recover:
                     await self._recover(at_start=at_start)
                     at_start = False
-                    next_recover = self._clock.monotonic() + self.settings.lease_s
+                    next_recover = self._clock.monotonic() + min(self.settings.lease_s,
+                                                                 _RECOVER_EVERY_S)
                 if self._needs_sync():
                     self._queue.extend(await self._settle_and_claim(
                         2 * self._slots - len(self._queue)))
@@ -123,7 +130,7 @@ class DeliveryWorker:
         try:
             n = await self._spool.recover(at_start=at_start)
         except SpoolUnavailable as exc:
-            log.error("delivery.spool_error", extra={"op": "recover", "error": str(exc)})
+            self._spool_error("recover", exc)
             return
         if n:
             log.warning("delivery.recovered", extra={"events": n})
@@ -157,12 +164,7 @@ class DeliveryWorker:
             claimed = await self._spool.settle_and_claim(outcomes, limit,
                                                          lease_s=self.settings.lease_s)
         except SpoolUnavailable as exc:
-            # Fails at every poll while the spool is broken: one line per cause every
-            # few seconds, with how many were left out.
-            left_out = self._claim_errors.allow(str(exc))
-            if left_out is not None:
-                log.error("delivery.spool_error", extra={
-                    "op": "claim", "error": str(exc), "similar_left_out": left_out})
+            self._spool_error("claim", exc)
             return []
         self._drained = len(claimed) < limit
         self._next_due = None
@@ -221,7 +223,7 @@ class DeliveryWorker:
         try:
             await self._spool.release(ids)
         except SpoolUnavailable as exc:  # the lease expires and recover() requeues them
-            log.error("delivery.spool_error", extra={"op": "release", "error": str(exc)})
+            self._spool_error("release", exc)
 
     async def _flush_outcomes(self) -> None:
         outcomes, self._outcomes = self._outcomes, Settlement()
@@ -230,7 +232,7 @@ class DeliveryWorker:
         try:
             await self._spool.settle(outcomes)
         except SpoolUnavailable as exc:  # leases expire; the events are sent again
-            log.error("delivery.spool_error", extra={"op": "settle", "error": str(exc)})
+            self._spool_error("settle", exc)
 
     async def _abandon(self, tasks: set[asyncio.Task[None]]) -> None:
         ids = [i for t in tasks for i in self._sending.get(t, [])]
@@ -239,6 +241,12 @@ class DeliveryWorker:
         if ids:
             log.warning("delivery.abandoned", extra={"events": len(ids)})
             await self._give_back(ids)
+
+    def _spool_error(self, op: str, exc: SpoolUnavailable) -> None:
+        left_out = self._spool_errors.allow(op)
+        if left_out is not None:
+            log.error("delivery.spool_error", extra={"op": op, "error": str(exc),
+                                                      "similar_left_out": left_out})
 
     # ------------------------------------------------------------------ one send
 

@@ -106,6 +106,9 @@ class DeliveryRole:
         worker_stop = asyncio.Event()
         worker_task = (asyncio.create_task(self.worker.run(worker_stop))
                        if self.worker is not None else None)
+        # A shared spool's commits on other machines wake this worker too.
+        watch_task = (asyncio.create_task(self.spool.watch_commits(self.wake, worker_stop))
+                      if self.worker is not None else None)
         housekeeping = asyncio.create_task(self._housekeeping(stop))
         try:
             await Listener(self.app, sock, backlog=128, limits=listener_limits(
@@ -119,6 +122,9 @@ class DeliveryRole:
                                            timeout=self.live.config.upstream.timeout_s + 5)
                 except (TimeoutError, asyncio.CancelledError):
                     pass
+            if watch_task is not None:
+                watch_task.cancel()
+                await asyncio.gather(watch_task, return_exceptions=True)
             if self._upstream is not None:
                 await self._upstream.aclose()
 
@@ -156,7 +162,12 @@ class DeliveryRole:
                 for facts in certs]
 
     async def _refresh_gauges(self) -> None:
-        stats = await self.spool.stats()
+        try:
+            stats = await self.spool.stats()
+        except SpoolUnavailable:
+            # The spool's own outage log says why; /metrics must still answer then
+            # (the 503 counts are what an alert reads), with the last values it saw.
+            return
         m = self.live.metrics
         m.spool_depth.set(stats.pending + stats.in_flight)
         m.spool_oldest_age.set(stats.oldest_pending_age_s or 0.0)

@@ -36,8 +36,9 @@ def run_server(config_path: Path, *, loop: str = "auto", workers: int = 1) -> in
     memory.tune_malloc()
     # The public listener must never run the process out of file descriptors (fds.py).
     check_fd_budget(config, limit=raise_nofile_limit())
-    # Before any loop or log line: a spool another process delivers from is a one-line
-    # refusal (the worker requeues every in-flight claim at start; two would collide).
+    # Before any loop or log line: a SQLite spool another process delivers from is a
+    # one-line refusal (the worker requeues every in-flight claim at start; two would
+    # collide); a shared PostgreSQL spool is reached, migrated and checked, never refused.
     spool = open_spool(config.delivery)
     try:
         spool.take_ownership()

@@ -29,6 +29,11 @@ What every backend guarantees:
   still works: the backlog drains and an operator can free space.  When space returns
   ingest resumes by itself.  (SQLite keeps ``delivery.spool_reserve_bytes`` of the disk
   for this; a backend whose storage is a server's decides what "full" means there.)
+  quarantined change through the ``Renormalize`` the caller passes in.
+* **Wake-ups.**  The process that commits an add wakes its own delivery worker (in the
+  same process, or the parent's with ``--workers N``).  A backend shared by several
+  machines also wakes the others' workers: ``watch_commits`` runs in every delivering
+  process; the worker's poll stays the fallback, so a lost wake-up only delays.
 
 Operations are coroutines; a backend on a blocking driver runs them in a thread.
 ``take_ownership`` and ``close`` are plain calls, made outside any event loop too.
@@ -36,6 +41,7 @@ Operations are coroutines; a backend on a blocking driver runs them in a thread.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -188,6 +194,12 @@ class Spool(Protocol):
 
     async def check_writable(self) -> None:
         """Raise ``SpoolUnavailable`` unless a write would commit now (``/readyz``)."""
+        ...
+
+    async def watch_commits(self, wake: Callable[[], None], stop: asyncio.Event) -> None:
+        """Until ``stop``: call ``wake`` (from any thread) soon after another process
+        stored or requeued events, wherever it runs.  A backend only this machine
+        writes, whose writers wake the worker themselves (SQLite), returns at once."""
         ...
 
     # -- delivery

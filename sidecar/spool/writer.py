@@ -106,10 +106,9 @@ class SpoolWriter:
         try:
             results = await self._spool.add_many([b for b, _ in group])
         except SpoolUnavailable as exc:
-            # A full disk or a full spool fails every commit until it clears: one line per
-            # reason every few seconds, with how many were left out (each request still
-            # counts in sidecar_requests_total{outcome="unavailable"}).
-            left_out = self._failures.allow(str(exc))
+            # Once per interval: an outage fails every request's commit, and the spool
+            # logs the outage itself.
+            left_out = self._failures.allow("write_failed")
             if left_out is not None:
                 log.warning("spool.write_failed", extra={
                     "batches": len(group), "error": str(exc), "similar_left_out": left_out})

@@ -78,6 +78,9 @@ class SQLiteSpool:
     async def check_writable(self) -> None:
         await asyncio.to_thread(self.db.check_writable)
 
+    async def watch_commits(self, wake: Callable[[], None], stop: asyncio.Event) -> None:
+        return  # every writer is on this machine and wakes the worker itself
+
     async def settle_and_claim(self, settlement: Settlement, limit: int, *,
                                lease_s: float) -> list[SpooledEvent]:
         return await self._draining(self._settle_and_claim, settlement, limit, lease_s)

@@ -1,0 +1,106 @@
+"""Replay on the PostgreSQL spool: requeue dead (or, with ``force``, delivered) events and
+re-admit quarantined changes, in one durable transaction.  The rows are locked while
+they are decided on, so a replay from the CLI and a replica's worker never act on one
+event at once; the worker of any replica picks the requeued events up at its next claim.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+from sidecar.errors import SidecarError
+from sidecar.events import QuarantinedChange
+from sidecar.spool.contract import Renormalize, ReplayResult
+from sidecar.spool.postgres.database import Database
+from sidecar.spool.postgres.pool import Connection
+from sidecar.spool.postgres.store import NO_LIMIT, PostgresStore
+
+__all__ = ["PostgresReplay"]
+
+# $1 now $2 id
+_REQUEUE = """
+update events set state = 'pending', attempts = 0, next_attempt_at = $1::float8,
+       replayed_at = $1::float8, lease_until = null, lease_owner = null, delivered_at = null
+ where id = $2::text
+"""
+
+
+class PostgresReplay:
+    def __init__(self, db: Database, store: PostgresStore) -> None:
+        self.db = db
+        self._store = store
+
+    def replay(self, ids: Sequence[str], *, renormalize: Renormalize,
+               force: bool = False) -> ReplayResult:
+        """A dead event restarts with 0 attempts, due now, with a fresh age budget.  A
+        delivered event is sent again only with ``force``.  A quarantined change becomes
+        pending events through ``renormalize`` (dedup applies), then is marked replayed.
+        """
+        now = self.db.now()
+        replayed: list[str] = []
+        not_found: list[str] = []
+        still_invalid: dict[str, str] = {}
+        skipped: dict[str, str] = {}
+        added = 0
+        with self.db.tx(durable=True) as conn:
+            for id_ in dict.fromkeys(ids):  # keep order, drop repeats
+                row = conn.execute("select state from events where id = $1 for update",
+                                   (id_,)).fetchone()
+                if row is not None and row[0] != "purged":
+                    why = _requeue(conn, id_, row[0], now, force=force)
+                    if why is None:
+                        replayed.append(id_)
+                    else:
+                        skipped[id_] = why
+                    continue
+                outcome = self._replay_quarantined(conn, id_, now, renormalize)
+                if outcome is None:
+                    not_found.append(id_)
+                elif isinstance(outcome, str):
+                    still_invalid[id_] = outcome
+                else:
+                    replayed.append(id_)
+                    added += outcome
+        return ReplayResult(replayed=replayed, not_found=not_found, still_invalid=still_invalid,
+                            skipped=skipped, events_added=added)
+
+    def replay_all_dead(self) -> int:
+        now = self.db.now()
+        with self.db.tx(durable=True) as conn:
+            return conn.execute(
+                "update events set state = 'pending', attempts = 0, next_attempt_at = $1,"
+                " replayed_at = $1, lease_until = null, lease_owner = null"
+                " where state = 'dead'", (now,)).rowcount
+
+    def _replay_quarantined(self, conn: Connection, id_: str, now: float,
+                            renormalize: Renormalize) -> int | str | None:
+        """Events added, or why the change still fails, or None if no such change."""
+        row = conn.execute(
+            "select waba_id, field, entry_time, reason, value, received_at from quarantine"
+            " where id = $1 for update", (id_,)).fetchone()
+        if row is None:
+            return None
+        waba_id, field, entry_time, reason, value_text, received_at = row
+        change = QuarantinedChange(id=id_, waba_id=waba_id, field=field, entry_time=entry_time,
+                                   reason=reason, value=json.loads(value_text))
+        try:
+            events = renormalize(change, datetime.fromtimestamp(received_at, tz=timezone.utc))
+        except SidecarError as exc:
+            return str(exc)
+        _, stored, _ = self._store.insert(conn, events, [], state="pending",
+                                          max_depth=NO_LIMIT)
+        conn.execute("update quarantine set replayed_at = $1 where id = $2", (now, id_))
+        return len(stored)
+
+
+def _requeue(conn: Connection, id_: str, state: str, now: float, *,
+             force: bool) -> str | None:
+    """None when requeued, else why not."""
+    if state in ("pending", "in_flight"):
+        return f"already {state.replace('_', ' ')}"
+    if state == "delivered" and not force:
+        return "already delivered (use --force to send it again)"
+    conn.execute(_REQUEUE, (now, id_))
+    return None
