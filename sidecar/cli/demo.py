@@ -23,7 +23,7 @@ from sidecar.secret import Secret
 from sidecar.tools.sender import ClientTLS, send_delivery
 from sidecar.tools.sink import ReceivedRequest, RecordingSink
 from sidecar.tools.devcerts import write_dev_certs
-from sidecar.tools.launch import NotReady, ServeProcess, free_port
+from sidecar.tools.launch import NotReady, ServeProcess, free_port, write_config
 
 __all__ = ["register", "run"]
 
@@ -41,31 +41,6 @@ def register(sub: Any) -> None:
     p.add_argument("--timeout-s", type=float, default=30.0,
                    help="give up after this many seconds (default 30)")
     p.set_defaults(func=run)
-
-
-def _write_config(folder: Path, *, port: int, admin_port: int, sink_url: str) -> Path:
-    config = folder / "sidecar.yaml"
-    config.write_text(f"""\
-listen: {{host: 127.0.0.1, port: {port}, path: /webhooks/whatsapp}}
-tls:
-  cert_file: certs/server.pem
-  key_file: certs/server.key
-  client_ca_files: [certs/ca.pem]
-  allowed_client_names: [client.webhooks.fbclientcerts.com]
-meta:
-  app_secrets: ["${{DEMO_APP_SECRET}}"]
-  verify_token: "${{DEMO_VERIFY_TOKEN}}"
-upstream:
-  url: {sink_url}
-  signing_secret: "${{DEMO_SIGNING_SECRET}}"
-delivery:
-  mode: spool
-  spool_path: var/spool.db
-  backoff_initial_s: 0.2
-admin: {{host: 127.0.0.1, port: {admin_port}}}
-logging: {{level: warning, format: text}}
-""")
-    return config
 
 
 _OUTPUT = threading.Lock()
@@ -98,7 +73,10 @@ def run(args: argparse.Namespace) -> int:
     sink = RecordingSink(signing_secret=Secret(DEMO_SIGNING_SECRET), on_request=_print_request)
     sink.start()
     port, admin_port = free_port(), free_port()
-    config = _write_config(folder, port=port, admin_port=admin_port, sink_url=sink.url)
+    config = write_config(folder, port=port, admin_port=admin_port, upstream_url=sink.url,
+                          app_secrets=["${DEMO_APP_SECRET}"], verify_token="${DEMO_VERIFY_TOKEN}",
+                          signing_secret="${DEMO_SIGNING_SECRET}", backoff_initial_s=0.2,
+                          logging="{level: warning, format: text}")
     env = dict(os.environ, DEMO_APP_SECRET=DEMO_APP_SECRET, DEMO_VERIFY_TOKEN=DEMO_VERIFY_TOKEN,
                DEMO_SIGNING_SECRET=DEMO_SIGNING_SECRET)
     _say(f"2. started a sink upstream on {sink.url}")

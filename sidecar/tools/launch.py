@@ -1,9 +1,11 @@
-"""Start a real ``sidecar serve`` process, wait until it is ready, stop it by its PID.
+"""Write a local config, start a real ``sidecar serve`` on it, wait until it is ready,
+stop it by its PID.
 
 One way to do it, for ``sidecar demo`` and for the integration tests: free ports on
-127.0.0.1, the process started as ``python -m sidecar serve -c FILE``, readiness polled
-on ``/readyz`` with growing sleeps and a deadline (never a fixed sleep), and a stop that
-sends SIGTERM, waits, and kills only if the drain does not end in time.
+127.0.0.1, one config template (``write_config``), the process started as
+``python -m sidecar serve -c FILE``, readiness polled on ``/readyz`` with growing sleeps
+and a deadline (never a fixed sleep), and a stop that sends SIGTERM, waits, and kills
+only if the drain does not end in time.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from typing import IO
 
 import httpx
 
-__all__ = ["free_port", "ServeProcess", "NotReady"]
+from sidecar.config import META_CLIENT_NAME
+
+__all__ = ["free_port", "write_config", "ServeProcess", "NotReady"]
 
 
 class NotReady(RuntimeError):
@@ -32,6 +36,47 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def write_config(folder: Path, *, port: int, admin_port: int, upstream_url: str,
+                 app_secrets: Sequence[str], verify_token: str, signing_secret: str,
+                 client_ca: str = "certs/ca.pem", spool_path: Path | str = "var/spool.db",
+                 mode: str = "spool", client_auth: str = "required",
+                 backoff_initial_s: float = 1.0, logging: str = "{level: info, format: json}",
+                 tls_extra: str = "", upstream_extra: str = "", delivery_extra: str = "",
+                 extra: str = "") -> Path:
+    """``folder/sidecar.yaml`` for a sidecar on 127.0.0.1 with the server pair in
+    ``folder/certs/server.{pem,key}``, and return its path.  The ``*_extra`` strings hold
+    more keys of their section, one ``key: value`` a line (a second block of a section
+    would replace the first); ``extra`` is appended at the top level."""
+    config = folder / "sidecar.yaml"
+    secrets = ", ".join(f'"{s}"' for s in app_secrets)
+    config.write_text(f"""\
+listen: {{host: 127.0.0.1, port: {port}, path: /webhooks/whatsapp}}
+tls:
+  cert_file: certs/server.pem
+  key_file: certs/server.key
+  client_ca_files: [{client_ca}]
+  allowed_client_names: [{META_CLIENT_NAME}]
+  client_auth: {client_auth}
+{_indent(tls_extra)}meta:
+  app_secrets: [{secrets}]
+  verify_token: "{verify_token}"
+upstream:
+  url: {upstream_url}
+  signing_secret: "{signing_secret}"
+{_indent(upstream_extra)}delivery:
+  mode: {mode}
+  spool_path: {spool_path}
+  backoff_initial_s: {backoff_initial_s}
+{_indent(delivery_extra)}admin: {{host: 127.0.0.1, port: {admin_port}}}
+logging: {logging}
+{extra}""", encoding="utf-8")
+    return config
+
+
+def _indent(lines: str) -> str:
+    return "".join(f"  {line.strip()}\n" for line in lines.splitlines() if line.strip())
 
 
 class ServeProcess:

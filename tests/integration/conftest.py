@@ -19,6 +19,7 @@ import trustme
 
 from sidecar.checks.signature import sign
 from sidecar.secret import Secret
+from sidecar.tools import launch
 from sidecar.tools.launch import NotReady, ServeProcess, free_port
 from sidecar.tools.sink import RecordingSink
 
@@ -159,45 +160,22 @@ def write_config(folder: Path, *, port: int, admin_port: int, upstream_url: str,
                  client_auth: str = "required", tls_extra: str = "",
                  secrets: tuple[str, ...] = ("${TEST_APP_SECRET}",),
                  delivery_extra: str = "", upstream_extra: str = "") -> Path:
-    """``extra`` is appended at top level; ``delivery_extra`` and ``upstream_extra`` hold
-    more ``delivery:`` / ``upstream:`` keys, one ``key: value`` a line (a second block
-    would replace this one)."""
-    config = folder / "sidecar.yaml"
-    secret_list = ", ".join(f'"{s}"' for s in secrets)
-    config.write_text(f"""\
-listen: {{host: 127.0.0.1, port: {port}, path: /webhooks/whatsapp}}
-tls:
-  cert_file: certs/server.pem
-  key_file: certs/server.key
-  client_ca_files: [certs/client-ca.pem]
-  allowed_client_names: [{META_CN}]
-  client_auth: {client_auth}
-  reload_interval_s: 0.5
-{tls_extra}meta:
-  app_secrets: [{secret_list}]
-  verify_token: "{VERIFY_TOKEN}"
-upstream:
-  url: {upstream_url}
-  timeout_s: 2
-  signing_secret: "{SIGNING_SECRET}"
-{_indent(upstream_extra)}delivery:
-  mode: {mode}
-  spool_path: {spool_path}
-  backoff_initial_s: 0.05
-  backoff_max_s: 0.5
-{_reserve(delivery_extra)}{_indent(delivery_extra)}admin: {{host: 127.0.0.1, port: {admin_port}}}
-logging: {{level: info, format: json}}
-{extra}""", encoding="utf-8")
-    return config
+    """The demo's config template (``sidecar.tools.launch.write_config``) with the tests'
+    secrets, a fast reload, short timeouts and backoffs, and a small disk reserve."""
+    return launch.write_config(
+        folder, port=port, admin_port=admin_port, upstream_url=upstream_url,
+        app_secrets=secrets, verify_token=VERIFY_TOKEN, signing_secret=SIGNING_SECRET,
+        client_ca="certs/client-ca.pem", spool_path=spool_path, mode=mode,
+        client_auth=client_auth, backoff_initial_s=0.05,
+        tls_extra="reload_interval_s: 0.5\n" + tls_extra,
+        upstream_extra="timeout_s: 2\n" + upstream_extra,
+        delivery_extra="backoff_max_s: 0.5\n" + _reserve(delivery_extra) + delivery_extra,
+        extra=extra)
 
 
 def _reserve(delivery_extra: str) -> str:
     # 1 MiB, not the default 64 MiB: a test run starts many sidecars on a shared disk.
-    return "" if "spool_reserve_bytes" in delivery_extra else "  spool_reserve_bytes: 1048576\n"
-
-
-def _indent(lines: str) -> str:
-    return "".join(f"  {line.strip()}\n" for line in lines.splitlines() if line.strip())
+    return "" if "spool_reserve_bytes" in delivery_extra else "spool_reserve_bytes: 1048576\n"
 
 
 @pytest.fixture
