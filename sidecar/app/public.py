@@ -163,11 +163,8 @@ class _WebhookApp:
         self._handlers = {"GET": get, "POST": post}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
         if scope["type"] != "http":
-            return
+            return  # lifespan is the listener's (sidecar.server.guard)
         response: Response
         handler = self._handlers.get(scope["method"])
         if scope["raw_path"] != self._raw_path:
@@ -182,16 +179,6 @@ class _WebhookApp:
                 log.exception("request.failed")
                 response = PlainTextResponse("Internal Server Error", status_code=500)
         await response(scope, receive, send)
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 async def _read_body(request: Request, max_body_bytes: int, timeout_s: float,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -201,3 +202,34 @@ def start_sidecar(tmp_path: Path, pki: PKI, sink: RecordingSink,
     finally:
         for proc in started:
             proc.stop()
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``"8m"``) on ``folder`` for the test's duration; the test is
+    skipped, saying why, where mounting is not allowed."""
+    folder.mkdir(exist_ok=True)
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+                        str(folder)], check=True, capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here (needs root/CAP_SYS_ADMIN): {exc}")
+    try:
+        yield folder
+    finally:
+        if subprocess.run(["umount", str(folder)], capture_output=True,
+                          timeout=10).returncode != 0:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=10)
+
+
+def fill(folder: Path) -> Path:
+    """Fill ``folder``'s filesystem to the last page with one file, and return it."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as fh:  # unbuffered: nothing left for close()
+        for block in (b"\0" * 65536, b"\0" * 4096):  # big blocks, then the last pages
+            try:
+                while True:
+                    fh.write(block)
+            except OSError:
+                pass
+    return filler

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SIGNING_SECRET, free_port
+from conftest import SIGNING_SECRET, fill, free_port, mounted_tmpfs
 from sidecar.tools.samples import sample_delivery
 from sidecar.secret import Secret
 from sidecar.tools.sink import RecordingSink
@@ -155,31 +155,8 @@ def spool_tmpfs(tmp_path: Path) -> Iterator[Path]:
 
     Requested before start_sidecar, so it is torn down after the sidecar stopped.
     """
-    folder = tmp_path / "var"
-    folder.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs",
-                        str(folder)], check=True, capture_output=True, timeout=10)
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here (needs root/CAP_SYS_ADMIN): {exc}")
-    try:
+    with mounted_tmpfs(tmp_path / "var", "8m") as folder:
         yield folder
-    finally:
-        if subprocess.run(["umount", str(folder)], capture_output=True,
-                          timeout=10).returncode != 0:
-            subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=10)
-
-
-def _fill(folder: Path) -> Path:
-    filler = folder / "filler"
-    with open(filler, "wb") as fh:
-        try:
-            while True:
-                fh.write(b"\0" * 65536)
-                fh.flush()
-        except OSError:
-            pass
-    return filler
 
 
 def _post_until_503(sidecar, tag: str, limit: int = 40) -> tuple[list[bytes], int]:
@@ -204,7 +181,7 @@ def test_spool_fault_is_503_and_recovers_without_restart(spool_tmpfs, start_side
     sink.status = 503  # keep later events in the spool while the disk is broken
 
     if fault == "disk_full":
-        filler = _fill(spool_tmpfs)
+        filler = fill(spool_tmpfs)
         acked, refused = _post_until_503(sidecar, fault)
     else:
         ro = subprocess.run(["mount", "-o", "remount,ro", str(spool_tmpfs)],

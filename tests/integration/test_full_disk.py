@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import fill, mounted_tmpfs
 
 from sidecar.tools.samples import sample_delivery
 
@@ -57,36 +58,8 @@ def _metric(sidecar, name: str) -> float:
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 24 MiB tmpfs where start_sidecar puts the spool (tmp_path/var); requested
     before start_sidecar, so it is unmounted after the sidecar stopped."""
-    folder = tmp_path / "var"
-    folder.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs",
-                        str(folder)], check=True, capture_output=True, timeout=10)
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here (needs root/CAP_SYS_ADMIN): {exc}")
-    try:
+    with mounted_tmpfs(tmp_path / "var", "24m") as folder:
         yield folder
-    finally:
-        if subprocess.run(["umount", str(folder)], capture_output=True,
-                          timeout=10).returncode != 0:
-            subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=10)
-
-
-def _fill(folder: Path) -> Path:
-    filler = folder / "filler"
-    block = b"\0" * 65536
-    with open(filler, "wb", buffering=0) as fh:  # unbuffered: nothing left for close()
-        try:
-            while True:
-                fh.write(block)
-        except OSError:
-            pass
-        try:
-            while True:  # and the last few pages
-                fh.write(b"\0" * 4096)
-        except OSError:
-            pass
-    return filler
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -97,7 +70,7 @@ def test_full_disk_refuses_ingest_drains_the_backlog_and_recovers(small_disk, st
     sink.status = 503  # the upstream is down: a backlog builds up
     for n in range(BACKLOG):
         assert sidecar.post(_delivery(f"backlog-{n}")).status_code == 200
-    filler = _fill(small_disk)
+    filler = fill(small_disk)
 
     # Full: every ingest is 503, and /readyz says so at the same time.
     for n in range(10):

@@ -1,4 +1,5 @@
-"""The public ASGI app's own answers: routing, lifespan, and the last-resort 500."""
+"""The public ASGI app's own answers: routing, lifespan (behind the listener's guard),
+and the last-resort 500."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sidecar.app.public import RequestSettings, build_public_app
 from sidecar.checks.signature import SignatureVerifier, sign
 from sidecar.metrics import Metrics
 from sidecar.secret import Secret
+from sidecar.server.guard import RequestGuard
 
 SECRET = Secret("s3cret-value")
 
@@ -57,7 +59,9 @@ def test_other_paths_and_methods(method: str, url: str, status: int) -> None:
 
 
 def test_lifespan_is_acknowledged() -> None:
-    app = _app()
+    # As served: every listener's app runs inside the RequestGuard, which answers lifespan.
+    app = RequestGuard(_app(), stopping=asyncio.Event(), max_header_bytes=16384,
+                       send_timeout_s=1.0)
     sent: list[dict[str, str]] = []
     messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
 
