@@ -7,12 +7,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 import subprocess
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -233,3 +234,23 @@ def fill(folder: Path) -> Path:
             except OSError:
                 pass
     return filler
+
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout_s: float = 10.0, what: str = "the condition",
+               log: Callable[[], str] | None = None) -> T:
+    """Poll ``predicate`` with growing sleeps until it returns something truthy, and return
+    that; past ``timeout_s`` fail naming ``what`` (with the end of ``log()``, if given)."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.02
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            detail = f"\n--- sidecar log ---\n{log()[-4000:]}" if log is not None else ""
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{detail}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)

@@ -9,31 +9,18 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
 import pytest
 
-from conftest import APP_SECRET, PKI, SidecarProcess, free_port, write_config
+from conftest import APP_SECRET, PKI, SidecarProcess, free_port, wait_until, write_config  # noqa: F401 - wait_until is re-exported
 from sidecar.tools.samples import sample_delivery
 
 T = TypeVar("T")
 
-
-def wait_until(predicate: Callable[[], T], timeout_s: float, what: str) -> T:
-    deadline = time.monotonic() + timeout_s
-    delay = 0.02
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
 
 
 def message_body(token: str) -> tuple[bytes, str]:

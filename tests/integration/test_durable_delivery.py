@@ -16,38 +16,21 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-from conftest import SIGNING_SECRET, free_port
+from conftest import SIGNING_SECRET, free_port, wait_until
 from sidecar.tools.samples import sample_delivery
 from sidecar.secret import Secret
 from sidecar.tools.sink import RecordingSink
 
-T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------- helpers
-
-def wait_until(predicate: Callable[[], T], timeout_s: float, what: str,
-               log: Callable[[], str] | None = None) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail with ``what`` otherwise."""
-    deadline = time.monotonic() + timeout_s
-    delay = 0.02
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            detail = f"\n--- sidecar log ---\n{log()[-4000:]}" if log is not None else ""
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{detail}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
 
 
 def message_body(token: str) -> tuple[bytes, str]:

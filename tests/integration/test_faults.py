@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SIGNING_SECRET, fill, free_port, mounted_tmpfs
+from conftest import SIGNING_SECRET, fill, free_port, mounted_tmpfs, wait_until
 from sidecar.tools.samples import sample_delivery
 from sidecar.secret import Secret
 from sidecar.tools.sink import RecordingSink
@@ -36,12 +36,6 @@ def _metric(sidecar, name: str) -> float:
     match = re.search(rf"^{re.escape(name)} (\S+)$", sidecar.metrics(), re.MULTILINE)
     return float(match.group(1)) if match else 0.0
 
-
-def _wait(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 class ResettingUpstream:
@@ -93,7 +87,7 @@ def test_upstream_resetting_connections_then_recovering(start_sidecar, resetting
         started = time.monotonic()
         assert sidecar.post(body).status_code == 200  # stored; the upstream is not asked
         assert time.monotonic() - started < 2
-    _wait(lambda: resetting_upstream.resets >= 3, 10, "the sidecar never tried the upstream")
+    wait_until(lambda: resetting_upstream.resets >= 3, 10, "the sidecar never tried the upstream")
     assert _metric(sidecar, "sidecar_events_retried_total") >= 1
     assert _metric(sidecar, "sidecar_spool_oldest_age_seconds") > 0  # delivery lags
     resetting_upstream.stop()
@@ -105,7 +99,7 @@ def test_upstream_resetting_connections_then_recovering(start_sidecar, resetting
         assert all(r.signature_ok for r in healthy.requests)
     finally:
         healthy.stop()
-    _wait(lambda: _metric(sidecar, "sidecar_spool_depth") == 0, 5, "spool not drained")
+    wait_until(lambda: _metric(sidecar, "sidecar_spool_depth") == 0, 5, "spool not drained")
     assert _metric(sidecar, "sidecar_spool_oldest_age_seconds") == 0
 
 
@@ -126,11 +120,11 @@ def test_slow_upstream_does_not_slow_meta_down(start_sidecar, sink):
         started = time.monotonic()
         assert sidecar.post(body).status_code == 200
         assert time.monotonic() - started < 1.5
-    _wait(lambda: _metric(sidecar, "sidecar_events_retried_total") >= 1, 10,
+    wait_until(lambda: _metric(sidecar, "sidecar_events_retried_total") >= 1, 10,
           "timeouts were not retried")
     assert _metric(sidecar, "sidecar_events_delivered_total") == 0
     sink.delay_s = 0
-    _wait(lambda: _metric(sidecar, "sidecar_events_delivered_total") == 3, 15,
+    wait_until(lambda: _metric(sidecar, "sidecar_events_delivered_total") == 3, 15,
           "events not delivered after the upstream recovered")
     delivered = {e["id"] for e in sink.delivered()}
     assert len(delivered) == 3
@@ -206,10 +200,10 @@ def test_spool_fault_is_503_and_recovers_without_restart(spool_tmpfs, start_side
         subprocess.run(["mount", "-o", "remount,rw", str(spool_tmpfs)], check=True,
                        capture_output=True, timeout=10)
     after = _delivery(f"{fault}-after")
-    _wait(lambda: sidecar.post(after).status_code == 200, 10, "no recovery after the fix")
+    wait_until(lambda: sidecar.post(after).status_code == 200, 10, "no recovery after the fix")
     sink.status = 200
     expected = 2 + len(acked)  # before, every 200 while broken, after
-    _wait(lambda: len({e["id"] for e in sink.delivered()}) >= expected, 15,
+    wait_until(lambda: len({e["id"] for e in sink.delivered()}) >= expected, 15,
           "acknowledged events were not all delivered")
     assert sidecar.proc.poll() is None
     assert sidecar.stop() == 0

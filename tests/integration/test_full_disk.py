@@ -14,13 +14,12 @@ import json
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import fill, mounted_tmpfs
+from conftest import fill, mounted_tmpfs, wait_until
 
 from sidecar.tools.samples import sample_delivery
 
@@ -36,13 +35,10 @@ def _delivery(tag: str, pad: int = 200_000) -> bytes:
 
 
 def _wait(predicate, timeout_s: float, what, sidecar=None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() >= deadline:
-            tail = "\n".join(line for line in sidecar.log().splitlines()
-                             if "delivery.retry" not in line)[-4000:] if sidecar else ""
-            raise AssertionError(f"{what}\n{tail}")
-        time.sleep(0.1)
+    """``wait_until``, with the sidecar's log (retries left out) when it fails."""
+    log = (lambda: "\n".join(line for line in sidecar.log().splitlines()
+                             if "delivery.retry" not in line)) if sidecar else None
+    wait_until(predicate, timeout_s, what, log=log)
 
 
 def _ready(sidecar) -> httpx.Response:

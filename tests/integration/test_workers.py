@@ -17,7 +17,7 @@ import httpx
 import pytest
 import trustme
 
-from conftest import META_CN, VERIFY_TOKEN
+from conftest import META_CN, VERIFY_TOKEN, wait_until
 from sidecar.tools.samples import sample_delivery
 
 PARAMS = {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "3"}
@@ -39,14 +39,6 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _wait(predicate, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
 
 @pytest.fixture
 def sidecar(start_sidecar):
@@ -54,7 +46,7 @@ def sidecar(start_sidecar):
 
 
 def test_two_ingest_processes_deliver_everything_once(sidecar, sink):
-    assert _wait(lambda: len(_children(sidecar.proc.pid)) == 2)
+    wait_until(lambda: len(_children(sidecar.proc.pid)) == 2)
     bodies = [json.dumps(sample_delivery("messages", unique=f"w{i}")).encode() for i in range(40)]
     statuses: list[int] = []
 
@@ -85,7 +77,7 @@ def test_sighup_reaches_every_ingest_process(sidecar, pki):
         "reload_interval_s: 0.5", "reload_interval_s: 3600"))
     sidecar.stop()
     sidecar.start()
-    assert _wait(lambda: len(_children(sidecar.proc.pid)) == 2)
+    wait_until(lambda: len(_children(sidecar.proc.pid)) == 2)
     new_ca = trustme.CA()
     new_client = pki.client_pair("hup2", new_ca, common_name=META_CN)
     (pki.dir / "client-ca.pem.new").write_bytes(new_ca.cert_pem.bytes())
@@ -103,26 +95,26 @@ def test_sighup_reaches_every_ingest_process(sidecar, pki):
         except httpx.HTTPError:
             return False
 
-    assert _wait(all_new, timeout_s=10)
+    wait_until(all_new, timeout_s=10)
     with pytest.raises(httpx.HTTPError):
         with sidecar.client(pki.meta_client) as c:
             c.get(sidecar.url, params=PARAMS)
 
 
 def test_a_dead_ingest_process_is_replaced(sidecar, sink):
-    assert _wait(lambda: len(_children(sidecar.proc.pid)) == 2)
+    wait_until(lambda: len(_children(sidecar.proc.pid)) == 2)
     victim = _children(sidecar.proc.pid)[0]
     os.kill(victim, signal.SIGKILL)
-    assert _wait(lambda: len(_children(sidecar.proc.pid)) == 2
+    wait_until(lambda: len(_children(sidecar.proc.pid)) == 2
                  and victim not in _children(sidecar.proc.pid), timeout_s=15)
-    assert _wait(lambda: httpx.get(sidecar.admin_url + "/readyz").status_code == 200)
+    wait_until(lambda: httpx.get(sidecar.admin_url + "/readyz").status_code == 200)
     body = json.dumps(sample_delivery("security", unique="after-kill")).encode()
     assert sidecar.post(body).status_code == 200
     assert len(sink.wait_for(1, timeout_s=10)) == 1
 
 
 def test_sigterm_stops_every_process(sidecar):
-    assert _wait(lambda: len(_children(sidecar.proc.pid)) == 2)
+    wait_until(lambda: len(_children(sidecar.proc.pid)) == 2)
     children = _children(sidecar.proc.pid)
     assert sidecar.stop(signal.SIGTERM) == 0
     for pid in children:
@@ -131,7 +123,7 @@ def test_sigterm_stops_every_process(sidecar):
 
 
 def test_ingest_processes_exit_when_the_parent_is_killed(sidecar):
-    assert _wait(lambda: len(_children(sidecar.proc.pid)) == 2)
+    wait_until(lambda: len(_children(sidecar.proc.pid)) == 2)
     children = _children(sidecar.proc.pid)
     sidecar.stop(signal.SIGKILL)
 
@@ -141,4 +133,4 @@ def test_ingest_processes_exit_when_the_parent_is_killed(sidecar):
         except OSError:
             return True
 
-    assert _wait(lambda: all(gone(pid) for pid in children), timeout_s=20)
+    wait_until(lambda: all(gone(pid) for pid in children), timeout_s=20)
