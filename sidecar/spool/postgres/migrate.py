@@ -19,7 +19,7 @@ from sidecar.spool.postgres import schema
 __all__ = ["ensure_schema", "MIGRATIONS"]
 
 # version -> the statements that bring version - 1 to it
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: schema.DDL}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: schema.V1_DDL, 2: schema.V2_DDL}
 
 
 def ensure_schema(conn: psycopg.Connection[tuple[Any, ...]], display: str, *,
