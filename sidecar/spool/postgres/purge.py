@@ -35,19 +35,21 @@ with victims as (
     select id, batch from events where {selected}
      limit $2::integer for update skip locked
 ),
+-- "= any(array(...))": a primary-key lookup per victim, where a join may scan the table.
 tombstoned as (
     update events e set state = 'purged', own = null, holes = null, batch = null,
            last_error = null
-      from victims v where e.id = v.id and e.created_at >= $3::float8
+     where e.id = any(array(select id from victims)) and e.created_at >= $3::float8
     returning e.id
 ),
 deleted as (
-    delete from events e using victims v where e.id = v.id and e.created_at < $3::float8
+    delete from events e
+     where e.id = any(array(select id from victims)) and e.created_at < $3::float8
     returning e.id
 ),
 freed as (
     delete from parts p
-     where p.batch in (select batch from victims where batch is not null)
+     where p.batch = any(array(select distinct batch from victims where batch is not null))
        and not exists (select 1 from events e
                         where e.batch = p.batch
                           and not exists (select 1 from victims v where v.id = e.id))

@@ -128,9 +128,13 @@ claimed as (
 )
 select 0 as kind, id, own, attempts, since, holes, batch, next_attempt_at, seq from claimed
 union all
-select 1, p.id, p.body, null, null, null, p.batch, null, null from parts p
- where (p.batch, p.id) in (select c.batch, h ->> 1 from claimed c,
-                                  jsonb_array_elements(c.holes::jsonb) h)
+select 1, p.id, p.body, null, null, null, p.batch, null, null
+  from (select distinct c.batch, h ->> 1 as id
+          from claimed c, jsonb_array_elements(c.holes::jsonb) h) wanted,
+       -- One primary-key lookup per part wanted ("limit" keeps the planner from turning
+       -- this into a scan of every part when it misjudges how many are wanted).
+       lateral (select id, body, batch from parts
+                 where batch = wanted.batch and id = wanted.id limit 1) p
 order by kind, next_attempt_at, seq
 """
 
