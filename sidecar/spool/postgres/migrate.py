@@ -39,6 +39,9 @@ def ensure_schema(conn: psycopg.Connection[tuple[Any, ...]], display: str, *,
             what = "no sidecar spool" if version == 0 else f"spool schema version {version}"
             raise SpoolUnavailable(f"spool {display}: the database has {what}; "
                                    "`sidecar serve` creates or migrates it")
+        # A migration reads whole tables (index builds), which may take longer on a
+        # large spool than an ordinary statement may; replicas wait for it meanwhile.
+        conn.execute("set local statement_timeout = 0")
         for step in range(version + 1, schema.SCHEMA_VERSION + 1):
             for statement in MIGRATIONS[step]:
                 conn.execute(statement)

@@ -27,7 +27,7 @@ from sidecar.clock import ManualClock
 from sidecar.events import Event, encode_event
 from sidecar.spool import PostgresSpool, PurgeResult
 from sidecar.spool.postgres import store
-from sidecar.spool.postgres.migrate import MIGRATIONS
+from sidecar.spool.postgres.migrate import MIGRATIONS, ensure_schema
 from sidecar.spool.postgres.schema import SCHEMA_TABLE, SCHEMA_VERSION
 
 # Version 1's statements as released: a schema change is a new version, never an edit
@@ -266,3 +266,16 @@ async def test_a_version_1_database_is_migrated_and_its_rows_read_as_before(
     again_spool.take_ownership()
     assert sql(pg_url, f"select version from {SCHEMA_TABLE}") == [(2,)]
     again_spool.close()
+
+
+def test_a_migration_is_not_cut_short_by_the_statement_timeout(pg_url: str) -> None:
+    # Building the new indexes reads the whole events table: on a large spool that can
+    # take longer than an ordinary statement may (which would fail every start).
+    v1_database(pg_url, [])
+    sql(pg_url, "insert into events (id, body, state, received_at, created_at)"
+                " select 'evt_' || g, '\\x7b7d', 'delivered', g, g"
+                " from generate_series(1, 300000) g")
+    with psycopg.connect(pg_url, autocommit=True, cursor_factory=psycopg.RawCursor) as conn:
+        conn.execute("set statement_timeout = '20ms'")
+        assert ensure_schema(conn, "spool", create=True) == SCHEMA_VERSION
+        assert conn.execute("show statement_timeout").fetchone() == ("20ms",)  # only its own
