@@ -24,8 +24,8 @@ same statement as the events.  No part row is shared between statements, so no c
 of any replica updates a row another commit wrote (no reference count to queue on, the
 reason the counters are sharded), and a part row can only be orphaned, never needed
 again, once no event of its batch is left: the purge that drops a batch's last event
-deletes its parts, and every purge ends with a sweep for parts a concurrent purge or a
-replaced stale row left behind (``purge.py``).  ``body`` is renamed so that a running
+deletes its parts, and every purge of events ends with a sweep for parts a concurrent
+purge or a replaced stale row left behind (``purge.py``).  ``body`` is renamed so that a running
 version-1 replica, whose statements would send an own part without its shared parts,
 fails (``SpoolUnavailable``, Meta retries) instead, until it is replaced.
 
