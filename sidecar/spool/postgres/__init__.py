@@ -10,10 +10,11 @@ two replicas at once; a dead replica's claims come back when their lease ends), 
 commit on one replica wakes the others' workers (LISTEN/NOTIFY).
 
 Storage running out (the contract's full-disk clause) is the database server's: it
-refuses the writes itself, which is an outage here (``SpoolUnavailable``, 503 to Meta,
-``/readyz`` failing) until it has room again, and ``stats().disk_full`` stays False.
-There is no reserve of ours to drain or purge with, so give the server's storage the
-monitoring and headroom a production database has.
+refuses the writes itself, which is an outage here (``SpoolUnavailable``, 503 to Meta)
+until it has room again, and ``stats().disk_full`` stays False.  There is no reserve of
+ours to drain or purge with, and ``check_writable`` sees a full server only once it
+refuses transactions (not while it refuses just to grow a table), so the server's
+storage needs the monitoring and headroom a production database has.
 
     url.py       the URL, its redacted form, connection defaults
     pool.py      connections made on demand, bounded
