@@ -29,6 +29,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg  # noqa: E402
 
 from sidecar.spool.postgres import sql  # noqa: E402
-from sidecar.spool.postgres.schema import DDL  # noqa: E402
+from sidecar.spool.postgres.migrate import MIGRATIONS  # noqa: E402
 from sidecar.tools.pgserver import PostgresServer  # noqa: E402
 
 BODY = os.urandom(700)
@@ -66,8 +67,9 @@ def fresh_database(server: PostgresServer, name: str) -> str:
         conn.execute(f"create database {name}")  # type: ignore[arg-type]
     url = server.url(name)
     with connect(url) as conn:
-        for ddl in DDL:
-            conn.execute(ddl)  # type: ignore[arg-type]
+        for step in sorted(MIGRATIONS):
+            for ddl in MIGRATIONS[step]:
+                conn.execute(ddl)  # type: ignore[arg-type]
     return url
 
 
@@ -83,7 +85,7 @@ def timed_query(url: str, query: str, runs: int = 20) -> float:
 def depth_reads(server: PostgresServer, rows: int) -> list[str]:
     url = fresh_database(server, "depth_reads")
     with connect(url) as conn:
-        conn.execute(f"""insert into events (id, body, state, received_at, next_attempt_at,
+        conn.execute(f"""insert into events (id, own, state, received_at, next_attempt_at,
                          created_at) select 'evt_' || g, $1, 'pending', g, g, g
                          from generate_series(1, {rows}) g""", (BODY,))  # type: ignore[arg-type]
     count = ("select count(*) from events where state in ('pending', 'in_flight')")
@@ -104,8 +106,9 @@ def commits(url: str, writers: int, seconds: float, notify: str = "") -> float:
     def add(conn: psycopg.Connection) -> None:  # type: ignore[type-arg]
         ids = [f"evt_{next(_ids)}" for _ in range(8)]
         now = time.time()
-        conn.execute(sql.ADD, (ids, [BODY] * 8, now, now - 3600, 10**12, "pending",
-                               0, None, [], [], [], [], [], [])).fetchone()
+        conn.execute(sql.ADD, (ids, [BODY] * 8, [None] * 8, now, now - 3600, 10**12,
+                               "pending", 0, None, uuid.uuid4(), [], [],
+                               [], [], [], [], [], [])).fetchone()
 
     def loop(i: int) -> None:
         with connect(url) as conn:
@@ -160,13 +163,11 @@ def notify_placement(server: PostgresServer, seconds: float) -> list[str]:
 
 def claim_cycles(server: PostgresServer, seconds: float) -> list[str]:
     """Settle-and-claim cycles per second, one worker, as the worker runs them."""
-    import uuid
-
     lines = []
     for sync in ("off", "on"):
         url = fresh_database(server, "claim_cycles")
         with connect(url) as conn:
-            conn.execute("""insert into events (id, body, state, received_at, next_attempt_at,
+            conn.execute("""insert into events (id, own, state, received_at, next_attempt_at,
                             created_at) select 'evt_' || g, $1, 'pending', g, 0, g
                             from generate_series(1, 200000) g""", (BODY,))  # type: ignore[arg-type]
             owner, held, cycles = uuid.uuid4(), [], 0
@@ -176,9 +177,10 @@ def claim_cycles(server: PostgresServer, seconds: float) -> list[str]:
                 now = time.time()
                 with conn.transaction():
                     conn.execute(f"set local synchronous_commit to {sync}")  # type: ignore[arg-type]
-                    held = [r[0] for r in conn.execute(sql.SETTLE_AND_CLAIM, (
+                    held = [r[1] for r in conn.execute(sql.SETTLE_AND_CLAIM, (
                         held, ["delivered"] * len(held), [None] * len(held),
-                        [None] * len(held), now, owner, 32, now + 60)).fetchall()]
+                        [None] * len(held), now, owner, 32, now + 60)).fetchall()
+                        if r[0] == 0]  # claimed events, not parts
                 cycles += 1
             rate = cycles / (time.monotonic() - started)
         lines.append(f"settle+claim 32, synchronous_commit={sync:3}: {rate:7,.0f} cycles/s "

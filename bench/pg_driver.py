@@ -50,7 +50,7 @@ import psycopg  # noqa: E402
 import psycopg_pool  # noqa: E402
 
 from sidecar.spool.postgres import sql  # noqa: E402
-from sidecar.spool.postgres.schema import DDL  # noqa: E402
+from sidecar.spool.postgres.migrate import MIGRATIONS  # noqa: E402
 from sidecar.tools.pgserver import PostgresServer  # noqa: E402
 
 BODY = os.urandom(700)  # about an encoded message event's size (hex-free bytes)
@@ -59,8 +59,9 @@ _ids = itertools.count()
 
 def add_args(n: int, now: float) -> tuple[Any, ...]:
     ids = [f"evt_{next(_ids)}_{os.getpid()}" for _ in range(n)]
-    return (ids, [BODY] * n, now, now - 3600, 10**12, "pending", 0, None,
-            [], [], [], [], [], [])
+    # Events stored whole (no holes, no shared parts), as a single-message delivery is.
+    return (ids, [BODY] * n, [None] * n, now, now - 3600, 10**12, "pending", 0, None,
+            uuid.uuid4(), [], [], [], [], [], [], [], [])
 
 
 class Driver:
@@ -97,7 +98,7 @@ class AsyncpgDriver(Driver):
             except BaseException:
                 await conn.execute("rollback")
                 raise
-        return [r[0] for r in rows]
+        return [r[1] for r in rows if r[0] == 0]  # claimed events, not parts
 
 
 class PsycopgAsyncDriver(Driver):
@@ -125,7 +126,7 @@ class PsycopgAsyncDriver(Driver):
                     settle, ["delivered"] * len(settle), [None] * len(settle),
                     [None] * len(settle), now, owner, n, now + 60))
                 rows = await cur.fetchall()
-        return [r[0] for r in rows]
+        return [r[1] for r in rows if r[0] == 0]  # claimed events, not parts
 
 
 class PsycopgThreadDriver(Driver):
@@ -155,7 +156,7 @@ class PsycopgThreadDriver(Driver):
                 rows = conn.execute(sql.SETTLE_AND_CLAIM, (
                     settle, ["delivered"] * len(settle), [None] * len(settle),
                     [None] * len(settle), now, owner, n, now + 60)).fetchall()
-        return [r[0] for r in rows]
+        return [r[1] for r in rows if r[0] == 0]  # claimed events, not parts
 
     async def cycle(self, owner: uuid.UUID, settle: list[str], n: int) -> list[str]:
         return await asyncio.to_thread(self._cycle, owner, settle, n)
@@ -218,8 +219,9 @@ def main() -> int:
     try:
         import psycopg as _p
         with _p.connect(server.url(), autocommit=True) as conn:
-            for ddl in DDL:
-                conn.execute(ddl)  # type: ignore[arg-type]
+            for step in sorted(MIGRATIONS):
+                for ddl in MIGRATIONS[step]:
+                    conn.execute(ddl)  # type: ignore[arg-type]
         lines = []
         for driver in (AsyncpgDriver(), PsycopgAsyncDriver(), PsycopgThreadDriver()):
             lines += asyncio.run(measure(driver, server.url(), args.seconds))

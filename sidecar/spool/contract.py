@@ -29,7 +29,6 @@ What every backend guarantees:
   still works: the backlog drains and an operator can free space.  When space returns
   ingest resumes by itself.  (SQLite keeps ``delivery.spool_reserve_bytes`` of the disk
   for this; a backend whose storage is a server's decides what "full" means there.)
-  quarantined change through the ``Renormalize`` the caller passes in.
 * **Wake-ups.**  The process that commits an add wakes its own delivery worker (in the
   same process, or the parent's with ``--workers N``).  A backend shared by several
   machines also wakes the others' workers: ``watch_commits`` runs in every delivering

@@ -53,12 +53,15 @@ class Replicas:
         self.upstream_url = upstream_url
         self.started: list[SidecarProcess] = []
 
-    def start(self, name: str, *, workers: int = 1, wait: bool = True) -> SidecarProcess:
+    def start(self, name: str, *, workers: int = 1, wait: bool = True, extra: str = "",
+              upstream_url: str | None = None) -> SidecarProcess:
+        """``extra``: top-level config keys; ``upstream_url``: another upstream than the
+        group's sink."""
         port, admin_port = free_port(), free_port()
         # write_config writes sidecar.yaml next to the certificates; each replica's file
         # gets its own name there, and the shared spool instead of a spool file.
         text = write_config(self.tmp_path, port=port, admin_port=admin_port,
-                            upstream_url=self.upstream_url,
+                            upstream_url=upstream_url or self.upstream_url, extra=extra,
                             spool_path=self.tmp_path / "unused.db").read_text()
         lines = [line for line in text.splitlines() if not line.startswith("  spool_path:")]
         at = lines.index("delivery:") + 1

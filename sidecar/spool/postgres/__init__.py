@@ -9,19 +9,27 @@ replicas), claims are leases taken with ``for update skip locked`` (no event sen
 two replicas at once; a dead replica's claims come back when their lease ends), and a
 commit on one replica wakes the others' workers (LISTEN/NOTIFY).
 
+Storage running out (the contract's full-disk clause) is the database server's: it
+refuses the writes itself, which is an outage here (``SpoolUnavailable``, 503 to Meta)
+until it has room again, and ``stats().disk_full`` stays False.  There is no reserve of
+ours to drain or purge with, and ``check_writable`` sees a full server only once it
+refuses transactions (not while it refuses just to grow a table), so the server's
+storage needs the monitoring and headroom a production database has.
+
     url.py       the URL, its redacted form, connection defaults
     pool.py      connections made on demand, bounded
     database.py  transactions, timeouts, outages, ownership checks
     schema.py    tables, indexes, counters; migrate.py: versioned migration
     sql.py       the statements of the hot path
-    store.py     ingest and delivery operations
-    admin.py     counts, listings, purge; replay.py: replay
+    store.py     ingest and delivery operations (events stored with shared parts once)
+    admin.py     counts, listings; replay.py: replay; purge.py: purge
     notify.py    wake-ups across replicas
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import Callable, Sequence
 
@@ -32,6 +40,7 @@ from sidecar.secret import Secret
 from sidecar.spool.contract import (
     AddResult,
     Batch,
+    PurgeResult,
     QuarantineRow,
     Renormalize,
     ReplayResult,
@@ -43,6 +52,7 @@ from sidecar.spool.contract import (
 from sidecar.spool.postgres.admin import PostgresAdmin
 from sidecar.spool.postgres.database import Database
 from sidecar.spool.postgres.notify import Listener, Notifier
+from sidecar.spool.postgres.purge import PostgresPurge
 from sidecar.spool.postgres.replay import PostgresReplay
 from sidecar.spool.postgres.store import PostgresStore
 from sidecar.spool.postgres.url import SpoolURL
@@ -67,6 +77,7 @@ class PostgresSpool:
         self.store = PostgresStore(self.db)
         self.admin = PostgresAdmin(self.db)
         self._replay = PostgresReplay(self.db, self.store)
+        self._purge = PostgresPurge(self.db)
         self._notifier = Notifier(self.db)
 
     def __repr__(self) -> str:
@@ -149,8 +160,12 @@ class PostgresSpool:
             await self._wake_replicas()
         return n
 
-    async def purge(self, *, delivered_before: float) -> int:
-        return await asyncio.to_thread(self.admin.purge, delivered_before=delivered_before)
+    async def purge(self, *, delivered_before: float | None = None,
+                    dead_before: float | None = None,
+                    quarantined_before: float | None = None) -> PurgeResult:
+        return await asyncio.to_thread(functools.partial(
+            self._purge.purge, delivered_before=delivered_before, dead_before=dead_before,
+            quarantined_before=quarantined_before))
 
     async def _wake_replicas(self) -> None:
         """After a replay (often from the CLI, which exits right after): notify now."""

@@ -1,6 +1,6 @@
-"""The PostgreSQL spool's counts, listings and purge (blocking; ``PostgresSpool`` runs
-them in a thread).  Safe from any replica or the CLI while replicas serve: each is a
-few short statements, and purge works in chunks that skip rows another session holds.
+"""The PostgreSQL spool's counts and listings (blocking; ``PostgresSpool`` runs them in a
+thread).  Safe from any replica or the CLI while replicas serve: each is a few short
+statements.  Purge is ``purge.py``, replay ``replay.py``.
 """
 
 from __future__ import annotations
@@ -12,37 +12,9 @@ from sidecar.spool.postgres import sql
 from sidecar.spool.postgres.database import Database
 from sidecar.spool.postgres.schema import STATES
 
-__all__ = ["PostgresAdmin", "PURGE_CHUNK"]
+__all__ = ["PostgresAdmin"]
 
-PURGE_CHUNK = 2000
-
-_COLUMNS = "id, body, state, attempts, last_error, received_at, next_attempt_at"
-
-# $1 delivered before $2 chunk $3 dedup cutoff.  Rows still inside their dedup window
-# become tombstones (body dropped); older ones go.
-_PURGE_DELIVERED = """
-with victims as (
-    select id from events where state = 'delivered' and delivered_at < $1::float8
-     limit $2::integer for update skip locked
-),
-tombstoned as (
-    update events e set state = 'purged', body = null, last_error = null
-      from victims v where e.id = v.id and e.created_at >= $3::float8
-    returning e.id
-),
-deleted as (
-    delete from events e using victims v where e.id = v.id and e.created_at < $3::float8
-    returning e.id
-)
-select (select count(*) from tombstoned) + (select count(*) from deleted)
-"""
-
-# $1 dedup cutoff $2 chunk
-_EXPIRE_TOMBSTONES = """
-delete from events where id in (
-    select id from events where state = 'purged' and created_at < $1::float8
-     limit $2::integer for update skip locked)
-"""
+_COLUMNS = "id, own, state, attempts, last_error, received_at, next_attempt_at"
 
 
 class PostgresAdmin:
@@ -52,6 +24,10 @@ class PostgresAdmin:
     # ------------------------------------------------------------------ inspection
 
     def stats(self) -> SpoolStats:
+        """``disk_full`` is always False here: the spool's storage is the database
+        server's, and a server that has run out of space fails the commit itself
+        (``SpoolUnavailable``, as for any outage) rather than a guard of ours refusing
+        ingest first.  Watching its free space is the database's monitoring's job."""
         now = self.db.now()
         with self.db.connection() as conn, conn.transaction():
             counts = {state: int(n) for state, n in conn.execute(sql.COUNTS).fetchall()}
@@ -87,32 +63,11 @@ class PostgresAdmin:
                 " order by received_at, seq limit $1", (limit,)).fetchall()
         return [QuarantineRow(*r) for r in rows]
 
-    # ------------------------------------------------------------------ purge
 
-    def purge(self, *, delivered_before: float) -> int:
-        """Delete events delivered before that time; an id still inside its dedup window
-        keeps a tombstone until the window ends.  Tombstones past it go too.  In chunks
-        of short transactions, so ingest never waits behind a long one."""
-        cutoff = self.db.now() - self.db.dedup_retention_s
-        purged = 0
-        while True:  # each pass removes a chunk or ends the loop
-            with self.db.tx(durable=False) as conn:
-                row = conn.execute(_PURGE_DELIVERED,
-                                   (delivered_before, PURGE_CHUNK, cutoff)).fetchone()
-            done = int(row[0]) if row is not None else 0
-            purged += done
-            if done < PURGE_CHUNK:
-                break
-        while True:
-            with self.db.tx(durable=False) as conn:
-                expired = conn.execute(_EXPIRE_TOMBSTONES, (cutoff, PURGE_CHUNK)).rowcount
-            if expired < PURGE_CHUNK:
-                return purged
-
-
-def _event_type(body: bytes | None) -> str:
+def _event_type(own: bytes | None) -> str:
+    """The event's type from its own part (valid JSON, shared parts cut out)."""
     try:
-        value = json.loads(body or b"").get("type")
+        value = json.loads(own or b"").get("type")
     except (ValueError, AttributeError):
         return "?"
     return value if isinstance(value, str) else "?"

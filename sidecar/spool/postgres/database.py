@@ -43,7 +43,7 @@ from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.errors import SpoolUnavailable
 from sidecar.spool.postgres.migrate import ensure_schema
 from sidecar.spool.postgres.pool import Connection, Pool
-from sidecar.spool.postgres.sql import NOTIFY_CHANNEL
+from sidecar.spool.postgres.sql import DEPTH, NOTIFY_CHANNEL
 from sidecar.spool.postgres.url import SpoolURL
 
 __all__ = ["Database", "Outage", "is_outage", "CONNECT_TIMEOUT_S", "ACQUIRE_TIMEOUT_S",
@@ -60,6 +60,7 @@ _OUTAGE_DELAY_S = (0.05, 2.0)
 # Several statements, no parameters: one simple-protocol round trip.
 _NOTIFY = ("begin; set local synchronous_commit to off; "
            f"select pg_notify('{NOTIFY_CHANNEL}', ''); commit")
+_WRITABLE = f"select ({DEPTH.strip()}), pg_current_xact_id()"
 # SQLSTATEs that mean "the database is away": connection exceptions, authorization,
 # insufficient resources (too many connections, disk full), and the server shutting
 # down, crashed or still starting.  No SQLSTATE at all: libpq could not connect.
@@ -168,10 +169,15 @@ class Database:
         self._schema_ready = True
 
     def check_writable(self) -> None:
-        """A transaction that takes a transaction id: fails on a read-only server (a
-        standby after failover, ``default_transaction_read_only``) as an add would."""
+        """Raise ``SpoolUnavailable`` unless an ingest would commit now: a transaction
+        that takes a transaction id (it fails on a read-only server, a standby after
+        failover or ``default_transaction_read_only``, as an add would) and finds the
+        backlog below ``max_spool_events`` (at the bound, an add of any new event is
+        refused)."""
         with self.tx(durable=False) as conn:
-            conn.execute("select pg_current_xact_id()")
+            row = conn.execute(_WRITABLE).fetchone()
+        if row is None or int(row[0]) >= self.max_spool_events:
+            raise SpoolUnavailable("spool full")
 
     def notify(self) -> None:
         """Tell every listening process that events were stored (``notify.py``): one

@@ -19,7 +19,7 @@ from sidecar.spool.postgres import schema
 __all__ = ["ensure_schema", "MIGRATIONS"]
 
 # version -> the statements that bring version - 1 to it
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: schema.DDL}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: schema.V1_DDL, 2: schema.V2_DDL}
 
 
 def ensure_schema(conn: psycopg.Connection[tuple[Any, ...]], display: str, *,
@@ -39,6 +39,9 @@ def ensure_schema(conn: psycopg.Connection[tuple[Any, ...]], display: str, *,
             what = "no sidecar spool" if version == 0 else f"spool schema version {version}"
             raise SpoolUnavailable(f"spool {display}: the database has {what}; "
                                    "`sidecar serve` creates or migrates it")
+        # A migration reads whole tables (index builds), which may take longer on a
+        # large spool than an ordinary statement may; replicas wait for it meanwhile.
+        conn.execute("set local statement_timeout = 0")
         for step in range(version + 1, schema.SCHEMA_VERSION + 1):
             for statement in MIGRATIONS[step]:
                 conn.execute(statement)

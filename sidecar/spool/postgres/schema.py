@@ -1,10 +1,11 @@
-"""The PostgreSQL spool's tables, and the migration that brings a database to this version.
+"""The PostgreSQL spool's tables, and the statements that bring a database to each version.
 
 ``events`` is the queue and the dedup record at once: the event id is the primary key,
-so every replica's insert of the same id meets the same row.  A delivered event that
-is purged before its dedup window ends stays as a *tombstone* (state ``purged``, body
-dropped) until the window ends; a row or tombstone past the window no longer blocks a
-repeat and is replaced by it.  ``quarantine`` keeps changes that could not become events.
+so every replica's insert of the same id meets the same row.  A delivered event or dead
+letter that is purged before its dedup window ends stays as a *tombstone* (state
+``purged``, body dropped) until the window ends; a row or tombstone past the window no
+longer blocks a repeat and is replaced by it.  ``quarantine`` keeps changes that could
+not become events.
 
 ``spool_counts`` holds the number of events per state, kept by statement-level triggers
 (one counter update per statement, whatever its row count) so that ``max_spool_events``,
@@ -14,19 +15,35 @@ are sharded: each session adds to the rows of its own shard (its backend PID mod
 commit of every replica would queue on that row's lock until the previous commit's WAL
 flush, which undoes group commit across connections (bench/RESULTS.md).
 
+Version 2 stores what events of one change share once (``spool.parts``).  An event's
+``own`` column (``body`` in version 1) holds its own part; ``holes`` says where the
+shared parts go (null: ``own`` is the whole event, as in every version-1 row), and
+``batch`` names the ``ADD`` that stored it.  ``parts`` rows are keyed by (batch, part
+id): each statement stores its events' shared parts under a batch id of its own, in the
+same statement as the events.  No part row is shared between statements, so no commit
+of any replica updates a row another commit wrote (no reference count to queue on, the
+reason the counters are sharded), and a part row can only be orphaned, never needed
+again, once no event of its batch is left: the purge that drops a batch's last event
+deletes its parts, and every purge of events ends with a sweep for parts a concurrent
+purge or a replaced stale row left behind (``purge.py``).  ``body`` is renamed so that a running
+version-1 replica, whose statements would send an own part without its shared parts,
+fails (``SpoolUnavailable``, Meta retries) instead, until it is replaced.
+
 Times are Unix seconds (``double precision``) from the sidecar's clock, as in the SQLite
 spool: replicas' clocks must be in sync (NTP) to a small fraction of the lease.
 
 ``schema_version`` holds one row.  The migration runs under a transaction-level advisory
 lock, so replicas starting at once take turns; a version newer than this code knows is
-refused rather than guessed at.
+refused rather than guessed at.  A released version's statements never change: a later
+change is a new version.
 """
 
 from __future__ import annotations
 
-__all__ = ["SCHEMA_VERSION", "STATES", "COUNT_SHARDS", "MIGRATION_LOCK", "DDL", "SCHEMA_TABLE"]
+__all__ = ["SCHEMA_VERSION", "STATES", "COUNT_SHARDS", "MIGRATION_LOCK", "V1_DDL", "V2_DDL",
+           "SCHEMA_TABLE"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATES = ("pending", "in_flight", "delivered", "dead")
 COUNT_SHARDS = 64
 # pg_advisory_xact_lock key: "sidecar spool migration" (any constant; shared by replicas)
@@ -62,7 +79,7 @@ $fn$
 """.format(shards=COUNT_SHARDS)
 
 # Version 1, each statement idempotent.
-DDL = (
+V1_DDL = (
     "create sequence if not exists events_seq",
     """create table if not exists events (
         id text primary key,
@@ -132,4 +149,25 @@ DDL = (
     "create trigger events_count_delete after delete on events"
     " referencing old table as old_rows for each statement"
     " execute function sidecar_count_events()",
+)
+
+# Version 1 -> 2: shared parts stored once per batch.  Adding nullable columns and
+# renaming one change the catalog only, whatever the table's size; the indexes are read
+# from the table once (while the migration's lock holds its writers back).
+V2_DDL = (
+    "alter table events rename column body to own",
+    "alter table events add column holes text",
+    "alter table events add column batch uuid",
+    """create table parts (
+        batch uuid not null,
+        id text not null,
+        body bytea not null,
+        primary key (batch, id)
+    )""",
+    # Whether any event of a batch is left (purge, sweep): only events with parts.
+    "create index events_batch on events (batch) where batch is not null",
+    # Dead letters and quarantined changes are purged by receipt or their last replay.
+    "create index events_dead_age on events ((coalesce(replayed_at, received_at)))"
+    " where state = 'dead'",
+    "create index quarantine_age on quarantine ((coalesce(replayed_at, received_at)))",
 )

@@ -16,9 +16,13 @@ one snapshot and one implicit transaction, which also makes each of them all-or-
   this process still holds (``lease_owner``): a replica whose lease ran out while it was
   stalled cannot put back an event another replica has claimed since.
 
-The event body is written in ``ADD`` only and read in ``SETTLE_AND_CLAIM`` and the
-listings: switching the stored form (for instance to shared parts) touches these
-statements and ``store.encode_bodies`` / ``store.spooled``.
+An event is stored as its own part plus the parts it shares (``spool.parts``,
+``schema.py``): ``ADD`` inserts the shared parts its stored events refer to under the
+statement's batch id, in the same statement (so a part row is never visible without
+its events, nor events without their parts), and ``SETTLE_AND_CLAIM`` returns the
+claimed events and, after them, each part they refer to once.  The stored form is
+written in ``ADD`` only and read in ``SETTLE_AND_CLAIM`` and the listings
+(``store.encode_bodies`` / ``store.spooled``).
 """
 
 from __future__ import annotations
@@ -30,43 +34,50 @@ __all__ = [
 
 NOTIFY_CHANNEL = "sidecar_spool"
 
-# $1 ids (unique) $2 bodies $3 now $4 dedup cutoff $5 max depth after the add
-# $6 state $7 attempts $8 delivered_at; quarantine: $9 ids $10 waba $11 field
-# $12 entry_time $13 reason $14 value
+# $1 ids (unique) $2 own parts $3 holes (null: stored whole) $4 now $5 dedup cutoff
+# $6 max depth after the add $7 state $8 attempts $9 delivered_at; shared parts: $10 the
+# batch id $11 part ids $12 part bodies; quarantine: $13 ids $14 waba $15 field
+# $16 entry_time $17 reason $18 value
 ADD = """
 with input as (
-    select u.id, u.body, nextval('events_seq') as seq
-      from unnest($1::text[], $2::bytea[]) as u(id, body)
+    select u.id, u.own, u.holes, nextval('events_seq') as seq
+      from unnest($1::text[], $2::bytea[], $3::text[]) as u(id, own, holes)
 ),
 fresh as (
-    select i.id, i.body, i.seq from input i left join events e on e.id = i.id
-     where e.id is null or (e.state in ('delivered', 'purged') and e.created_at < $4)
+    select i.id, i.own, i.holes, i.seq from input i left join events e on e.id = i.id
+     where e.id is null or (e.state in ('delivered', 'purged') and e.created_at < $5)
 ),
 fits as (
     select (select coalesce(sum(n), 0) from spool_counts
              where state in ('pending', 'in_flight'))
-           + (select count(*) from fresh) <= $5::bigint as ok
+           + (select count(*) from fresh) <= $6::bigint as ok
 ),
 stored as (
-    insert into events as e (id, body, state, attempts, received_at, next_attempt_at,
-                             delivered_at, created_at, seq)
-    select id, body, $6::text, $7::integer, $3::float8, $3::float8, $8::float8, $3::float8,
-           seq
+    insert into events as e (id, own, holes, batch, state, attempts, received_at,
+                             next_attempt_at, delivered_at, created_at, seq)
+    select id, own, holes, case when holes is not null then $10::uuid end, $7::text,
+           $8::integer, $4::float8, $4::float8, $9::float8, $4::float8, seq
       from fresh where (select ok from fits) order by id
     on conflict (id) do update set
-        body = excluded.body, state = excluded.state, attempts = excluded.attempts,
+        own = excluded.own, holes = excluded.holes, batch = excluded.batch,
+        state = excluded.state, attempts = excluded.attempts,
         received_at = excluded.received_at, next_attempt_at = excluded.next_attempt_at,
         lease_until = null, lease_owner = null, last_error = null,
         delivered_at = excluded.delivered_at, created_at = excluded.created_at,
         replayed_at = null, seq = excluded.seq
-     where e.state in ('delivered', 'purged') and e.created_at < $4
-    returning e.id
+     where e.state in ('delivered', 'purged') and e.created_at < $5
+    returning e.id, e.holes
+),
+shared as (
+    insert into parts (batch, id, body)
+    select $10::uuid, p.id, p.body from unnest($11::text[], $12::bytea[]) as p(id, body)
+     where p.id in (select h ->> 1 from stored s, jsonb_array_elements(s.holes::jsonb) h)
 ),
 kept as (
     insert into quarantine (id, waba_id, field, entry_time, reason, value, received_at)
-    select q.id, q.waba_id, q.field, q.entry_time, q.reason, q.value, $3::float8
-      from unnest($9::text[], $10::text[], $11::text[], $12::bigint[], $13::text[],
-                  $14::text[]) as q(id, waba_id, field, entry_time, reason, value)
+    select q.id, q.waba_id, q.field, q.entry_time, q.reason, q.value, $4::float8
+      from unnest($13::text[], $14::text[], $15::text[], $16::bigint[], $17::text[],
+                  $18::text[]) as q(id, waba_id, field, entry_time, reason, value)
      where (select ok from fits) order by q.id
     on conflict (id) do nothing
     returning id
@@ -112,10 +123,19 @@ due as (
 claimed as (
     update events e set state = 'in_flight', lease_until = $8::float8, lease_owner = $6::uuid
       from due where e.id = due.id
-    returning e.id, e.body, e.attempts, coalesce(e.replayed_at, e.received_at) as since,
-              e.next_attempt_at, e.seq
+    returning e.id, e.own, e.attempts, coalesce(e.replayed_at, e.received_at) as since,
+              e.holes, e.batch, e.next_attempt_at, e.seq
 )
-select id, body, attempts, since from claimed order by next_attempt_at, seq
+select 0 as kind, id, own, attempts, since, holes, batch, next_attempt_at, seq from claimed
+union all
+select 1, p.id, p.body, null, null, null, p.batch, null, null
+  from (select distinct c.batch, h ->> 1 as id
+          from claimed c, jsonb_array_elements(c.holes::jsonb) h) wanted,
+       -- One primary-key lookup per part wanted ("limit" keeps the planner from turning
+       -- this into a scan of every part when it misjudges how many are wanted).
+       lateral (select id, body, batch from parts
+                 where batch = wanted.batch and id = wanted.id limit 1) p
+order by kind, next_attempt_at, seq
 """
 
 SETTLE = f"with {_SETTLED} select count(*) from settled"

@@ -3,37 +3,64 @@ runs them in a thread).  Each hot-path operation is one statement (``sql.py`` sa
 
 The ``events`` row is also the dedup record: an id already stored blocks a repeat for
 ``dedup_retention_s`` (pending, in-flight and dead rows block for as long as they
-exist; a purged delivered row leaves a tombstone until its window ends).
+exist; a purged row leaves a tombstone until its window ends).  An event is stored as
+its own part plus the parts it shares with others of its batch, each part once
+(``spool.parts``; the tables in ``schema.py``).
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 
 from sidecar.errors import SpoolUnavailable
-from sidecar.events import Event, QuarantinedChange, canonical_json, encode_event
+from sidecar.events import Event, QuarantinedChange, canonical_json
 from sidecar.spool.contract import AddResult, Batch, Settlement, SpooledEvent
+from sidecar.spool.parts import StoredBatch, assemble, decode_holes, encode_holes, split_events
 from sidecar.spool.postgres import sql
 from sidecar.spool.postgres.database import Database
 from sidecar.spool.postgres.pool import Connection
 
-__all__ = ["PostgresStore", "encode_bodies", "spooled", "NO_LIMIT"]
+__all__ = ["PostgresStore", "encode_bodies", "add_parameters", "spooled", "NO_LIMIT"]
 
 NO_LIMIT = 2**62  # max depth for direct mode's record of delivered ids
 
 
-def encode_bodies(events: Sequence[Event]) -> list[bytes]:
-    """What the spool stores for each event: the JSON the upstream receives.  The one
-    place that decides the stored form (``spooled`` reads it back)."""
-    return [encode_event(e) for e in events]
+def encode_bodies(events: Sequence[Event]) -> StoredBatch:
+    """What the spool stores for the events: each one's own part, and the parts they
+    share once.  The one place that decides the stored form (``spooled`` reads it back)."""
+    return split_events(events)
 
 
-def spooled(row: tuple[object, ...]) -> SpooledEvent:
-    """A claimed ``(id, body, attempts, since)`` row as the worker's ``SpooledEvent``."""
-    id_, body, attempts, since = row
-    assert isinstance(id_, str) and isinstance(body, bytes)
-    assert isinstance(attempts, int) and isinstance(since, float)
-    return SpooledEvent(id=id_, body=body, attempts=attempts, received_at=since)
+def add_parameters(encoded: StoredBatch) -> tuple[list[bytes], list[str | None], uuid.UUID,
+                                                  list[str], list[bytes]]:
+    """``ADD``'s stored-form arrays: own parts and holes per event, then the batch id and
+    the shared parts (id, body), which ``ADD`` stores for the events it inserts."""
+    return ([e.own.encode("utf-8") for e in encoded.events],
+            [encode_holes(e.holes) for e in encoded.events], uuid.uuid4(),
+            list(encoded.parts), [text.encode("utf-8") for text in encoded.parts.values()])
+
+
+def spooled(rows: Sequence[tuple[object, ...]]) -> list[SpooledEvent]:
+    """``SETTLE_AND_CLAIM``'s rows as the worker's ``SpooledEvent``s: the claimed events
+    (kind 0: id, own part, attempts, since, holes, batch), then the parts they refer to
+    (kind 1: part id, body, batch), each reassembled to the bytes the upstream receives."""
+    parts: dict[object, dict[str, str]] = {}
+    for kind, id_, body, *_, batch, _, _ in rows:
+        if kind == 1:
+            assert isinstance(id_, str) and isinstance(body, bytes)
+            parts.setdefault(batch, {})[id_] = body.decode("utf-8")
+    claimed = []
+    for kind, id_, own, attempts, since, holes, batch, _, _ in rows:
+        if kind != 0:
+            continue
+        assert isinstance(id_, str) and isinstance(own, bytes)
+        assert isinstance(attempts, int) and isinstance(since, float)
+        assert holes is None or isinstance(holes, str)
+        body = own if holes is None else assemble(own.decode("utf-8"), decode_holes(holes),
+                                                  parts.get(batch, {}))
+        claimed.append(SpooledEvent(id=id_, body=body, attempts=attempts, received_at=since))
+    return claimed
 
 
 class PostgresStore:
@@ -72,12 +99,13 @@ class PostgresStore:
         ``events``, only an id's first occurrence can be stored."""
         unique = list({e.id: e for e in reversed(events)}.values())[::-1]
         q_unique = list({q.id: q for q in reversed(quarantined)}.values())[::-1]
+        own, holes, batch, part_ids, part_bodies = add_parameters(encode_bodies(unique))
         now = self.db.now()
         delivered = state == "delivered"
         row = conn.execute(sql.ADD, (
-            [e.id for e in unique], encode_bodies(unique), now,
-            now - self.db.dedup_retention_s, max_depth, state, 1 if delivered else 0,
-            now if delivered else None,
+            [e.id for e in unique], own, holes, now, now - self.db.dedup_retention_s,
+            max_depth, state, 1 if delivered else 0, now if delivered else None,
+            batch, part_ids, part_bodies,
             [q.id for q in q_unique], [q.waba_id for q in q_unique],
             [q.field for q in q_unique], [q.entry_time for q in q_unique],
             [q.reason for q in q_unique], [canonical_json(q.value) for q in q_unique],
@@ -108,7 +136,7 @@ class PostgresStore:
             rows = conn.execute(sql.SETTLE_AND_CLAIM, (
                 *_outcomes(settlement), now, self.db.owner, max(0, limit),
                 now + lease_s)).fetchall()
-        return [spooled(r) for r in rows]
+        return spooled(rows)
 
     def settle(self, settlement: Settlement) -> None:
         if not settlement:

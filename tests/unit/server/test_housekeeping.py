@@ -1,19 +1,24 @@
 """Housekeeping deletes delivered events past dedup_retention_s, and dead letters and
-quarantined changes past dead_retention_s; younger rows stay."""
+quarantined changes past dead_retention_s; younger rows stay.  On both spools (the
+PostgreSQL one against a real server, tests/conftest.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
+
+import pytest
 
 from sidecar.clock import ManualClock
 from sidecar.config import load_config
 from sidecar.events import Event, QuarantinedChange
 from sidecar.server.roles import DeliveryRole
-from sidecar.spool import Settlement, SQLiteSpool
+from sidecar.spool import PostgresSpool, Settlement, SQLiteSpool
 
 DAY = 86400.0
 
@@ -29,7 +34,20 @@ def _quarantined(n: int) -> QuarantinedChange:
                              reason="x", value={"n": n})
 
 
-async def test_housekeeping_applies_both_retentions(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_spool(request: pytest.FixtureRequest,
+               tmp_path: Path) -> Callable[[ManualClock], Any]:
+    def open_(clock: ManualClock) -> Any:
+        if request.param == "sqlite":
+            return SQLiteSpool(tmp_path / "spool.db", clock=clock, reserve_bytes=1 << 20,
+                               dedup_retention_s=DAY)
+        return PostgresSpool(request.getfixturevalue("pg_url"), clock=clock,
+                             dedup_retention_s=DAY)
+    return open_
+
+
+async def test_housekeeping_applies_both_retentions(
+        tmp_path: Path, open_spool: Callable[[ManualClock], Any]) -> None:
     path = tmp_path / "sidecar.yaml"
     path.write_text("""\
 tls: {cert_file: s.pem, key_file: s.key, client_ca_files: [ca.pem]}
@@ -39,8 +57,7 @@ delivery: {dedup_retention_s: 86400, max_age_s: 86400, dead_retention_s: 2592000
 """)
     config = load_config(path, env={})
     clock = ManualClock(time.time() - 40 * DAY)  # rows stored 40 days ago ...
-    spool = SQLiteSpool(tmp_path / "spool.db", clock=clock, reserve_bytes=1 << 20,
-                        dedup_retention_s=DAY)
+    spool = open_spool(clock)
     spool.store.add_many([([_event(1), _event(2)], [_quarantined(1)])])
     spool.store.settle_and_claim(Settlement(), 2, lease_s=30)
     spool.store.settle(Settlement(delivered=["evt_1"], dead=[("evt_2", "x")]))

@@ -195,7 +195,7 @@ async def test_counters_match_the_rows(replicas, pg_url: str, clock: ManualClock
                               dead=[(c.id, "x") for c in held[15:20]]))
     await b.replay(["evt_15"], renormalize=lambda q, t: [], force=False)
     clock.now += 100
-    await b.purge(delivered_before=clock.now)
+    assert (await b.purge(delivered_before=clock.now, dead_before=clock.now)).dead == 4
     counted = dict(sql(pg_url, "select state, count(*) from events group by state"))
     stats = await b.stats()
     assert (stats.pending, stats.in_flight, stats.delivered, stats.dead) == (

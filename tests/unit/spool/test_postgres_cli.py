@@ -8,8 +8,9 @@ import asyncio
 import json
 from pathlib import Path
 
+import psycopg
 import pytest
-from spool_contract import claim, dead, make_event
+from spool_contract import ack, claim, dead, make_event, make_quarantined, sharing_events
 
 from sidecar.cli import main
 from sidecar.spool import PostgresSpool
@@ -63,6 +64,51 @@ def test_every_spool_command_on_the_shared_spool(
     out = run("list", "--json")
     assert len(json.loads(out)["events"]) == 3
     assert postgres.password not in out
+
+
+def test_purge_variants_on_the_shared_spool(
+        config: Path, pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    async def seed() -> None:
+        spool = PostgresSpool(pg_url)
+        spool.take_ownership()
+        await spool.add_many([(sharing_events(3), [make_quarantined({"a": 1})])])
+        await claim(spool, 3)
+        await ack(spool, ["evt_s0"])
+        await dead(spool, "evt_s1", error="upstream answered 500")
+        await dead(spool, "evt_s2", error="upstream answered 500")
+        spool.close()
+
+    asyncio.run(seed())
+
+    def run(*args: str) -> str:
+        assert main(["spool", "purge", *args, "-c", str(config)]) == 0, capsys.readouterr().err
+        return capsys.readouterr().out
+
+    def stats() -> dict[str, int]:
+        assert main(["spool", "stats", "--json", "-c", str(config)]) == 0
+        return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
+
+    assert run("--dead", "--quarantined", "--before", "1h") == (
+        "purged 0 dead letters\npurged 0 quarantined changes\n")
+    assert run("--dead") == "purged 2 dead letters\n"
+    counts = stats()
+    assert (counts["dead"], counts["delivered"], counts["quarantined"]) == (0, 1, 1)
+    assert run("--quarantined") == "purged 1 quarantined changes\n"
+    assert run("--dead", "--delivered-before", "0") == (
+        "purged 1 delivered events\npurged 0 dead letters\n")
+    assert stats()["delivered"] == 0
+
+    async def left() -> tuple[set[str], int]:
+        spool = PostgresSpool(pg_url)
+        try:
+            return (await spool.filter_new(["evt_s1", "evt_new"]),
+                    len(await spool.list_quarantined()))
+        finally:
+            spool.close()
+
+    assert asyncio.run(left()) == ({"evt_new"}, 0)  # purged ids still block repeats
+    with psycopg.connect(pg_url) as conn:  # the last bodies went with their parts
+        assert conn.execute("select count(*) from parts").fetchone() == (0,)
 
 
 def test_config_check_shows_the_url_redacted(tmp_path: Path, config: Path,
