@@ -7,7 +7,7 @@ returns the TLS holder's listener context: each connection is made from the curr
 (reloadable) context, and the identity check and the connection cap run inside the
 handshake (``sidecar.tls.holder``).
 
-Each SPEC limit, and what enforces it:
+Each limit of docs/http.md, and what enforces it:
 
 ==========================  =================================================================
 handshake timeout           Hypercorn's ``ssl_handshake_timeout`` (``asyncio.start_server``)
