@@ -2,10 +2,9 @@
 JSON body to one upstream URL and read the status.  The framing is h11's (the codec of
 Hypercorn and of httpcore, under httpx); this module only pools connections.
 
-Why not httpx here: measured on the 2-core box (reference/performance-baseline.md and
-bench/RESULTS.md), a POST through ``httpx.AsyncClient`` costs ~1.5 ms of CPU, mostly
-httpcore's per-request pool scan and anyio plumbing — more than everything else on the
-ingest path together.  The worker needs none of httpx's generality (one origin, no
+Why not httpx here: a POST through ``httpx.AsyncClient`` costs several times the CPU of
+this pool (httpcore's per-request pool scan and anyio plumbing; bench/RESULTS.md), more
+than everything else on the ingest path together.  The worker needs none of httpx's generality (one origin, no
 redirects, no cookies, no proxies, no HTTP/2), so this pool keeps up to
 ``max_connections`` persistent connections, each an ``h11.Connection`` over an asyncio
 stream.  httpx stays the client for everything else (Graph API, send-test).
