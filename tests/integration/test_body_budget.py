@@ -11,11 +11,11 @@ import json
 import re
 import threading
 
-from conftest import APP_SECRET
+from conftest import APP_SECRET, wait_until
 from sidecar.checks.signature import sign
 from sidecar.secret import Secret
 from sidecar.tools.samples import sample_delivery
-from test_workers import _children, _wait
+from test_workers import _children
 
 MiB = 1 << 20
 BUDGET = 32 * MiB  # 16 MiB per ingest process
@@ -56,7 +56,7 @@ def _post(sidecar, body: bytes) -> int | str:
 
 def test_a_burst_of_large_bodies_stays_within_the_budget(start_sidecar, sink):
     sidecar = start_sidecar(workers=2, extra=f"limits: {{max_inflight_body_bytes: {BUDGET}}}\n")
-    assert _wait(lambda: len(_children(sidecar.proc.pid)) == 2)
+    wait_until(lambda: len(_children(sidecar.proc.pid)) == 2, what="two ingest processes")
     children = _children(sidecar.proc.pid)
     for n in range(4):  # warm both processes up with one large body each (or so)
         assert _post(sidecar, _body(f"warm-{n}")) == 200
@@ -83,8 +83,8 @@ def test_a_burst_of_large_bodies_stays_within_the_budget(start_sidecar, sink):
     # The memory comes back once the burst is over.
     def returned() -> bool:
         return all(_memory(pid)["VmRSS"] - before[pid] < 24 * MiB for pid in children)
-    assert _wait(returned, timeout_s=10), {
-        pid: (_memory(pid)["VmRSS"] - before[pid]) // MiB for pid in children}
+    wait_until(returned, 10, "the memory to come back", log=lambda: str({
+        pid: (_memory(pid)["VmRSS"] - before[pid]) // MiB for pid in children}))
 
     metrics = sidecar.metrics()
     assert f'sidecar_requests_total{{outcome="overloaded"}} {float(len(refused))}' in metrics

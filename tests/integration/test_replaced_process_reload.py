@@ -17,9 +17,9 @@ import time
 
 import httpx
 
-from conftest import APP_SECRET, APP_SECRET_2, META_CN, VERIFY_TOKEN
+from conftest import APP_SECRET, APP_SECRET_2, META_CN, VERIFY_TOKEN, wait_until
 from sidecar.tools.samples import sample_delivery
-from test_workers import _children, _wait
+from test_workers import _children
 
 PARAMS = {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "7"}
 
@@ -54,7 +54,7 @@ def test_a_replaced_ingest_process_never_undoes_a_reload(start_sidecar, pki):
     sidecar.config_path.write_text(onboarding)
     sidecar.stop()
     sidecar.start()
-    assert _wait(lambda: len(_children(sidecar.proc.pid)) == 2)
+    wait_until(lambda: len(_children(sidecar.proc.pid)) == 2, what="two ingest processes")
     # Onboarding: everything the reload will remove is admitted now.
     assert _admitted_get(sidecar, None)
     assert _admitted_get(sidecar, pki.rogue_client)
@@ -70,8 +70,8 @@ def test_a_replaced_ingest_process_never_undoes_a_reload(start_sidecar, pki):
         .replace(f'app_secrets: ["${{TEST_APP_SECRET}}", "{APP_SECRET_2}"]',
                  'app_secrets: ["${TEST_APP_SECRET}"]'))
     sidecar.send_signal(signal.SIGHUP)
-    assert _wait(lambda: not any(_admitted_get(sidecar, None) for _ in range(6)), 10), \
-        "the SIGHUP reload did not reach every process"
+    wait_until(lambda: not any(_admitted_get(sidecar, None) for _ in range(6)), 10,
+               "the SIGHUP reload to reach every process")
 
     victim = _children(sidecar.proc.pid)[0]
     os.kill(victim, signal.SIGKILL)
