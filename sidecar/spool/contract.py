@@ -41,11 +41,13 @@ Operations are coroutines; a backend on a blocking driver runs them in a thread.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Protocol
+from datetime import datetime, timezone
+from typing import Any, Protocol
 
+from sidecar.errors import SidecarError
 from sidecar.events import Event, QuarantinedChange
 
 __all__ = [
@@ -59,6 +61,8 @@ __all__ = [
     "SpoolRow",
     "QuarantineRow",
     "ReplayResult",
+    "ReplayTally",
+    "renormalize_stored",
     "PurgeResult",
     "STATES",
 ]
@@ -149,6 +153,52 @@ class ReplayResult:
     def is_complete(self) -> bool:
         """True when every requested id was replayed."""
         return not (self.not_found or self.still_invalid or self.skipped)
+
+
+def renormalize_stored(id_: str, row: Sequence[Any], renormalize: Renormalize
+                       ) -> list[Event] | str:
+    """A stored quarantine row ``(waba_id, field, entry_time, reason, value JSON,
+    received_at)`` → its events now, or why it still cannot become events."""
+    waba_id, field, entry_time, reason, value_text, received_at = row
+    change = QuarantinedChange(id=id_, waba_id=waba_id, field=field, entry_time=entry_time,
+                               reason=reason, value=json.loads(value_text))
+    try:
+        return renormalize(change, datetime.fromtimestamp(received_at, tz=timezone.utc))
+    except SidecarError as exc:
+        return str(exc)
+
+
+class ReplayTally:
+    """How every backend's ``replay`` adds up what it did with each requested id."""
+
+    def __init__(self) -> None:
+        self._result = ReplayResult(replayed=[], not_found=[], still_invalid={}, skipped={},
+                                    events_added=0)
+        self._added = 0
+
+    def event(self, id_: str, skipped_because: str | None) -> None:
+        """A stored event: requeued (None), or left alone for this reason."""
+        if skipped_because is None:
+            self._result.replayed.append(id_)
+        else:
+            self._result.skipped[id_] = skipped_because
+
+    def change(self, id_: str, outcome: int | str | None) -> None:
+        """A quarantined change: re-admitted with this many new events, still invalid for
+        this reason, or (None) no such change either."""
+        if outcome is None:
+            self._result.not_found.append(id_)
+        elif isinstance(outcome, str):
+            self._result.still_invalid[id_] = outcome
+        else:
+            self._result.replayed.append(id_)
+            self._added += outcome
+
+    def result(self) -> ReplayResult:
+        r = self._result
+        return ReplayResult(replayed=r.replayed, not_found=r.not_found,
+                            still_invalid=r.still_invalid, skipped=r.skipped,
+                            events_added=self._added)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,19 +35,15 @@ from collections.abc import Callable, Sequence
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.errors import SpoolUnavailable
-from sidecar.events import Event, QuarantinedChange
 from sidecar.secret import Secret
 from sidecar.spool.contract import (
     AddResult,
     Batch,
     PurgeResult,
-    QuarantineRow,
     Renormalize,
     ReplayResult,
     Settlement,
     SpooledEvent,
-    SpoolRow,
-    SpoolStats,
 )
 from sidecar.spool.postgres.admin import PostgresAdmin
 from sidecar.spool.postgres.database import Database
@@ -57,13 +53,18 @@ from sidecar.spool.postgres.replay import PostgresReplay
 from sidecar.spool.postgres.store import PostgresStore
 from sidecar.spool.postgres.url import SpoolURL
 from sidecar.spool.redact import redact_url
+from sidecar.spool.threaded import ThreadedSpool
 
 __all__ = ["PostgresSpool", "SpoolURL", "redact_url"]
 
 _LISTENER_JOIN_S = 2.0
 
 
-class PostgresSpool:
+class PostgresSpool(ThreadedSpool):
+    db: Database
+    store: PostgresStore
+    admin: PostgresAdmin
+
     def __init__(self, url: Secret | str | SpoolURL, *, max_spool_events: int = 1_000_000,
                  dedup_retention_s: float = 604800.0, clock: Clock = SYSTEM_CLOCK,
                  must_exist: bool = False) -> None:
@@ -83,11 +84,7 @@ class PostgresSpool:
     def __repr__(self) -> str:
         return f"PostgresSpool({self.db.url.display!r})"
 
-    def take_ownership(self) -> None:
-        self.db.take_ownership()
 
-    def close(self) -> None:
-        self.db.close()
 
     async def add_many(self, batches: Sequence[Batch]) -> list[AddResult]:
         results = await asyncio.to_thread(self.store.add_many, batches)
@@ -95,15 +92,8 @@ class PostgresSpool:
             self._notifier.poke()
         return results
 
-    async def filter_new(self, ids: Sequence[str]) -> set[str]:
-        return await asyncio.to_thread(self.store.filter_new, ids)
 
-    async def record_delivered(self, events: Sequence[Event],
-                               quarantined: Sequence[QuarantinedChange]) -> None:
-        await asyncio.to_thread(self.store.record_delivered, events, quarantined)
 
-    async def check_writable(self) -> None:
-        await asyncio.to_thread(self.db.check_writable)
 
     async def watch_commits(self, wake: Callable[[], None], stop: asyncio.Event) -> None:
         halt = threading.Event()
@@ -121,8 +111,6 @@ class PostgresSpool:
         return await asyncio.to_thread(self.store.settle_and_claim, settlement, limit,
                                        lease_s=lease_s)
 
-    async def next_due(self) -> float | None:
-        return await asyncio.to_thread(self.store.next_due)
 
     async def settle(self, settlement: Settlement) -> None:
         await asyncio.to_thread(self.store.settle, settlement)
@@ -133,18 +121,9 @@ class PostgresSpool:
     async def recover(self, *, at_start: bool = False) -> int:
         return await asyncio.to_thread(self.store.recover, at_start=at_start)
 
-    async def backlog(self) -> tuple[int, float | None]:
-        return await asyncio.to_thread(self.store.backlog)
 
-    async def stats(self) -> SpoolStats:
-        return await asyncio.to_thread(self.admin.stats)
 
-    async def list_events(self, *, state: str | None = None,
-                          limit: int = 100) -> list[SpoolRow]:
-        return await asyncio.to_thread(self.admin.list_events, state=state, limit=limit)
 
-    async def list_quarantined(self, *, limit: int = 100) -> list[QuarantineRow]:
-        return await asyncio.to_thread(self.admin.list_quarantined, limit=limit)
 
     async def replay(self, ids: Sequence[str], *, renormalize: Renormalize,
                      force: bool = False) -> ReplayResult:

@@ -21,29 +21,30 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
-from sidecar.events import Event, QuarantinedChange
 from sidecar.spool.contract import (
     AddResult,
     Batch,
     PurgeResult,
-    QuarantineRow,
     Renormalize,
     ReplayResult,
     Settlement,
     SpooledEvent,
-    SpoolRow,
-    SpoolStats,
 )
 from sidecar.spool.sqlite.admin import SQLiteAdmin
 from sidecar.spool.sqlite.database import Database
 from sidecar.spool.sqlite.store import SQLiteStore
+from sidecar.spool.threaded import ThreadedSpool
 
 __all__ = ["SQLiteSpool"]
 
 T = TypeVar("T")
 
 
-class SQLiteSpool:
+class SQLiteSpool(ThreadedSpool):
+    db: Database
+    store: SQLiteStore
+    admin: SQLiteAdmin
+
     def __init__(self, path: Path, *, max_spool_events: int = 1_000_000,
                  dedup_retention_s: float = 604800.0, clock: Clock = SYSTEM_CLOCK,
                  reserve_bytes: int = 64 << 20) -> None:
@@ -59,24 +60,13 @@ class SQLiteSpool:
     def path(self) -> Path:
         return self.db.path
 
-    def take_ownership(self) -> None:
-        self.db.take_ownership()
 
-    def close(self) -> None:
-        self.db.close()
 
     async def add_many(self, batches: Sequence[Batch]) -> list[AddResult]:
         return await asyncio.to_thread(self.store.add_many, batches)
 
-    async def filter_new(self, ids: Sequence[str]) -> set[str]:
-        return await asyncio.to_thread(self.store.filter_new, ids)
 
-    async def record_delivered(self, events: Sequence[Event],
-                               quarantined: Sequence[QuarantinedChange]) -> None:
-        await asyncio.to_thread(self.store.record_delivered, events, quarantined)
 
-    async def check_writable(self) -> None:
-        await asyncio.to_thread(self.db.check_writable)
 
     async def watch_commits(self, wake: Callable[[], None], stop: asyncio.Event) -> None:
         return  # every writer is on this machine and wakes the worker itself
@@ -106,8 +96,6 @@ class SQLiteSpool:
             claimed += got
         return claimed
 
-    async def next_due(self) -> float | None:
-        return await asyncio.to_thread(self.store.next_due)
 
     async def settle(self, settlement: Settlement) -> None:
         await self._draining(self._settle_and_claim, settlement, 0, 0.0)
@@ -118,18 +106,9 @@ class SQLiteSpool:
     async def recover(self, *, at_start: bool = False) -> int:
         return await self._draining(functools.partial(self.store.recover, at_start=at_start))
 
-    async def backlog(self) -> tuple[int, float | None]:
-        return await asyncio.to_thread(self.store.backlog)
 
-    async def stats(self) -> SpoolStats:
-        return await asyncio.to_thread(self.admin.stats)
 
-    async def list_events(self, *, state: str | None = None,
-                          limit: int = 100) -> list[SpoolRow]:
-        return await asyncio.to_thread(self.admin.list_events, state=state, limit=limit)
 
-    async def list_quarantined(self, *, limit: int = 100) -> list[QuarantineRow]:
-        return await asyncio.to_thread(self.admin.list_quarantined, limit=limit)
 
     async def replay(self, ids: Sequence[str], *, renormalize: Renormalize,
                      force: bool = False) -> ReplayResult:

@@ -7,15 +7,14 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
-from datetime import datetime, timezone
 
-from sidecar.errors import SidecarError
-from sidecar.events import QuarantinedChange
 from sidecar.spool.contract import (
     PurgeResult,
     QuarantineRow,
     Renormalize,
     ReplayResult,
+    ReplayTally,
+    renormalize_stored,
     SpoolRow,
     SpoolStats,
 )
@@ -86,31 +85,15 @@ class SQLiteAdmin:
         pending events through ``renormalize`` (dedup applies), then is marked replayed.
         """
         now = self.db.now()
-        replayed: list[str] = []
-        not_found: list[str] = []
-        still_invalid: dict[str, str] = {}
-        skipped: dict[str, str] = {}
-        added = 0
+        tally = ReplayTally()
         with self.db.tx(durable=True) as conn:
             for id_ in dict.fromkeys(ids):  # keep order, drop repeats
                 row = conn.execute("select state from events where id = ?", (id_,)).fetchone()
                 if row is not None:
-                    why = _replay_event(conn, id_, row[0], now, force=force)
-                    if why is None:
-                        replayed.append(id_)
-                    else:
-                        skipped[id_] = why
-                    continue
-                outcome = self._replay_quarantined(conn, id_, now, renormalize)
-                if outcome is None:
-                    not_found.append(id_)
-                elif isinstance(outcome, str):
-                    still_invalid[id_] = outcome
+                    tally.event(id_, _replay_event(conn, id_, row[0], now, force=force))
                 else:
-                    replayed.append(id_)
-                    added += outcome
-        return ReplayResult(replayed=replayed, not_found=not_found, still_invalid=still_invalid,
-                            skipped=skipped, events_added=added)
+                    tally.change(id_, self._replay_quarantined(conn, id_, now, renormalize))
+        return tally.result()
 
     def replay_all_dead(self) -> int:
         now = self.db.now()
@@ -130,13 +113,9 @@ class SQLiteAdmin:
             " where id = ?", (id_,)).fetchone()
         if row is None:
             return None
-        waba_id, field, entry_time, reason, value_text, received_at = row
-        change = QuarantinedChange(id=id_, waba_id=waba_id, field=field, entry_time=entry_time,
-                                   reason=reason, value=json.loads(value_text))
-        try:
-            events = renormalize(change, datetime.fromtimestamp(received_at, tz=timezone.utc))
-        except SidecarError as exc:
-            return str(exc)
+        events = renormalize_stored(id_, row, renormalize)
+        if isinstance(events, str):
+            return events
         added = sum(self._store.insert_events(conn, events, bodies(events), state="pending",
                                               now=now))
         conn.execute("update quarantine set replayed_at = ? where id = ?", (now, id_))

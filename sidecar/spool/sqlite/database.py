@@ -124,7 +124,7 @@ class Database:
             conn = self.conn
             try:
                 if ingest:
-                    if not self.disk.admit(self._spare_bytes(conn)):
+                    if not self.disk.admit(lambda: self._spare_bytes(conn)):
                         raise SpoolUnavailable(DISK_FULL)
                 else:
                     self._low_disk(not self.disk.reserve_held())

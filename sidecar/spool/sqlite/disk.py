@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["DiskGuard", "DISK_FULL"]
@@ -47,14 +48,17 @@ class DiskGuard:
 
     # ------------------------------------------------------------------ checks
 
-    def admit(self, spare_bytes: int) -> bool:
-        """May an ingest write go ahead?  ``spare_bytes``: free pages inside the file.
-        Re-creates a released reserve once there is room for it and as much again."""
+    def admit(self, spare_bytes: int | Callable[[], int]) -> bool:
+        """May an ingest write go ahead?  ``spare_bytes``: free pages inside the file
+        (or how to count them: asked only when the filesystem alone has too little room,
+        so the usual commit spends no statement on it).  Re-creates a released reserve
+        once there is room for it and as much again."""
         free = self.free_bytes()
         held = self.reserve_held()
         if not held and free >= 2 * self.reserve_bytes and self._restore():
             held, free = True, self.free_bytes()
-        ok = held and free + spare_bytes >= self.reserve_bytes
+        ok = held and (free >= self.reserve_bytes or free + (
+            spare_bytes() if callable(spare_bytes) else spare_bytes) >= self.reserve_bytes)
         self._note(full=not ok, free=free)
         return ok
 
