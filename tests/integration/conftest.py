@@ -254,3 +254,8 @@ def wait_until(predicate: Callable[[], T], timeout_s: float = 10.0, what: str = 
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{detail}")
         time.sleep(delay)
         delay = min(delay * 2, 0.2)
+
+
+# The shared-spool fixture lives with its helpers; imported here (after everything it
+# imports from this module is defined) so every test module gets it without importing it.
+from replica_group import replicas  # noqa: E402, F401

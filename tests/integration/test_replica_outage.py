@@ -14,7 +14,7 @@ import time
 import httpx
 import psycopg
 
-from replica_group import message_body, replicas, wait_until, wamids  # noqa: F401, F811
+from replica_group import message_body, wait_until, wamids
 from sidecar.tools.pgserver import PostgresServer
 
 PASSWORD = "outage-pw-4f9c"

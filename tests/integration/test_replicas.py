@@ -13,9 +13,8 @@ import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from replica_group import (  # noqa: F401, F811 - replicas is a fixture
+from replica_group import (
     message_body,
-    replicas,
     spool_cli,
     states,
     wait_until,
