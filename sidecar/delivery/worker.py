@@ -33,7 +33,7 @@ import logging
 import random
 from dataclasses import dataclass
 
-from sidecar.clock import SYSTEM_CLOCK, Clock
+from sidecar.clock import SYSTEM_CLOCK, Clock, wait_for_event
 from sidecar.delivery.retry import RetryPolicy
 from sidecar.delivery.upstream import UpstreamClient
 from sidecar.errors import SpoolUnavailable, UpstreamUnavailable
@@ -110,17 +110,27 @@ class DeliveryWorker:
         at_start = True
         try:
             while not stop.is_set():
-                if self._clock.monotonic() >= next_recover:
-                    await self._recover(at_start=at_start)
-                    at_start = False
-                    next_recover = self._clock.monotonic() + min(self.settings.lease_s,
-                                                                 _RECOVER_EVERY_S)
-                if self._needs_sync():
-                    self._queue.extend(await self._settle_and_claim(
-                        2 * self._slots - len(self._queue)))
-                self._start_sends()
-                await self._idle(stop, has_free_slot=len(self._sending)
-                                 < self.settings.max_in_flight)
+                try:
+                    if self._clock.monotonic() >= next_recover:
+                        await self._recover(at_start=at_start)
+                        at_start = False
+                        next_recover = self._clock.monotonic() + min(self.settings.lease_s,
+                                                                     _RECOVER_EVERY_S)
+                    if self._needs_sync():
+                        self._queue.extend(await self._settle_and_claim(
+                            2 * self._slots - len(self._queue)))
+                    self._start_sends()
+                    await self._idle(stop, has_free_slot=len(self._sending)
+                                     < self.settings.max_in_flight)
+                except Exception:
+                    # A bug or a driver error the spool did not translate must not end
+                    # delivery for good: say so (throttled), pause, go on.  Claims made
+                    # before it are sent again after their lease.
+                    left_out = self._spool_errors.allow("unexpected")
+                    if left_out is not None:
+                        log.exception("delivery.unexpected_error",
+                                      extra={"similar_left_out": left_out})
+                    await wait_for_event(stop, self.settings.poll_interval_s)
         finally:
             await self._drain()
 
@@ -148,8 +158,9 @@ class DeliveryWorker:
     async def _settle_and_claim(self, limit: int) -> list[SpooledEvent]:
         """Record finished sends and claim up to ``limit`` more: one transaction.
 
-        If the spool fails, the outcomes are lost with it; their leases expire and the
-        events are sent again (at-least-once), so nothing is lost."""
+        If the spool fails, the outcomes are kept for the next visit (recording one twice
+        changes nothing: each update requires the lease it ends); should the process
+        die first, the leases expire and the events are sent again (at-least-once)."""
         if self._drained and (limit > 0 or self._outcomes):
             gap = self._last_sync + _MIN_SYNC_GAP_S - self._clock.monotonic()
             if gap > 0:
@@ -164,6 +175,8 @@ class DeliveryWorker:
             claimed = await self._spool.settle_and_claim(outcomes, limit,
                                                          lease_s=self.settings.lease_s)
         except SpoolUnavailable as exc:
+            outcomes.extend(self._outcomes)
+            self._outcomes = outcomes
             self._spool_error("claim", exc)
             return []
         self._drained = len(claimed) < limit

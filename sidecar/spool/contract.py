@@ -96,6 +96,12 @@ class Settlement:
     def __len__(self) -> int:
         return len(self.delivered) + len(self.retry) + len(self.dead)
 
+    def extend(self, other: Settlement) -> None:
+        """Add ``other``'s outcomes to these (a failed write gives them back)."""
+        self.delivered.extend(other.delivered)
+        self.retry.extend(other.retry)
+        self.dead.extend(other.dead)
+
 
 @dataclass(frozen=True, slots=True)
 class SpooledEvent:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from sidecar.events import Event, JSONValue, encode_event
 
 __all__ = ["SHARED_KEYS", "StoredEvent", "StoredBatch", "split_events", "assemble",
-           "encode_holes", "decode_holes", "stored_size"]
+           "reassemble", "Unreadable", "encode_holes", "decode_holes", "stored_size"]
 
 SHARED_KEYS = ("metadata", "contact")
 """Keys of an event's ``data`` whose values several events of one change share."""
@@ -140,6 +140,21 @@ def assemble(own: str, holes: Sequence[Hole], parts: Mapping[str, str]) -> bytes
         position = at + len(_PLACEHOLDER)
     pieces.append(own[position:])
     return "".join(pieces).encode("utf-8")
+
+
+class Unreadable(ValueError):
+    """A stored event that cannot be put back together (a part row missing, its holes
+    damaged): only damage to the spool outside the sidecar does this.  The worker
+    dead-letters such an event instead of stopping on it."""
+
+
+def reassemble(own: str, holes_text: str | None, parts: Mapping[str, str]) -> bytes:
+    """``assemble`` from the stored holes text, raising ``Unreadable`` for a damaged row."""
+    try:
+        return assemble(own, decode_holes(holes_text), parts)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise Unreadable(f"stored event cannot be reassembled ({type(exc).__name__}: {exc})"
+                         ) from exc
 
 
 def encode_holes(holes: Sequence[Hole]) -> str | None:

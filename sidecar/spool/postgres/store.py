@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from sidecar.errors import SpoolUnavailable
 from sidecar.events import Event, QuarantinedChange, canonical_json
 from sidecar.spool.contract import AddResult, Batch, Settlement, SpooledEvent
-from sidecar.spool.parts import StoredBatch, assemble, decode_holes, encode_holes, split_events
+from sidecar.spool.parts import StoredBatch, Unreadable, encode_holes, reassemble, split_events
 from sidecar.spool.postgres import sql
 from sidecar.spool.postgres.database import Database
 from sidecar.spool.postgres.pool import Connection
@@ -41,26 +41,33 @@ def add_parameters(encoded: StoredBatch) -> tuple[list[bytes], list[str | None],
             list(encoded.parts), [text.encode("utf-8") for text in encoded.parts.values()])
 
 
-def spooled(rows: Sequence[tuple[object, ...]]) -> list[SpooledEvent]:
+def spooled(rows: Sequence[tuple[object, ...]]
+            ) -> tuple[list[SpooledEvent], list[tuple[str, str]]]:
     """``SETTLE_AND_CLAIM``'s rows as the worker's ``SpooledEvent``s: the claimed events
     (kind 0: id, own part, attempts, since, holes, batch), then the parts they refer to
-    (kind 1: part id, body, batch), each reassembled to the bytes the upstream receives."""
+    (kind 1: part id, body, batch), each reassembled to the bytes the upstream receives;
+    and ``(id, error)`` for each claimed row that cannot be (``parts.Unreadable``)."""
     parts: dict[object, dict[str, str]] = {}
     for kind, id_, body, *_, batch, _, _ in rows:
         if kind == 1:
             assert isinstance(id_, str) and isinstance(body, bytes)
             parts.setdefault(batch, {})[id_] = body.decode("utf-8")
     claimed = []
+    unreadable = []
     for kind, id_, own, attempts, since, holes, batch, _, _ in rows:
         if kind != 0:
             continue
         assert isinstance(id_, str) and isinstance(own, bytes)
         assert isinstance(attempts, int) and isinstance(since, float)
         assert holes is None or isinstance(holes, str)
-        body = own if holes is None else assemble(own.decode("utf-8"), decode_holes(holes),
-                                                  parts.get(batch, {}))
+        try:
+            body = own if holes is None else reassemble(own.decode("utf-8"), holes,
+                                                        parts.get(batch, {}))
+        except (Unreadable, UnicodeDecodeError) as exc:
+            unreadable.append((id_, str(exc)))
+            continue
         claimed.append(SpooledEvent(id=id_, body=body, attempts=attempts, received_at=since))
-    return claimed
+    return claimed, unreadable
 
 
 class PostgresStore:
@@ -136,7 +143,10 @@ class PostgresStore:
             rows = conn.execute(sql.SETTLE_AND_CLAIM, (
                 *_outcomes(settlement), now, self.db.owner, max(0, limit),
                 now + lease_s)).fetchall()
-        return spooled(rows)
+        claimed, unreadable = spooled(rows)
+        if unreadable:  # dead-lettered under the lease just taken, not sent
+            self.settle(Settlement(dead=unreadable))
+        return claimed
 
     def settle(self, settlement: Settlement) -> None:
         if not settlement:

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from sidecar.errors import SpoolUnavailable
 from sidecar.events import Event, QuarantinedChange, canonical_json
 from sidecar.spool.contract import AddResult, Batch, Settlement, SpooledEvent
-from sidecar.spool.parts import StoredBatch, assemble, decode_holes, encode_holes, split_events
+from sidecar.spool.parts import (StoredBatch, Unreadable, decode_holes, encode_holes, reassemble,
+                                 split_events)
 from sidecar.spool.sqlite.database import Database
 
 __all__ = ["SQLiteStore", "bodies"]
@@ -152,15 +153,26 @@ class SQLiteStore:
                 " order by next_attempt_at, rowid limit ?",
                 (now, limit),
             ).fetchall()
+            parts = _read_parts(conn, _part_ids(rows))
+            claimed: list[SpooledEvent] = []
+            unreadable: list[tuple[str, str]] = []
+            for id_, own, holes, attempts, received_at in rows:
+                try:
+                    body = reassemble(own, holes, parts)
+                except Unreadable as exc:
+                    unreadable.append((id_, str(exc)))
+                    continue
+                claimed.append(SpooledEvent(id=id_, body=body, attempts=attempts,
+                                            received_at=received_at))
             conn.executemany(
                 "update events set state = 'in_flight', lease_until = ? where id = ?",
-                [(now + lease_s, r[0]) for r in rows],
+                [(now + lease_s, s.id) for s in claimed],
             )
-            holes = {r[0]: decode_holes(r[2]) for r in rows if r[2] is not None}
-            parts = _read_parts(conn, {part for h in holes.values() for _, part in h})
-        return [SpooledEvent(id=id_, body=assemble(body, holes.get(id_, ()), parts),
-                             attempts=attempts, received_at=received_at)
-                for id_, body, _, attempts, received_at in rows]
+            if unreadable:
+                conn.executemany(
+                    "update events set state = 'dead', last_error = ?, next_attempt_at = null"
+                    " where id = ?", [(error, id_) for id_, error in unreadable])
+        return claimed
 
     def next_due(self) -> float | None:
         with self.db.read() as conn:
@@ -216,6 +228,17 @@ def oldest_age(conn: sqlite3.Connection, now: float) -> float | None:
                            (s,)).fetchone()[0] for s in ("pending", "in_flight")]
     known = [t for t in oldest if t is not None]
     return max(0.0, now - min(known)) if known else None
+
+
+def _part_ids(rows: Sequence[tuple[object, ...]]) -> set[str]:
+    """The part ids the claimed rows' holes name (a damaged holes text names none)."""
+    ids: set[str] = set()
+    for row in rows:
+        try:
+            ids.update(part for _, part in decode_holes(row[2]))  # type: ignore[arg-type]
+        except (ValueError, TypeError):
+            pass  # reassemble reports it
+    return ids
 
 
 def _read_parts(conn: sqlite3.Connection, ids: set[str]) -> dict[str, str]:

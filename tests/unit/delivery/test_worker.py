@@ -17,7 +17,7 @@ from sidecar.delivery.retry import RetryPolicy
 from sidecar.delivery.transport import MockTransport, UpstreamRequest, UpstreamResponse
 from sidecar.delivery.upstream import UpstreamClient
 from sidecar.delivery.worker import DeliveryWorker, WorkerSettings
-from sidecar.errors import UpstreamUnavailable
+from sidecar.errors import SpoolUnavailable, UpstreamUnavailable
 from sidecar.events import Event
 from sidecar.metrics import Metrics
 from sidecar.spool import Settlement, SpooledEvent, SQLiteSpool
@@ -401,3 +401,58 @@ def test_stop_gives_back_sends_that_do_not_finish(spool: SQLiteSpool, metrics: M
     stats = spool.admin.stats()
     assert (stats.pending, stats.in_flight, stats.delivered) == (1, 0, 0)
     assert spool.admin.list_events()[0].attempts == 0
+
+
+# ---------------------------------------------------------------- spool faults
+
+
+class Faulty:
+    """The real spool, with its next ``settle_and_claim`` calls failing as told."""
+
+    def __init__(self, spool: SQLiteSpool, *failures: BaseException) -> None:
+        self._spool = spool
+        self.failures = list(failures)
+        self.settled: list[Settlement] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._spool, name)
+
+    async def settle_and_claim(self, settlement: Settlement, limit: int, *,
+                               lease_s: float) -> list[SpooledEvent]:
+        if self.failures and (len(settlement) or not isinstance(self.failures[0],
+                                                                SpoolUnavailable)):
+            raise self.failures.pop(0)
+        return await self._spool.settle_and_claim(settlement, limit, lease_s=lease_s)
+
+
+def test_outcomes_survive_a_failed_spool_write(spool: SQLiteSpool, metrics: Metrics,
+                                               clock: ManualClock) -> None:
+    # The write that records a 2xx fails once (a database blip): the outcome is kept
+    # and recorded by the next visit, not dropped to be resent after the lease.
+    upstream = Upstream()
+    spool.store.add_many([([make_event(1)], [])])
+    faulty = Faulty(spool, SpoolUnavailable("spool unavailable (blip)"))
+    worker, client = make_worker(faulty, upstream, metrics, clock)  # type: ignore[arg-type]
+
+    async def delivered() -> None:
+        await wait_until(lambda: spool.admin.stats().delivered == 1)
+
+    asyncio.run(run_until(worker, client, delivered))
+    assert faulty.failures == [] and len(upstream.bodies) == 1
+
+
+def test_an_unexpected_error_does_not_end_delivery(spool: SQLiteSpool, metrics: Metrics,
+                                                   clock: ManualClock,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    upstream = Upstream()
+    spool.store.add_many([([make_event(1)], [])])
+    faulty = Faulty(spool, RuntimeError("a bug"), KeyError("part_x"))
+    worker, client = make_worker(faulty, upstream, metrics, clock)  # type: ignore[arg-type]
+
+    async def delivered() -> None:
+        await wait_until(lambda: spool.admin.stats().delivered == 1)
+
+    asyncio.run(run_until(worker, client, delivered))
+    assert faulty.failures == []
+    logged = [r for r in caplog.records if r.getMessage() == "delivery.unexpected_error"]
+    assert len(logged) == 1  # throttled: the second within the interval is counted, not logged

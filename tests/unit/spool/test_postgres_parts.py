@@ -18,6 +18,7 @@ from spool_contract import (
     add,
     claim,
     dead,
+    make_event,
     make_quarantined,
     replaying,
     sharing_events,
@@ -279,3 +280,16 @@ def test_a_migration_is_not_cut_short_by_the_statement_timeout(pg_url: str) -> N
         conn.execute("set statement_timeout = '20ms'")
         assert ensure_schema(conn, "spool", create=True) == SCHEMA_VERSION
         assert conn.execute("show statement_timeout").fetchone() == ("20ms",)  # only its own
+
+
+async def test_an_event_whose_part_is_gone_is_dead_lettered_and_the_rest_claimed(
+        spool, pg_url: str) -> None:
+    damaged = sharing_events(2)
+    await add(spool, [*damaged, make_event(1)])
+    sql(pg_url, "delete from parts where id = (select min(id) from parts)")
+    claimed = await claim(spool, 10)
+    assert [c.id for c in claimed] == [make_event(1).id]
+    dead = await spool.list_events(state="dead")
+    assert {r.id for r in dead} == {e.id for e in damaged}
+    assert all("cannot be reassembled" in (r.last_error or "") for r in dead)
+    assert await claim(spool, 10) == []

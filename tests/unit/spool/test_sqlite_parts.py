@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from spool_contract import RETENTION_S, T0, ack, add, claim, replaying, sharing_events
+from spool_contract import RETENTION_S, T0, ack, add, claim, make_event, replaying, sharing_events
 
 from sidecar.clock import ManualClock
 from sidecar.events import Event, encode_event
@@ -140,4 +140,21 @@ async def test_an_event_that_shares_nothing_is_stored_whole(path: Path,
     assert parts(spool) == []
     (claimed,) = await claim(spool, 1)
     assert claimed.body == encode_event(alone)
+    spool.close()
+
+
+async def test_an_event_whose_part_is_gone_is_dead_lettered_and_the_rest_claimed(
+        path: Path, clock: ManualClock) -> None:
+    # Damage from outside (a hand edit, a restored backup of one table): one bad row
+    # must not stop delivery, in this claim or any later one.
+    spool = SQLiteSpool(path, dedup_retention_s=RETENTION_S, clock=clock)
+    damaged = sharing_events(2)
+    await add(spool, [*damaged, make_event(1)])
+    spool.db.conn.execute("delete from parts where id = (select min(id) from parts)")
+    claimed = await claim(spool, 10)
+    assert [c.id for c in claimed] == [make_event(1).id]
+    dead = spool.admin.list_events(state="dead")
+    assert {r.id for r in dead} == {e.id for e in damaged}
+    assert all("cannot be reassembled" in (r.last_error or "") for r in dead)
+    assert await claim(spool, 10) == []
     spool.close()
