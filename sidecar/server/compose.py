@@ -88,25 +88,14 @@ class _SpoolMode:
                         trust: UpstreamTrust | None, *, poll_interval_s: float
                         ) -> tuple[DeliveryWorker | None, UpstreamClient | None,
                                    dict[str, ReadinessCheck]]:
-        upstream = _upstream(config, trust)
-        d = config.delivery
-        policy = RetryPolicy(max_attempts=d.max_attempts, max_age_s=d.max_age_s,
-                             backoff_initial_s=d.backoff_initial_s,
-                             backoff_max_s=d.backoff_max_s)
-        settings = WorkerSettings(
-            batch_max=config.upstream.batch_max, max_in_flight=config.upstream.max_in_flight,
-            poll_interval_s=poll_interval_s,
-            # An in-flight claim outlives any single send; a crash frees it after this.
-            lease_s=max(30.0, 3 * config.upstream.timeout_s))
-        worker = DeliveryWorker(spool, upstream, policy=policy, settings=settings,
-                                metrics=metrics)
-        return worker, upstream, {}
+        return *_worker(config, spool, metrics, trust, poll_interval_s=poll_interval_s), {}
 
 
 class _DirectMode:
-    """Meta's 200 means "the upstream said 2xx"; the spool only records ids (dedup) and
-    quarantined changes, so the delivering side has no worker, and is ready only while
-    the upstream accepts connections."""
+    """Meta's 200 means "the upstream said 2xx"; the spool records ids (dedup) and
+    quarantined changes.  Its only pending events are the ones ``spool replay`` puts
+    back, which the delivering side's worker sends; it is ready only while the upstream
+    accepts connections."""
 
     def ingest_side(self, config: Config, spool: Spool, metrics: Metrics,
                     wake: Callable[[], None]) -> Ingest:
@@ -131,10 +120,28 @@ class _DirectMode:
             writer.close()
             return None
 
-        return None, None, {"upstream": upstream_ready}
+        return *_worker(config, spool, metrics, trust, poll_interval_s=poll_interval_s), {
+            "upstream": upstream_ready}
 
 
 _MODES: dict[str, _Mode] = {"spool": _SpoolMode(), "direct": _DirectMode()}
+
+
+def _worker(config: Config, spool: Spool, metrics: Metrics, trust: UpstreamTrust | None, *,
+            poll_interval_s: float) -> tuple[DeliveryWorker, UpstreamClient]:
+    upstream = _upstream(config, trust)
+    d = config.delivery
+    policy = RetryPolicy(max_attempts=d.max_attempts, max_age_s=d.max_age_s,
+                         backoff_initial_s=d.backoff_initial_s, backoff_max_s=d.backoff_max_s)
+    settings = WorkerSettings(
+        batch_max=config.upstream.batch_max, max_in_flight=config.upstream.max_in_flight,
+        poll_interval_s=poll_interval_s,
+        # A claim outlives its wait behind two rounds of sends (the worker's read-ahead),
+        # its own send and the outcome's write, with a timeout to spare; a crash frees it
+        # after this.
+        lease_s=max(30.0, 4 * config.upstream.timeout_s))
+    return DeliveryWorker(spool, upstream, policy=policy, settings=settings,
+                          metrics=metrics), upstream
 
 
 def _upstream(config: Config, trust: UpstreamTrust | None) -> UpstreamClient:

@@ -396,3 +396,18 @@ def test_full_spool_answers_503_and_writes_nothing(start_sidecar, late_upstream,
     assert sidecar.post(third).status_code == 200
     wait_until(lambda: set(wamids(upstream.delivered())) == {wamid_1, wamid_2, wamid_3}, 10,
                "the three events", sidecar.log)
+
+
+def test_in_direct_mode_a_replayed_event_is_delivered(start_sidecar, sink, spool_path):
+    # Direct mode sends while Meta waits; what `spool replay` puts back (a quarantined
+    # change fixed by an upgrade, a delivered event resent with --force) has no request
+    # waiting for it, and is sent by the worker all the same.
+    sidecar = start_sidecar(mode="direct")
+    r = sidecar.post(json.dumps(sample_delivery("security", unique="direct-replay")).encode())
+    assert r.status_code == 200
+    (first,) = sink.wait_for(1, timeout_s=10)
+    replayed = spool_cli(sidecar.config_path, "replay", first["id"], "--force")
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    again = sink.wait_for(2, timeout_s=15)
+    assert [e["id"] for e in again] == [first["id"], first["id"]]
+    wait_until(lambda: states(spool_path) == {"delivered": 1}, timeout_s=10)
