@@ -15,7 +15,7 @@ Why it looks like this:
   with the next claim, in one transaction.  The worker claims up to two rounds of sends
   ahead, so a finished send is followed by the next one at once, and visits the spool
   when that queue runs low, when many outcomes wait, or every ``_SYNC_EVERY_S``.  Two
-  rounds fit well inside a lease (at least three upstream timeouts).  After a claim that
+  rounds fit well inside a lease (at least four upstream timeouts).  After a claim that
   emptied the spool, the next visit waits until ``_MIN_SYNC_GAP_S`` after the last one,
   so a trickle of commits costs a few transactions a second, not one per event
   (bench/RESULTS.md).
