@@ -10,7 +10,7 @@ from typing import Any
 from sidecar.config import load_config
 from sidecar.errors import ConfigError
 from sidecar.server.fds import check_fd_budget, nofile_hard_limit
-from sidecar.spool.redact import redact_url
+from sidecar.config.spool_url import redact_url
 from sidecar.tls.material import load_material
 from sidecar.tls.upstream_trust import UpstreamTrust
 

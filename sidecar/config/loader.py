@@ -25,6 +25,7 @@ from sidecar.config.model import (
     UpstreamConfig,
 )
 from sidecar.config.reader import Reader, Section
+from sidecar.config.spool_url import url_problem
 from sidecar.errors import ConfigError
 from sidecar.secret import Secret, standard_webhooks_key
 
@@ -238,6 +239,9 @@ def _spool_url(s: Section) -> Secret | None:
     if scheme not in ("postgresql", "postgres"):
         raise ConfigError(f"config key '{s.key(form)}': must be a postgresql:// or "
                           "postgres:// URL")
+    problem = url_problem(url.reveal())
+    if problem is not None:
+        raise ConfigError(f"config key '{s.key(form)}': {problem}")
     return url
 
 

@@ -60,3 +60,15 @@ def test_a_bad_scheme_from_a_file_names_the_file_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="'delivery.spool_url_file': must be") as info:
         parse({"spool_url_file": "url"}, tmp_path)
     assert "pw" not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:PWSECRET@[::1/x",
+                                 "postgresql://u:PWSECRET@db:99999/x",
+                                 "postgresql://u:PW/SECRET@db/x"])
+def test_a_malformed_spool_url_is_one_line_without_the_password(tmp_path: Path,
+                                                                url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse({"spool_url": url}, tmp_path)
+    message = str(caught.value)
+    assert message.startswith("config key 'delivery.spool_url': not a valid URL")
+    assert "PW" not in message and "SECRET" not in message and "\n" not in message

@@ -52,7 +52,7 @@ from sidecar.spool.postgres.purge import PostgresPurge
 from sidecar.spool.postgres.replay import PostgresReplay
 from sidecar.spool.postgres.store import PostgresStore
 from sidecar.spool.postgres.url import SpoolURL
-from sidecar.spool.redact import redact_url
+from sidecar.config.spool_url import redact_url
 from sidecar.spool.threaded import ThreadedSpool
 
 __all__ = ["PostgresSpool", "SpoolURL", "redact_url"]

@@ -53,6 +53,9 @@ log = logging.getLogger("sidecar.spool")
 
 CONNECT_TIMEOUT_S = 3  # libpq takes whole seconds
 ACQUIRE_TIMEOUT_S = 2.0
+# synchronous_commit values that acknowledge before the WAL is flushed where ``on`` says
+# (a synchronous standby's included): a 200 to Meta waits for ``on`` at least.
+_WEAKER_THAN_ON = frozenset({"off", "local", "remote_write"})
 STATEMENT_TIMEOUT_S = 4.0  # below the ingest's 5 s (spool.writer.ADD_TIMEOUT_S)
 IDLE_IN_TRANSACTION_TIMEOUT_S = 15.0
 POOL_SIZE = 4  # per process: the group commit, the worker, /readyz and /metrics
@@ -143,7 +146,7 @@ class Database:
             " set_config('idle_in_transaction_session_timeout', $2, false)",
             (str(int(STATEMENT_TIMEOUT_S * 1000)),
              str(int(IDLE_IN_TRANSACTION_TIMEOUT_S * 1000)))).fetchone()
-        if row is not None and row[0] == "off":
+        if row is not None and row[0] in _WEAKER_THAN_ON:
             conn.execute("set synchronous_commit to on")
 
     def _unavailable(self, exc: psycopg.Error) -> SpoolUnavailable:

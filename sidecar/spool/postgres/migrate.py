@@ -27,6 +27,10 @@ def ensure_schema(conn: psycopg.Connection[tuple[Any, ...]], display: str, *,
     """The schema version found (after migrating, with ``create``)."""
     with conn.transaction():
         if create:
+            # A migration reads whole tables (index builds), which may take longer on a
+            # large spool than an ordinary statement may; replicas starting meanwhile
+            # wait for its lock as long as it takes, not a statement's time.
+            conn.execute("set local statement_timeout = 0")
             conn.execute("select pg_advisory_xact_lock($1)", (schema.MIGRATION_LOCK,))
         version = _version(conn)
         if version > schema.SCHEMA_VERSION:
@@ -39,9 +43,6 @@ def ensure_schema(conn: psycopg.Connection[tuple[Any, ...]], display: str, *,
             what = "no sidecar spool" if version == 0 else f"spool schema version {version}"
             raise SpoolUnavailable(f"spool {display}: the database has {what}; "
                                    "`sidecar serve` creates or migrates it")
-        # A migration reads whole tables (index builds), which may take longer on a
-        # large spool than an ordinary statement may; replicas wait for it meanwhile.
-        conn.execute("set local statement_timeout = 0")
         for step in range(version + 1, schema.SCHEMA_VERSION + 1):
             for statement in MIGRATIONS[step]:
                 conn.execute(statement)

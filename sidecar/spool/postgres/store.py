@@ -41,6 +41,13 @@ def add_parameters(encoded: StoredBatch) -> tuple[list[bytes], list[str | None],
             list(encoded.parts), [text.encode("utf-8") for text in encoded.parts.values()])
 
 
+def _text(value: str) -> str:
+    """A string from the body, for a ``text`` column: PostgreSQL refuses NUL in text,
+    and one such value would fail the whole group commit it is in (every request of
+    it a 503, again on each retry)."""
+    return value.replace("\x00", "\ufffd")
+
+
 def spooled(rows: Sequence[tuple[object, ...]]
             ) -> tuple[list[SpooledEvent], list[tuple[str, str]]]:
     """``SETTLE_AND_CLAIM``'s rows as the worker's ``SpooledEvent``s: the claimed events
@@ -113,9 +120,9 @@ class PostgresStore:
             [e.id for e in unique], own, holes, now, now - self.db.dedup_retention_s,
             max_depth, state, 1 if delivered else 0, now if delivered else None,
             batch, part_ids, part_bodies,
-            [q.id for q in q_unique], [q.waba_id for q in q_unique],
-            [q.field for q in q_unique], [q.entry_time for q in q_unique],
-            [q.reason for q in q_unique], [canonical_json(q.value) for q in q_unique],
+            [q.id for q in q_unique], [_text(q.waba_id) for q in q_unique],
+            [_text(q.field) for q in q_unique], [q.entry_time for q in q_unique],
+            [_text(q.reason) for q in q_unique], [canonical_json(q.value) for q in q_unique],
         )).fetchone()
         assert row is not None
         return bool(row[0]), set(row[1]), set(row[2])

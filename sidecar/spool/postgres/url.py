@@ -9,13 +9,13 @@ a message ever quote it.
 
 from __future__ import annotations
 
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from sidecar.secret import Secret
-from sidecar.spool.redact import redact_url
+from sidecar.config.spool_url import redact_url, url_password
 
 __all__ = ["SpoolURL", "redact_url", "SCHEMES"]
 
@@ -67,6 +67,5 @@ def _password_of(url: str) -> str:
     try:
         value = conninfo_to_dict(url).get("password")
     except psycopg.ProgrammingError:
-        parts = urlsplit(url)
-        value = unquote(parts.password) if parts.password else None
-    return str(value) if value else ""
+        return url_password(url)
+    return str(value) if value else url_password(url)

@@ -8,6 +8,8 @@ in that backend's own module.
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -162,6 +164,17 @@ class SpoolContract:
         (row,) = await spool.list_quarantined()
         assert (row.id, row.field, row.reason, row.replayed_at) == (
             q.id, "account_update", "event is required", None)
+
+    async def test_a_nul_in_a_quarantined_change_fails_nothing(self, spool: Spool) -> None:
+        # Signed bodies may carry any string in entry.id and field; a text column that
+        # refuses one must not fail the group commit the change shares with others.
+        q = dataclasses.replace(make_quarantined({"foo": 2}, field="odd\x00field",
+                                                 reason="odd\x00field: bad"),
+                                waba_id="1\x002")
+        result = await add(spool, [make_event(1)], [q])
+        assert (result.stored, result.quarantined) == (["evt_1"], 1)
+        (row,) = await spool.list_quarantined()
+        assert row.id == q.id and row.field.startswith("odd")
 
     async def test_event_body_round_trips(self, spool: Spool) -> None:
         event = make_event(1)

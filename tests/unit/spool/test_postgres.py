@@ -12,6 +12,7 @@ import threading
 import time
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 import pytest
 from spool_contract import (
     RETENTION_S,
@@ -30,6 +31,7 @@ from sidecar.clock import ManualClock
 from sidecar.errors import SpoolUnavailable
 from sidecar.spool import PostgresSpool, Settlement
 from sidecar.spool.postgres import redact_url
+from sidecar.spool.postgres.url import SpoolURL
 from sidecar.spool.postgres.schema import SCHEMA_TABLE, SCHEMA_VERSION
 from sidecar.tools.pgserver import PostgresServer
 
@@ -225,12 +227,17 @@ async def test_a_group_commit_is_one_statement(replicas, monkeypatch) -> None:
 
 # ---------------------------------------------------------------- durability settings
 
-def test_a_role_default_of_synchronous_commit_off_is_raised_to_on(
-        pg_url: str, pg_database: str) -> None:
-    sql(pg_url, f"alter database {pg_database} set synchronous_commit = off")
+@pytest.mark.parametrize("default, used", [("off", "on"), ("local", "on"),
+                                           ("remote_write", "on"), ("on", "on"),
+                                           ("remote_apply", "remote_apply")])
+def test_a_database_default_weaker_than_on_is_raised_to_on(
+        pg_url: str, pg_database: str, default: str, used: str) -> None:
+    # local and remote_write acknowledge before a synchronous standby has flushed: a
+    # failover could lose events Meta was told were stored.
+    sql(pg_url, f"alter database {pg_database} set synchronous_commit = {default}")
     spool = PostgresSpool(pg_url)
     with spool.db.connect() as conn:
-        assert conn.execute("show synchronous_commit").fetchone() == ("on",)
+        assert conn.execute("show synchronous_commit").fetchone() == (used,)
     spool.close()
 
 
@@ -242,6 +249,14 @@ def test_redact_url() -> None:
     assert redact_url("postgres://db/sidecar?password=pw&user=u") == \
         "postgres://db/sidecar?password=***&user=u"
     assert redact_url("postgresql://sidecar@db/sidecar") == "postgresql://sidecar@db/sidecar"
+    # libpq ends the userinfo at the first @ before any /: a ? or # in a password is
+    # part of it, not a query or a fragment to be shown.
+    for password in ("pa?ss", "pa#ss", "p:w?x#y"):
+        url = f"postgresql://sidecar:{password}@db/sidecar"
+        assert conninfo_to_dict(url)["password"] == password
+        assert redact_url(url) == "postgresql://sidecar:***@db/sidecar"
+        assert SpoolURL(url).reason(Exception(f"bad {password}")) == "bad ***"
+    assert redact_url("postgresql:///sidecar?host=/run/pg") == "postgresql:///sidecar?host=/run/pg"
 
 
 async def test_an_unreachable_database_fails_fast_logs_once_and_hides_the_password(

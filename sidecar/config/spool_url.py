@@ -1,0 +1,70 @@
+"""``delivery.spool_url`` read without the PostgreSQL driver (so that loading or showing
+a config does not load it): whether it can be a connection string, and how people may
+see it, the password replaced by ``***``.
+
+The user and password are found the way libpq finds them: everything after ``//`` up to
+the first ``@`` that comes before any ``/``.  A password may therefore hold ``?``, ``#``
+or ``:`` unencoded, which a generic URL parser would take for the query, the fragment or
+a port, and then show."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+
+__all__ = ["redact_url", "url_password", "url_problem"]
+
+_SECRET_PARAMS = {"password", "sslpassword"}
+
+
+def _split(url: str) -> tuple[str, str | None, str]:
+    """(``scheme://``, the userinfo or None, the rest: hosts, path, query)."""
+    if "://" not in url:
+        raise ValueError("no scheme")
+    scheme, rest = url.split("://", 1)
+    end = min((i for i in (rest.find("@"), rest.find("/")) if i >= 0), default=-1)
+    if end >= 0 and rest[end] == "@":
+        return scheme + "://", rest[:end], rest[end + 1:]
+    return scheme + "://", None, rest
+
+
+def url_password(url: str) -> str:
+    """The password in the URL's userinfo (decoded), or ``""``."""
+    try:
+        _, userinfo, _ = _split(url)
+    except ValueError:
+        return ""
+    if userinfo is None or ":" not in userinfo:
+        return ""
+    return unquote(userinfo.split(":", 1)[1])
+
+
+def url_problem(url: str) -> str | None:
+    """Why the URL cannot be a connection string (hosts, port), without quoting it."""
+    try:
+        prefix, _, rest = _split(url)
+        parts = urlsplit(prefix + rest)
+        for host in parts.netloc.split(","):
+            urlsplit(prefix + host).port  # noqa: B018 - raises for a bad port
+    except ValueError as exc:  # its text may quote a piece of the URL: not shown
+        what = "host" if "IPv6" in str(exc) else "port" if "Port" in str(exc) else "form"
+        return f"not a valid URL (its {what} cannot be read; a password with / or @ " \
+               "must be percent-encoded)"
+    return None
+
+
+def redact_url(url: str) -> str:
+    """``postgresql://sidecar:***@db/sidecar``: the password (in the userinfo or as a
+    query parameter) replaced, everything else as given."""
+    try:
+        prefix, userinfo, rest = _split(url)
+        if userinfo is not None and ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        parts = urlsplit(prefix + rest)
+        query = urlencode([(k, "***" if k in _SECRET_PARAMS else v)
+                           for k, v in parse_qsl(parts.query, keep_blank_values=True)],
+                          safe="*/:,")
+        netloc = parts.netloc if userinfo is None else f"{userinfo}@{parts.netloc}"
+        return (prefix + netloc + parts.path + (f"?{query}" if query else "")
+                + (f"#{parts.fragment}" if parts.fragment else ""))
+    except ValueError:
+        return f"{url.split(':', 1)[0]}://***"
