@@ -40,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
     spool_dir = config.delivery.spool_path.parent
     if spool_url is None and spool_dir.exists() and not spool_dir.is_dir():
         raise ConfigError(f"config key 'delivery.spool_path': {spool_dir} is not a directory")
+    if spool_url is None and config.delivery.spool_path.is_dir():
+        raise ConfigError(f"config key 'delivery.spool_path': {config.delivery.spool_path} "
+                          "is a directory, not a file")
     leaf = material.server_chain[0]
     print(f"config OK: {args.config}")
     print(f"  listen   https://{config.listen.host}:{config.listen.port}{config.listen.path}"

@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sidecar.config import DeliveryConfig
-from sidecar.errors import SpoolUnavailable
 from sidecar.spool.contract import (
     STATES,
     AddResult,
@@ -31,6 +30,7 @@ from sidecar.spool.contract import (
     SpoolStats,
 )
 from sidecar.spool.sqlite import SQLiteSpool
+from sidecar.spool.sqlite.schema import require_spool_file
 from sidecar.spool.writer import SpoolWriter
 
 if TYPE_CHECKING:
@@ -66,8 +66,8 @@ def open_spool(delivery: DeliveryConfig, *, must_exist: bool = False) -> Spool:
         return PostgresSpool(delivery.spool_url, max_spool_events=delivery.max_spool_events,
                              dedup_retention_s=delivery.dedup_retention_s,
                              must_exist=must_exist)
-    if must_exist and not delivery.spool_path.is_file():
-        raise SpoolUnavailable(f"spool file {delivery.spool_path} does not exist")
+    if must_exist:
+        require_spool_file(delivery.spool_path)
     return SQLiteSpool(delivery.spool_path, max_spool_events=delivery.max_spool_events,
                        dedup_retention_s=delivery.dedup_retention_s,
                        reserve_bytes=delivery.spool_reserve_bytes)

@@ -4,7 +4,9 @@ file filled through its blocking SQLite store."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -185,6 +187,28 @@ def test_missing_spool_file_is_reported_not_created(capsys: pytest.CaptureFixtur
     assert code == 1 and out == ""
     assert "does not exist" in err and err.count("\n") == 1
     assert not spool_path.exists()
+
+
+@pytest.mark.parametrize("kind", ["another program's database", "an empty file", "not sqlite",
+                                  "a directory"])
+def test_a_file_that_is_not_a_spool_is_reported_and_left_alone(
+        capsys: pytest.CaptureFixture[str], config: str, spool_path: Path, kind: str) -> None:
+    spool_path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "a directory":
+        spool_path.mkdir()
+    elif kind == "another program's database":
+        with closing(sqlite3.connect(spool_path)) as conn:
+            conn.execute("create table invoices (id integer primary key, total real)")
+            conn.commit()
+    else:
+        spool_path.write_bytes(b"" if kind == "an empty file" else b"GIF89a not a database")
+    before = {p.name: p.read_bytes() for p in spool_path.parent.iterdir() if p.is_file()}
+    for command in (["stats"], ["list"], ["purge"], ["replay", "--all-dead"]):
+        code, out, err = run_cli(capsys, *command, "-c", config)
+        assert code == 1 and out == "" and err.count("\n") == 1, (command, err)
+        assert str(spool_path) in err
+    after = {p.name: p.read_bytes() for p in spool_path.parent.iterdir() if p.is_file()}
+    assert after == before  # no spool tables, no WAL, no lock file next to it
 
 
 def test_missing_config_is_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

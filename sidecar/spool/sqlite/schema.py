@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from urllib.parse import quote
 
 from sidecar.errors import SpoolUnavailable
 
-__all__ = ["SCHEMA_VERSION", "STATES", "migrate", "require_json1"]
+__all__ = ["SCHEMA_VERSION", "STATES", "migrate", "require_json1", "require_spool_file"]
 
 SCHEMA_VERSION = 2
 STATES = ("pending", "in_flight", "delivered", "dead")
@@ -126,6 +127,27 @@ def _add_parts_column(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("pragma table_info(events)")}
     if columns and "parts" not in columns:
         conn.execute("alter table events add column parts text")
+
+
+def require_spool_file(path: Path) -> None:
+    """Raise ``SpoolUnavailable`` unless ``path`` is a spool file already: read-only, so
+    that a command pointed at the wrong file (``-c`` of another deployment, another
+    program's database) reports it instead of turning it into a spool."""
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise SpoolUnavailable(f"spool file {path} {what}")
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=5.0)
+        try:
+            tables = {name for (name,) in conn.execute(
+                "select name from sqlite_master where type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise SpoolUnavailable(f"spool file {path} is not a SQLite database ({exc})") from None
+    if not {"events", "quarantine", "state_counts"} <= tables:
+        raise SpoolUnavailable(f"spool file {path} is not a sidecar spool (it has none of "
+                               "the spool's tables; `sidecar serve` creates them)")
 
 
 def require_json1(conn: sqlite3.Connection, path: Path) -> None:
