@@ -33,9 +33,13 @@ class Secret:
 def standard_webhooks_key(secret: Secret) -> bytes:
     """The key of an upstream signing secret: the base64-decoded part after ``whsec_``
     when it has that prefix (what Standard Webhooks libraries expect), else its UTF-8
-    bytes.  ``ValueError`` when a ``whsec_`` secret is not base64.  Used where the config
-    is checked and where requests are signed, so both agree."""
+    bytes.  ``ValueError`` when a ``whsec_`` secret is not base64, or is of an empty key
+    (``whsec_`` alone: anyone could sign with it).  Used where the config is checked and
+    where requests are signed, so both agree."""
     raw = secret.reveal()
     if raw.startswith("whsec_"):
-        return base64.b64decode(raw[len("whsec_"):], validate=True)  # binascii.Error: ValueError
+        key = base64.b64decode(raw[len("whsec_"):], validate=True)  # binascii.Error: ValueError
+        if not key:
+            raise ValueError("empty key")
+        return key
     return raw.encode("utf-8")

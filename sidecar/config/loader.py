@@ -172,7 +172,8 @@ def _upstream(s: Section) -> UpstreamConfig:
         except ValueError:
             form = "signing_secret_file" if s.has("signing_secret_file") else "signing_secret"
             raise ConfigError(f"config key '{s.key(form)}': a whsec_ secret must be base64 "
-                              "after the prefix (Standard Webhooks)") from None
+                              "of a non-empty key after the prefix (Standard Webhooks)"
+                              ) from None
     return UpstreamConfig(
         url=url,
         timeout_s=s.number("timeout_s", UpstreamConfig.timeout_s, minimum=_MIN_TIMER_S),

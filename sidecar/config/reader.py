@@ -149,9 +149,14 @@ class Reader:
         self.env = env
 
     def string(self, value: Any, key: str) -> str:
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        if isinstance(value, (int, float)):  # bool too
+            # YAML 1.1 reads 012345 as octal 5349, 0x1F as 31, 1:30 as 90, 1.10 as 1.1:
+            # taken as the text, a secret or a host would silently not be what was typed.
+            raise ConfigError(f"config key '{key}': must be a string; YAML read "
+                              f"{type(value).__name__} here: put the value in quotes")
+        if not isinstance(value, str):
             raise ConfigError(f"config key '{key}': must be a string")
-        text = str(value)
+        text = value
 
         def substitute(match: re.Match[str]) -> str:
             name = match.group(1)

@@ -173,3 +173,22 @@ def test_upstream_ca_file_is_relative_to_the_config_folder(tmp_path):
     config = load_config(_write(tmp_path, text), env=ENV)
     assert config.upstream.ca_file == tmp_path / "certs" / "up.pem"
     assert load_config(_write(tmp_path, MINIMAL), env=ENV).upstream.ca_file is None
+
+
+@pytest.mark.parametrize("value", ["whsec_", "whsec_${EMPTY}"])
+def test_a_whsec_secret_of_an_empty_key_is_refused(tmp_path, value):
+    # HMAC with an empty key: anyone could forge the upstream's signatures.
+    text = MINIMAL.replace("upstream:\n", f'upstream:\n  signing_secret: "{value}"\n')
+    message = _error(tmp_path, text, env={**ENV, "EMPTY": ""})
+    assert message.startswith("config key 'upstream.signing_secret': a whsec_ secret must be")
+
+
+@pytest.mark.parametrize("written, read_as", [("012345", "int"), ("0x1F", "int"),
+                                              ("1:30", "int"), ("1.10", "float"),
+                                              ("1_000", "int"), ("true", "bool")])
+def test_a_secret_yaml_reads_as_a_number_is_refused_not_changed(tmp_path, written, read_as):
+    # Unquoted, YAML 1.1 turns 012345 into 5349: the token would silently not match.
+    text = MINIMAL.replace('verify_token: "${VERIFY_TOKEN}"', f"verify_token: {written}")
+    message = _error(tmp_path, text)
+    assert message == (f"config key 'meta.verify_token': must be a string; YAML read "
+                       f"{read_as} here: put the value in quotes")
