@@ -8,6 +8,8 @@ and return an exit code; errors raised as ``SidecarError`` become one line on st
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -39,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    # Library warnings of a one-shot command (a spool outage, say) would reach stderr
+    # through logging's last-resort handler, beside the command's own one-line error;
+    # ``serve`` installs its real handlers on the root logger, which this does not touch.
+    logging.getLogger("sidecar").addHandler(logging.NullHandler())
     try:
         args = parser.parse_args(argv)
         return int(args.func(args))
@@ -49,3 +55,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
+    except BrokenPipeError:
+        # The reader went away (``| head``): nothing more to say, and nothing to flush.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:
+        if os.environ.get("SIDECAR_DEBUG"):
+            raise
+        # Never a traceback (its text may quote a secret): the kind of failure only.
+        sys.stderr.write(f"sidecar: error: unexpected {type(exc).__name__} (a bug; run "
+                         "with SIDECAR_DEBUG=1 to see where)\n")
+        return 1

@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-__all__ = ["non_negative_int", "positive_int", "positive_float", "bounded_int",
-           "MAX_INT", "MAX_SECONDS"]
+from sidecar.config.loader import http_url_problem
+
+__all__ = ["non_negative_int", "positive_int", "positive_float", "bounded_int", "http_url",
+           "https_url", "MAX_INT", "MAX_SECONDS"]
 
 MAX_INT = 1_000_000_000  # far above any count a flag needs; fits SQLite and C ints
 MAX_SECONDS = 86_400.0  # a timeout longer than a day is a typo
@@ -46,6 +48,22 @@ def positive_float(text: str) -> float:
     if value > MAX_SECONDS:
         raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS:g}")
     return value
+
+
+def http_url(text: str) -> str:
+    """An http(s) URL with a host, as the config's URL keys take (``--graph-url``)."""
+    problem = http_url_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text.rstrip("/")
+
+
+def https_url(text: str) -> str:
+    """Likewise, https only (``--override-callback-uri``: Meta calls only https)."""
+    problem = http_url_problem(text, schemes=("https",))
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def _int_in(text: str, minimum: int, maximum: int) -> int:

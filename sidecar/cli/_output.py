@@ -11,10 +11,20 @@ __all__ = ["format_table", "print_json"]
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns padded to their widest cell, two spaces apart, no trailing spaces."""
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
-                     for row in (header, *rows))
+    """Columns padded to their widest cell, two spaces apart, no trailing spaces.  Cells
+    come from outside (a Graph app name, a quarantined change's field): a character that
+    does not print (a newline, a terminal escape) is shown escaped, so no cell can forge
+    a line or drive the terminal."""
+    cells = [[_printable(str(c)) for c in row] for row in (header, *rows)]
+    widths = [max(len(c) for c in col) for col in zip(*cells)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+                     for row in cells)
+
+
+def _printable(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def print_json(value: Any, *, sort_keys: bool = False) -> None:

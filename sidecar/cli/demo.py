@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from sidecar.cli._args import positive_float
 from sidecar.events import JSONValue
 from sidecar.tools.samples import META_DOC_EXAMPLE, SAMPLE_FIELDS, sample_delivery, sample_status_delivery
 from sidecar.secret import Secret
@@ -38,7 +39,7 @@ def register(sub: Any) -> None:
                                    "sidecar, send one signed delivery per known field over mTLS, "
                                    "print what the sink received, and exit.")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    p.add_argument("--timeout-s", type=float, default=30.0,
+    p.add_argument("--timeout-s", type=positive_float, default=30.0,
                    help="give up after this many seconds (default 30)")
     p.set_defaults(func=run)
 

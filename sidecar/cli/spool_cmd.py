@@ -28,7 +28,7 @@ from sidecar.spool import QuarantineRow, Spool, SpoolRow, SpoolStats, open_spool
 __all__ = ["register", "run", "parse_duration"]
 
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)([smhdw]?)\s*$")
 
 
 def register(subparsers: Any) -> None:
@@ -102,14 +102,15 @@ def run(args: argparse.Namespace) -> int:
         spool.close()
 
 
-def parse_duration(text: str) -> float:
-    """``7d``, ``12h``, ``30m``, ``3600s``, ``3600`` → seconds."""
+def parse_duration(text: str, flag: str = "duration") -> float:
+    """``7d``, ``12h``, ``30m``, ``3600s``, ``3600`` → seconds.  An empty text is an error,
+    not zero (``--before "$KEEP"`` with ``KEEP`` unset must not purge everything)."""
     match = _DURATION.match(text)
     if match is None:
-        raise UsageError(f"bad duration {text!r}: use e.g. 7d, 12h, 30m, 3600s or 3600")
+        raise UsageError(f"{flag}: bad duration {text!r}: use e.g. 7d, 12h, 30m, 3600s or 3600")
     seconds = float(match.group(1)) * _UNITS[match.group(2)]
     if seconds > 100 * 365 * 86400:
-        raise UsageError(f"bad duration {text!r}: more than 100 years")
+        raise UsageError(f"{flag}: bad duration {text!r}: more than 100 years")
     return seconds
 
 
@@ -190,14 +191,15 @@ def _purge_cutoffs(args: argparse.Namespace, *, now: float) -> dict[str, float]:
     """``Spool.purge`` keywords from the flags: the kinds selected, each with its time."""
     if args.before is not None and args.delivered_before is not None:
         raise UsageError("spool purge: give --before or --delivered-before, not both")
-    before = now - parse_duration(args.before or "0s")
+    before = now - parse_duration("0s" if args.before is None else args.before, "--before")
     cutoffs: dict[str, float] = {}
     if args.dead:
         cutoffs["dead_before"] = before
     if args.quarantined:
         cutoffs["quarantined_before"] = before
     if args.delivered_before is not None:
-        cutoffs["delivered_before"] = now - parse_duration(args.delivered_before)
+        cutoffs["delivered_before"] = now - parse_duration(args.delivered_before,
+                                                           "--delivered-before")
     elif not cutoffs:
         cutoffs["delivered_before"] = before
     return cutoffs

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sidecar.cli._args import non_negative_int, positive_float
+from sidecar.cli._args import http_url, https_url, non_negative_int, positive_float
 from sidecar.cli._output import format_table, print_json
 from sidecar.config import Config, GraphConfig, load_config
 from sidecar.errors import UsageError
@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     subscribe = commands.add_parser("subscribe", parents=[common],
                                     help="subscribe this app to the WABA (idempotent)",
                                     description="POST /{WABA_ID}/subscribed_apps")
-    subscribe.add_argument("--override-callback-uri", metavar="URL",
+    subscribe.add_argument("--override-callback-uri", metavar="URL", type=https_url,
                            help="WABA-level callback override (https://…); Meta then sends "
                                 "the verification GET to it")
     subscribe.add_argument("--verify-token", metavar="T",
@@ -82,7 +82,7 @@ def _common_flags() -> argparse.ArgumentParser:
     common.add_argument("--api-version", metavar="VER",
                         help=f"Graph API version (default graph.api_version or "
                              f"{_GRAPH_DEFAULTS.api_version})")
-    common.add_argument("--graph-url", metavar="URL",
+    common.add_argument("--graph-url", metavar="URL", type=http_url,
                         help=f"Graph API base URL (default graph.base_url or "
                              f"{_GRAPH_DEFAULTS.base_url})")
     common.add_argument("--json", action="store_true", help="print JSON")
@@ -180,8 +180,6 @@ def _override(args: argparse.Namespace, config: Config | None) -> tuple[str | No
         if args.verify_token is not None:
             raise UsageError("--verify-token is only used with --override-callback-uri")
         return None, None
-    if not uri.startswith("https://") or len(uri) <= len("https://"):
-        raise UsageError("--override-callback-uri must be an https:// URL")
     if args.verify_token:
         return uri, Secret(args.verify_token)
     if config is not None:

@@ -148,14 +148,9 @@ def _upstream(s: Section) -> UpstreamConfig:
     s.check_unknown({"url", "timeout_s", "signing_secret", "signing_secret_file", "batch_max",
                      "max_in_flight", "ca_file"})
     url = s.string("url", required=True)
-    if not _is_http_url(url):
-        raise ConfigError(f"config key '{s.key('url')}': must be an http:// or https:// URL "
-                          "with a host (and a port from 1 to 65535, if given)")
-    if not url.isascii() or any(ord(c) < 0x21 or c == "\x7f" for c in url):
-        # A request line is ASCII: the host must be IDNA-encoded (xn--) and anything
-        # else percent-encoded, or every delivery would fail at the first send.
-        raise ConfigError(f"config key '{s.key('url')}': must be ASCII without spaces "
-                          "(percent-encode other characters, write an IDN host as xn--)")
+    problem = http_url_problem(url)
+    if problem is not None:
+        raise ConfigError(f"config key '{s.key('url')}': {problem}")
     if "@" in urlsplit(url).netloc:
         # Never printed, never silently dropped: the upstream authenticates the sidecar
         # by upstream.signing_secret.
@@ -184,14 +179,27 @@ def _upstream(s: Section) -> UpstreamConfig:
     )
 
 
-def _is_http_url(url: str) -> bool:
+def http_url_problem(url: str, *, schemes: tuple[str, ...] = ("http", "https")) -> str | None:
+    """Why ``url`` cannot be sent to as written, or None: an http(s) URL with a host, a
+    port from 1 to 65535 if given, and ASCII without spaces or control characters (a
+    request line is ASCII: an IDN host is written xn--, the rest percent-encoded)."""
     try:
         parts = urlsplit(url)
         port = parts.port  # raises ValueError when not a number or out of range
     except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0 \
-        and not any(c.isspace() for c in url)
+        port, parts = None, None
+    if parts is None or parts.scheme not in schemes or not parts.hostname or port == 0 \
+            or any(c.isspace() for c in url):
+        kinds = " or ".join(f"{scheme}://" for scheme in schemes)
+        return f"must be an {kinds} URL with a host (and a port from 1 to 65535, if given)"
+    if not url.isascii() or any(ord(c) < 0x21 or c == "\x7f" for c in url):
+        return ("must be ASCII without spaces (percent-encode other characters, write an "
+                "IDN host as xn--)")
+    try:
+        parts.hostname.encode("ascii").decode("idna")  # type: ignore[union-attr]
+    except UnicodeError:
+        return "must have a valid host name (an xn-- label that does not decode)"
+    return None
 
 
 def _delivery(s: Section) -> DeliveryConfig:
@@ -275,10 +283,14 @@ def _admin(s: Section) -> AdminConfig:
 
 def _graph(s: Section) -> GraphConfig:
     s.check_unknown({"access_token", "access_token_file", "api_version", "base_url"})
+    base_url = s.string("base_url", GraphConfig.base_url).rstrip("/")
+    problem = http_url_problem(base_url)
+    if problem is not None:
+        raise ConfigError(f"config key '{s.key('base_url')}': {problem}")
     return GraphConfig(
         access_token=s.secret("access_token", required=False),
         api_version=s.string("api_version", GraphConfig.api_version),
-        base_url=s.string("base_url", GraphConfig.base_url).rstrip("/"),
+        base_url=base_url,
     )
 
 

@@ -178,7 +178,19 @@ def test_purge_bad_duration_is_a_usage_error(capsys: pytest.CaptureFixture[str],
                                              filled: SQLiteSpool) -> None:
     code, _, err = run_cli(capsys, "purge", "-c", config, "--delivered-before", "soon")
     assert code == 2
-    assert err.startswith("sidecar: error: bad duration") and err.count("\n") == 1
+    assert err.startswith("sidecar: error: --delivered-before: bad duration")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("flags", [["--dead"], ["--quarantined"], ["--dead", "--quarantined"]])
+def test_an_empty_age_purges_nothing(capsys: pytest.CaptureFixture[str], config: str,
+                                     filled: SQLiteSpool, flags: list[str]) -> None:
+    # `--before "$KEEP"` with KEEP unset: a usage error, not "everything".
+    code, out, err = run_cli(capsys, "purge", "-c", config, *flags, "--before", "")
+    assert code == 2 and out == ""
+    assert err.startswith("sidecar: error: --before: bad duration ''")
+    stats = filled.admin.stats()
+    assert (stats.dead, stats.quarantined) == (2, 2)
 
 
 def test_missing_spool_file_is_reported_not_created(capsys: pytest.CaptureFixture[str],
@@ -227,7 +239,7 @@ def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "d", "-1d", "7y", "1 2"])
+@pytest.mark.parametrize("text", ["", "d", "-1d", "7y", "1 2", "7 d", "\u0661\u0662"])
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(UsageError):
         parse_duration(text)

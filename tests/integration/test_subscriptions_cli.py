@@ -271,7 +271,8 @@ def test_subscribe_override_flag_misuse_is_usage_error(
         graph: FakeGraph, capsys: pytest.CaptureFixture[str], extra: list[str]) -> None:
     result = run_cli(capsys, *sub(graph, "subscribe", *extra))
     assert result.code == 2
-    assert result.err.startswith("sidecar: error: ") and result.err.count("\n") == 1
+    assert result.err.startswith("sidecar") and result.err.count("\n") == 1
+    assert ": error: " in result.err
     assert graph.seen == []
 
 
@@ -413,6 +414,37 @@ def test_bad_input_is_exit_2(graph: FakeGraph, capsys: pytest.CaptureFixture[str
     assert result.code == 2
     assert result.err.count("\n") == 1 and "error:" in result.err
     assert graph.seen == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["list", "--waba-id", WABA, "--graph-url", "http://[::1"],
+    ["list", "--waba-id", WABA, "--graph-url", "http://xn--"],
+    ["list", "--waba-id", WABA, "--graph-url", "ftp://graph.example"],
+    ["list", "--waba-id", WABA, "--graph-url", "not a url"],
+    ["subscribe", "--waba-id", WABA, "--override-callback-uri", "https://exa mple/cb",
+     "--verify-token", "x"],
+    ["subscribe", "--waba-id", WABA, "--override-callback-uri", "http://example.com/cb",
+     "--verify-token", "x"],
+    ["subscribe", "--waba-id", WABA, "--override-callback-uri", "https://", "--verify-token",
+     "x"],
+])
+def test_bad_urls_are_one_usage_line(capsys: pytest.CaptureFixture[str],
+                                     argv: list[str]) -> None:
+    result = run_cli(capsys, "subscriptions", *argv)
+    assert result.code == 2, result.err
+    assert result.err.count("\n") == 1 and "error:" in result.err
+    assert "Traceback" not in result.err
+
+
+def test_graph_text_cannot_forge_lines_or_drive_the_terminal(
+        graph: FakeGraph, capsys: pytest.CaptureFixture[str]) -> None:
+    evil = {"data": [{"whatsapp_business_api_data": {
+        "id": "5550001", "name": "\x1b[31mEVIL\x1b[0m\nFAKE OK line", "link": "x"}}]}
+    graph.answer(json_answer(evil))
+    result = run_cli(capsys, *sub(graph, "list"))
+    assert result.code == 0
+    assert "\x1b" not in result.out and len(result.out.splitlines()) == 2
+    assert "\\x1b[31mEVIL" in result.out
 
 
 def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:

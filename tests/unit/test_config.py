@@ -192,3 +192,10 @@ def test_a_secret_yaml_reads_as_a_number_is_refused_not_changed(tmp_path, writte
     message = _error(tmp_path, text)
     assert message == (f"config key 'meta.verify_token': must be a string; YAML read "
                        f"{read_as} here: put the value in quotes")
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "not a url", "ftp://graph.example", "https://",
+                                 "http://xn--"])
+def test_a_bad_graph_base_url_names_the_key(tmp_path, url):
+    message = _error(tmp_path, MINIMAL + f'graph: {{base_url: "{url}"}}\n')
+    assert message.startswith("config key 'graph.base_url': must")
