@@ -196,7 +196,7 @@ def http_url_problem(url: str, *, schemes: tuple[str, ...] = ("http", "https")) 
         return ("must be ASCII without spaces (percent-encode other characters, write an "
                 "IDN host as xn--)")
     try:
-        parts.hostname.encode("ascii").decode("idna")  # type: ignore[union-attr]
+        parts.hostname.encode("ascii").decode("idna")
     except UnicodeError:
         return "must have a valid host name (an xn-- label that does not decode)"
     return None
