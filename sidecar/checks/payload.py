@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from math import isfinite
 
 from sidecar.checks.schemas import (
@@ -49,6 +50,9 @@ _BOM = b"\xef\xbb\xbf"
 # (the UTF-8 decoder already refuses encoded surrogates).  False positives (``\\ud800``)
 # merely cost a walk.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# 309 digits: the shortest integer greater than the largest double (1.8e308).
+_LONG_DIGITS = re.compile(rb"[0-9]{309}")
+_MAX_DOUBLE = sys.float_info.max
 
 
 # --------------------------------------------------------------------------- JSON
@@ -66,6 +70,9 @@ def parse_json(raw: bytes) -> JSONValue:
             text,
             object_pairs_hook=_unique_keys_object,
             parse_float=_finite_float,
+            # Every integer through a Python hook only when the bytes hold a run of digits
+            # long enough to pass a double (a string of digits may cause that too).
+            parse_int=_double_sized_int if _LONG_DIGITS.search(raw) else None,
             parse_constant=_refuse_constant,
         )
     except RecursionError:
@@ -108,6 +115,13 @@ def _unique_keys_object(pairs: list[tuple[str, JSONValue]]) -> dict[str, JSONVal
 def _finite_float(text: str) -> float:
     number = float(text)
     if not isfinite(number):
+        raise BadPayload("number out of range")
+    return number
+
+
+def _double_sized_int(text: str) -> int:
+    number = int(text)
+    if abs(number) > _MAX_DOUBLE:  # a double-based JSON reader would read infinity
         raise BadPayload("number out of range")
     return number
 

@@ -5,6 +5,9 @@ Hypercorn serves the request; this wrapper, outside Hypercorn's internals, adds:
 * **HTTP/1.x only**: h11 parses any ``HTTP/d.d`` request line, so ``HTTP/2.0`` (and the
   HTTP/2 preface, which ``sidecar.server.http11`` keeps as an HTTP/1.1 request) is
   answered ``505`` here, before the app.
+* **no ambiguous heads**: a request with both ``Content-Length`` and
+  ``Transfer-Encoding``, or with a control byte in a header value, is answered ``400``
+  (h11 would frame the first by its chunked coding and pass the second on).
 * **a header size cap**: h11's ``max_incomplete_event_size`` bounds what it buffers
   while a head is incomplete, but a complete head that arrived in one read is parsed
   whatever its size; one larger than ``max_header_bytes`` is answered ``431`` here.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,6 +38,8 @@ log = logging.getLogger("sidecar.server.listen")
 
 _HTTP1 = frozenset(("1.1", "1.0"))
 _CLOSE = (b"connection", b"close")
+_FRAMING = {b"content-length": 1, b"transfer-encoding": 2}
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # a field value may hold HTAB, not these
 _DRAIN_LIMIT_S = 60.0  # a backstop: the request always ends well before (send deadline)
 
 ASGIApp = Any  # (scope, receive, send) -> Awaitable[None]; Hypercorn's types are its own
@@ -68,6 +74,8 @@ class RequestGuard:
             app = _Refusal(505, "http_version")
         elif _head_size(scope) > self._max_header_bytes:
             app = _Refusal(431, "header_limit")
+        elif _ambiguous(scope["headers"]):
+            app = _Refusal(400, "malformed_request")
         body_unread = _declares_body(scope["headers"])
 
         async def guarded_receive() -> Message:
@@ -158,6 +166,20 @@ def _declares_body(headers: Iterable[tuple[bytes, bytes]]) -> bool:
         if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
             return True
     return False
+
+
+def _ambiguous(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """What h11 lets through that a request must not carry (RFC 9112 §6.3, RFC 9110
+    §5.5): both framings at once, where h11 silently frames by the chunked coding (the
+    classic request-smuggling ambiguity, which RFC 9112 lets a server refuse), and
+    control bytes in a field value."""
+    framings = 0
+    for name, value in headers:
+        if name in _FRAMING:
+            framings |= _FRAMING[name]
+        if _CONTROL.search(value):
+            return True
+    return framings == 3
 
 
 def _head_size(scope: dict[str, Any]) -> int:

@@ -83,12 +83,20 @@ class GuardedH11Protocol(H11Protocol):
 
     async def _create_stream(self, request: Any) -> None:
         self._cancel_header_deadline()  # the head is complete
+        if not request.method.isupper():
+            # Methods are case-sensitive (RFC 9110 §9.1) and Hypercorn upper-cases them:
+            # ``post`` would be served as POST.  Given a name no app knows, it is answered
+            # as any other unknown method (405 on the webhook path, else 404).
+            request = h11.Request(method=b"X-NOT-UPPER-CASE", target=request.target,
+                                  headers=request.headers, http_version=request.http_version)
         await super()._create_stream(request)
 
     async def _maybe_recycle(self) -> None:
         await super()._maybe_recycle()
-        if self.stream is None and self.connection.trailing_data[0]:
-            # Part of a pipelined request arrived with the last one: its clock starts now.
+        if (self.stream is None and self.connection.our_state is h11.IDLE
+                and self.connection.trailing_data[0]):
+            # Part of a pipelined request arrived with the last one: its clock starts now
+            # (not on a connection that is closing: nothing more will be read there).
             self._arm_header_deadline()
 
     async def _check_protocol(self, event: Any) -> None:

@@ -280,3 +280,55 @@ def test_the_same_delivery_done_right_is_accepted(start_sidecar, sink):
                        + BODY)
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
     assert len(sink.wait_for(1, timeout_s=10)) == 1
+
+
+def test_both_content_length_and_transfer_encoding_are_400(start_sidecar, sink):
+    # h11 would frame this by its chunked coding and ignore the length: the ambiguity
+    # request smuggling lives on (RFC 9112 §6.3 lets a server refuse it).
+    sidecar = start_sidecar()
+    answer = _exchange(sidecar, _post_head(extra=f"X-Hub-Signature-256: {SIGNATURE}\r\n"
+                                                 f"Content-Length: {len(BODY)}\r\n"
+                                                 "Transfer-Encoding: chunked\r\n\r\n")
+                       + b"%x\r\n%s\r\n0\r\n\r\n" % (len(BODY), BODY))
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"connection: close" in answer.lower()
+    _nothing_stored(sidecar, sink)
+
+
+@pytest.mark.parametrize("byte", [b"\x01", b"\x08", b"\x1f", b"\x7f"])
+def test_a_control_byte_in_a_header_value_is_400(start_sidecar, sink, byte):
+    sidecar = start_sidecar()
+    head = _post_head(extra=f"X-Hub-Signature-256: {SIGNATURE}\r\n"
+                            f"Content-Length: {len(BODY)}\r\n")
+    answer = _exchange(sidecar, head + b"X-Note: a" + byte + b"b\r\n\r\n" + BODY)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    _nothing_stored(sidecar, sink)
+
+
+@pytest.mark.parametrize("method", ["post", "Post"])
+def test_a_method_is_case_sensitive(start_sidecar, sink, method):
+    # Hypercorn upper-cases the method; `post` is not POST (RFC 9110 §9.1).
+    sidecar = start_sidecar()
+    head = _post_head(extra=f"X-Hub-Signature-256: {SIGNATURE}\r\n"
+                            f"Content-Length: {len(BODY)}\r\n\r\n")
+    answer = _exchange(sidecar, method.encode() + head[len(b"POST"):] + BODY)
+    assert answer.startswith(b"HTTP/1.1 405"), answer[:200]
+    _nothing_stored(sidecar, sink)
+
+
+def test_leftover_bytes_on_a_closing_connection_start_no_header_clock(start_sidecar):
+    # A 404 closes the connection; the start of a pipelined request sent with it must
+    # not arm the header deadline (a spurious refusal logged, a timer keeping the
+    # connection's objects alive for header_timeout_s).
+    sidecar = start_sidecar(extra="limits: {header_timeout_s: 1}\n")
+    conn = _connect(sidecar)
+    try:
+        conn.sendall(b"POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n"
+                     b"helloGET /x HTTP/1.1\r\n")
+        conn.settimeout(5)
+        assert conn.recv(65536).startswith(b"HTTP/1.1 404")
+        time.sleep(2.5)  # the client keeps its end open past header_timeout_s
+    finally:
+        conn.close()
+    log = sidecar.log()
+    assert "header_timeout" not in log and "never awaited" not in log, log[-2000:]

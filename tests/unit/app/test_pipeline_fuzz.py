@@ -355,7 +355,11 @@ _TOKENS: list[tuple[str, Callable[[int], bytes], int]] = [
     ("1e308", lambda _: b"1e308", 200),
     ("tiny float", lambda _: b"0." + b"0" * 5000 + b"1", 200),
     ("int of 5001 digits", lambda _: b"1" + b"0" * 5000, 400),
-    ("int of 4000 digits", lambda _: b"9" * 4000, 200),
+    ("int of 4000 digits", lambda _: b"9" * 4000, 400),  # past a double, as 1e400
+    ("int of 309 digits past the largest double", lambda _: b"2" + b"0" * 308, 400),
+    ("int of 309 digits under the largest double", lambda _: b"1" + b"0" * 308, 200),
+    ("negative int past a double", lambda _: b"-" + b"9" * 309, 400),
+    ("string of 400 digits", lambda _: b'"' + b"9" * 400 + b'"', 200),
     ("leading zero", lambda _: b"01", 400),
     ("negative zero", lambda _: b"-0", 200),
     ("True", lambda _: b"True", 400),
