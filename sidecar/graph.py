@@ -143,6 +143,7 @@ class GraphClient:
         self.api_version = api_version
         self.max_retries = max_retries
         self.max_wait_s = float(max_wait_s)
+        self._timeout_s = float(timeout_s)
         self._token = token
         self._sleep = sleep
         self._on_wait = on_wait
@@ -240,9 +241,16 @@ class GraphClient:
             "Authorization": f"Bearer {self._token.reveal()}",
             "Accept": "application/json",
         }
+        deadline = time.monotonic() + self._timeout_s
         try:
             with self._client.stream(method, url, headers=headers, json=payload) as response:
-                raw = _read_capped(response)
+                raw = _read_capped(response, deadline)
+        except _TooSlow:
+            raise GraphError(f"Graph API at {self._base.host} did not finish answering within "
+                             f"{_format_s(self._timeout_s)}") from None
+        except httpx.TimeoutException as exc:
+            raise GraphError(f"Graph API at {self._base.host} did not answer within "
+                             f"{_format_s(self._timeout_s)} ({type(exc).__name__})") from None
         except httpx.HTTPError as exc:
             host = self._base.host
             raise GraphError(f"cannot reach Graph API at {host}: {type(exc).__name__}") from None
@@ -281,10 +289,18 @@ class GraphClient:
 # ---------------------------------------------------------------------- helpers
 
 
-def _read_capped(response: httpx.Response) -> bytes:
+class _TooSlow(Exception):
+    """The answer's body was still arriving at the request's deadline."""
+
+
+def _read_capped(response: httpx.Response, deadline: float) -> bytes:
+    """The body, at most ``_MAX_BODY_BYTES``, complete by ``deadline`` (httpx's timeout is
+    per read: a server sending a byte a second would otherwise hold the command)."""
     chunks: list[bytes] = []
     size = 0
     for chunk in response.iter_bytes():
+        if time.monotonic() > deadline:
+            raise _TooSlow
         size += len(chunk)
         if size > _MAX_BODY_BYTES:
             raise GraphError(f"Graph API answered HTTP {response.status_code} with a body "

@@ -15,6 +15,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,6 +46,7 @@ class Answer:
     status: int = 200
     body: bytes = b'{"success": true}'
     headers: dict[str, str] = field(default_factory=dict)
+    trickle_s: float = 0.0  # a pause before each byte of the body
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,13 @@ class FakeGraph:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(answer.body)))
                 self.end_headers()
-                self.wfile.write(answer.body)
+                if not answer.trickle_s:
+                    self.wfile.write(answer.body)
+                    return
+                for i in range(len(answer.body)):
+                    time.sleep(answer.trickle_s)
+                    self.wfile.write(answer.body[i:i + 1])
+                    self.wfile.flush()
 
             do_GET = do_POST = do_DELETE = _answer
 
@@ -445,6 +453,17 @@ def test_graph_text_cannot_forge_lines_or_drive_the_terminal(
     assert result.code == 0
     assert "\x1b" not in result.out and len(result.out.splitlines()) == 2
     assert "\\x1b[31mEVIL" in result.out
+
+
+def test_timeout_bounds_an_answer_that_trickles(graph: FakeGraph,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # httpx's timeout is per read: a byte every 0.3 s would never trip it.
+    graph.answer(Answer(body=b'{"data": []}' + b" " * 40, trickle_s=0.3))
+    started = time.monotonic()
+    result = run_cli(capsys, *sub(graph, "list", "--timeout-s", "1"))
+    assert time.monotonic() - started < 4
+    assert result.code == 1
+    assert "did not finish answering within 1 s" in result.err, result.err
 
 
 def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
