@@ -67,9 +67,13 @@ def check_fd_budget(config: Config, *, limit: int) -> None:
     needed = fds_needed(config)
     if needed > limit:
         max_connections = config.limits.max_connections
+        in_flight = config.upstream.max_in_flight
+        # Name the key that asks for more: the connection cap, or the upstream pool.
+        key = ("upstream.max_in_flight" if in_flight > max_connections
+               else "limits.max_connections")
         raise ConfigError(
-            f"config key 'limits.max_connections': {max_connections} connections need up to "
-            f"{needed} file descriptors (with the listen backlog and {RESERVED_FDS} for the "
-            f"rest of the process), but RLIMIT_NOFILE allows {limit}; lower "
-            "limits.max_connections or raise the hard limit (ulimit -Hn, systemd "
+            f"config key '{key}': {max_connections} connections and {in_flight} upstream "
+            f"connections need up to {needed} file descriptors (with the listen backlog and "
+            f"{RESERVED_FDS} for the rest of the process), but RLIMIT_NOFILE allows "
+            f"{limit}; lower {key} or raise the hard limit (ulimit -Hn, systemd "
             "LimitNOFILE=, the container's nofile ulimit)")

@@ -37,3 +37,14 @@ def test_a_cap_the_limit_cannot_hold_is_refused_in_one_line_naming_the_key(tmp_p
     with pytest.raises(ConfigError, match=r"limits\.max_connections") as info:
         check_fd_budget(config, limit=needed - 1)
     assert "\n" not in str(info.value) and str(needed - 1) in str(info.value)
+
+
+def test_an_upstream_pool_the_limit_cannot_hold_names_its_own_key(tmp_path) -> None:
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(CONFIG.replace('upstream: {url: "http://127.0.0.1:9000/events"}',
+                                   'upstream: {url: "http://127.0.0.1:9000/events", '
+                                   'max_in_flight: 100000}') % 10, encoding="utf-8")
+    config = load_config(path, env={})
+    with pytest.raises(ConfigError) as info:
+        check_fd_budget(config, limit=4096)
+    assert str(info.value).startswith("config key 'upstream.max_in_flight':")
