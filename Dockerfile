@@ -1,8 +1,12 @@
 # whatsapp-webhook sidecar: non-root, read-only root filesystem friendly.
 #   docker build -t whatsapp-sidecar .
+#   mkdir -p etc/certs       # sidecar.yaml and certs/, mounted as /etc/sidecar
+#   sed -e 's#\.\./certs/#certs/#' -e 's#\.\./var/spool\.db#/var/lib/sidecar/spool.db#' \
+#       config/sidecar.example.yaml > etc/sidecar.yaml      # then edit it
+#   cp server.pem server.key meta-outbound-api-ca-2025-12.pem etc/certs/
 #   docker run --read-only --tmpfs /tmp:size=1m,mode=1777 \
-#     -v $PWD/config:/etc/sidecar:ro -v $PWD/certs:/etc/sidecar/certs:ro \
-#     -v sidecar-spool:/var/lib/sidecar -e META_APP_SECRET -e META_VERIFY_TOKEN \
+#     -v $PWD/etc:/etc/sidecar:ro -v sidecar-spool:/var/lib/sidecar \
+#     -e META_APP_SECRET -e META_VERIFY_TOKEN -e UPSTREAM_SIGNING_SECRET \
 #     -p 8443:8443 whatsapp-sidecar
 # --read-only needs a small /tmp: loading a certificate/key pair into OpenSSL goes
 # through a 0600 temporary file that is removed at once (Python's ssl reads only files).
