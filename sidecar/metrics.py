@@ -119,6 +119,11 @@ class Metrics:
             "sidecar_client_auth_optional",
             "1 while tls.client_auth is 'optional' (onboarding): deliveries admitted on the "
             "signature alone.", multiprocess_mode="livemax", registry=r)
+        # Shown at 0 from the start, so that an alert on a failure's rate has a series to
+        # compare with before the first reload happens.
+        for result in ("success", "failure"):
+            self.tls_reloads.labels(result=result)
+            self.config_reloads.labels(result=result)
 
     def watch_certificates(self, loaded: Callable[[], list[CertExpiry]]) -> None:
         """Report ``loaded()`` as ``sidecar_certificate_expiry_seconds`` at every scrape

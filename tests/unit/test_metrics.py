@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.metrics import Metrics
@@ -35,3 +40,24 @@ def test_two_certificates_with_the_same_labels_give_one_series_the_sooner_one() 
     assert sorted(_expiry(metrics), key=lambda s: s[1]) == [
         ({"role": "client_ca", "subject": "CN=CA", "file": "ca.pem"}, 50.0),
         ({"role": "client_ca", "subject": "CN=Other", "file": "ca.pem"}, 70.0)]
+
+
+_RENDER = """
+import sys
+from pathlib import Path
+from sidecar.metrics import Metrics
+folder = sys.argv[1]
+metrics = Metrics(multiprocess_dir=Path(folder) if folder else None)
+sys.stdout.write(metrics.render().decode())
+"""
+
+
+@pytest.mark.parametrize("multiprocess", [False, True])
+def test_reload_counters_are_shown_at_zero_before_the_first_reload(
+        tmp_path: Path, multiprocess: bool) -> None:
+    # In a process of its own: multiprocess values are chosen once per process.
+    text = subprocess.run([sys.executable, "-c", _RENDER, str(tmp_path) if multiprocess else ""],
+                          capture_output=True, text=True, check=True, timeout=60).stdout
+    for family in ("sidecar_tls_reloads_total", "sidecar_config_reloads_total"):
+        for result in ("success", "failure"):
+            assert f'{family}{{result="{result}"}} 0.0' in text, text
