@@ -19,6 +19,12 @@ its head is complete, and the TLS object sees no HTTP):
 * **one write per response** (not a limit, the one cost this module removes): Hypercorn
   writes a response's head, body and (empty) end separately; here the head waits for
   the body, so a response is one TLS record and one ``send``.
+* **admission judged again per request**: a TLS reload may withdraw what admitted an
+  open connection (``client_auth`` now ``required``, a name or CA removed); before each
+  request the connection's TLS object (``tls.holder``'s ``readmit``) says whether the
+  policy in force still admits it, and if not the request is refused here and the
+  connection closed.  Reached through Hypercorn's ``TCPServer`` (the ``writer`` behind
+  the bound ``send``), pinned like the methods below.
 * **a client's close, seen at once**: when the client closes an idle kept-alive
   connection, Hypercorn's read loop ends but its keep-alive timer runs on, and the
   connection (its memory, and its ``limits.max_connections`` slot, released when its TLS
@@ -66,6 +72,7 @@ class GuardedH11Protocol(H11Protocol):
 
     _header_deadline: asyncio.TimerHandle | None = None
     _held_head = b""
+    _ssl_object: Any = None  # None: not looked up yet; False: a plain-HTTP listener
 
     async def initiate(self) -> None:
         await super().initiate()
@@ -83,6 +90,16 @@ class GuardedH11Protocol(H11Protocol):
 
     async def _create_stream(self, request: Any) -> None:
         self._cancel_header_deadline()  # the head is complete
+        refusal = self._readmission()
+        if refusal is not None:
+            # The TLS policy changed since this connection's handshake and no longer
+            # admits it: answered without the app, and closed (Hypercorn's own way of
+            # refusing a request it cannot serve; the body, if any, is never read).
+            log.info("request.refused", extra={"status": refusal,
+                                                "outcome": "admission_withdrawn"})
+            await self._send_error_response(refusal)
+            await self.send(Closed())
+            return
         if not request.method.isupper():
             # Methods are case-sensitive (RFC 9110 §9.1) and Hypercorn upper-cases them:
             # ``post`` would be served as POST.  Given a name no app knows, it is answered
@@ -90,6 +107,15 @@ class GuardedH11Protocol(H11Protocol):
             request = h11.Request(method=b"X-NOT-UPPER-CASE", target=request.target,
                                   headers=request.headers, http_version=request.http_version)
         await super()._create_stream(request)
+
+    def _readmission(self) -> int | None:
+        # The connection's TLS object, through Hypercorn's TCPServer (``self.send`` is its
+        # bound ``protocol_send``): the holder's ``IdentityCheckedSSLObject.readmit``.
+        if self._ssl_object is None:
+            writer = getattr(getattr(self.send, "__self__", None), "writer", None)
+            self._ssl_object = writer.get_extra_info("ssl_object") if writer else False
+        readmit = getattr(self._ssl_object, "readmit", None)
+        return readmit() if readmit is not None else None
 
     async def _maybe_recycle(self) -> None:
         await super()._maybe_recycle()

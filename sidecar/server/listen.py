@@ -59,8 +59,8 @@ if _HYPERCORN_LOG.level == logging.NOTSET:
 # Body messages Hypercorn may read ahead of the app (each at most one 64 KiB read): the
 # most one request's body can hold in memory before the app has read it.
 _APP_QUEUE_MESSAGES = 2
-# Requests on one kept-alive connection before it is closed: connections admitted before a
-# reload (old CA, old names) end after this many, not only once idle.
+# Requests on one kept-alive connection before it is closed (a backstop: every request is
+# judged again by the TLS policy in force, ``sidecar.server.http11``).
 _KEEP_ALIVE_MAX_REQUESTS = 10_000
 
 

@@ -29,7 +29,10 @@ The same object refuses application data that arrives after its own close_notify
 and drop it until its shutdown timeout.
 
 ``reload()`` follows ghostunnel: build a complete new ``TLSState``, validate it, then
-swap one attribute.  On failure the old state keeps serving.
+swap one attribute.  On failure the old state keeps serving.  Each connection remembers
+the state that admitted it; ``readmit`` (asked before every request) judges one admitted
+by an older state by the current one, so a reload that tightens the policy reaches the
+connections already open too.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 from dataclasses import dataclass
 from datetime import datetime, timezone
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from sidecar.config import TLSConfig
 from sidecar.tls.identity import IdentityPolicy, peer_names
@@ -87,6 +93,7 @@ class TLSHolder:
         self._admit_lock = threading.Lock()
         self._last_collect = 0.0
         self._sslobject_cls = self._sslobject_class()
+        self._client_ca_certs: tuple[TLSState, list[x509.Certificate]] | None = None
         # The constructor validates once: broken material fails at startup, not later.
         self.state = self._build(tls, generation=1)
 
@@ -167,6 +174,11 @@ class TLSHolder:
                     raise
                 holder.check_peer(self)
 
+            def readmit(self) -> int | None:
+                """Before each request: None when the current policy still admits this
+                connection, else the status to refuse it with (``TLSHolder.readmit``)."""
+                return holder.readmit(self)
+
         return IdentityCheckedSSLObject
 
     @property
@@ -233,6 +245,7 @@ class TLSHolder:
             if state.require_client_cert:
                 self._report_refusal("no_certificate", {})
                 raise HandshakeRefused("client certificate required")
+            sslobj._admitted_by = state  # type: ignore[attr-defined]
             return
         if not state.policy.allows(peer):
             cns, sans = peer_names(peer)
@@ -248,6 +261,61 @@ class TLSHolder:
             self._report_refusal("untrusted_certificate",
                                  {"error": "certificate has expired (resumed session)"})
             raise HandshakeRefused("client certificate expired")
+        sslobj._admitted_by = state  # type: ignore[attr-defined]
+
+    def readmit(self, sslobj: ssl.SSLObject) -> int | None:
+        """A connection admitted before a reload, judged again by the policy in force:
+        None when it is still admitted, else the status its next request gets (the
+        connection is then closed).  A reload never drops connections, but one that
+        switched ``tls.client_auth`` to ``required`` or removed a name must not leave a
+        kept-alive connection admitted by the old rules.  A changed client-CA set cannot
+        be judged without the chain: 421, so the client makes a new connection (and a
+        new handshake under the new CAs) for its next try.  One comparison per request
+        while the policy is unchanged."""
+        state = self.state
+        admitted_by = getattr(sslobj, "_admitted_by", None)
+        if admitted_by is state:
+            return None
+        peer = sslobj.getpeercert() if admitted_by is not None else None
+        if admitted_by is None:
+            return 403  # never admitted by check_peer: fail closed
+        if not peer:
+            if state.require_client_cert:
+                self._report_refusal("no_certificate", {"after": "reload"})
+                return 403
+        elif not state.policy.allows(peer):
+            cns, sans = peer_names(peer)
+            self._report_refusal("name_not_allowed", {"after": "reload",
+                                                      "common_names": _bounded(cns),
+                                                      "dns_names": _bounded(sans)})
+            return 403
+        elif (state.material.ca_pem != admitted_by.material.ca_pem
+              and not self._issued_by_a_client_ca(sslobj, state)):
+            # Not issued by a CA still trusted, as far as the leaf alone can tell (the
+            # chain it came with is not kept): a new connection's handshake decides.
+            self._report_refusal("untrusted_certificate",
+                                 {"after": "reload", "error": "client CAs changed"})
+            return 421
+        sslobj._admitted_by = state  # type: ignore[attr-defined]
+        return None
+
+
+    def _issued_by_a_client_ca(self, sslobj: ssl.SSLObject, state: TLSState) -> bool:
+        der = sslobj.getpeercert(binary_form=True)
+        if not der:
+            return False
+        cached = self._client_ca_certs
+        if cached is None or cached[0] is not state:
+            cached = self._client_ca_certs = (
+                state, x509.load_pem_x509_certificates(state.material.ca_pem))
+        leaf = x509.load_der_x509_certificate(der)
+        for ca in cached[1]:
+            try:
+                leaf.verify_directly_issued_by(ca)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return True
+        return False
 
 
 class _ListenerContext(ssl.SSLContext):

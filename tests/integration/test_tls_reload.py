@@ -57,6 +57,12 @@ def _accepted(client_factory) -> bool:
 URL: list[str] = [""]
 
 
+def _reloads(metrics_text: str, result: str) -> float:
+    prefix = f'sidecar_tls_reloads_total{{result="{result}"}} '
+    return sum(float(line[len(prefix):]) for line in metrics_text.splitlines()
+               if line.startswith(prefix))
+
+
 def test_server_cert_rotates_under_continuous_requests(start_sidecar, pki):
     sidecar = start_sidecar()
     URL[0] = sidecar.url
@@ -94,7 +100,7 @@ def test_server_cert_rotates_under_continuous_requests(start_sidecar, pki):
         done.set()
         t.join(10)
     assert failures == [] and count[0] > 10
-    assert 'sidecar_tls_reloads_total{result="success"}' in sidecar.metrics()
+    assert _reloads(sidecar.metrics(), "success") >= 1
 
 
 def test_replaced_client_ca_is_no_longer_trusted(start_sidecar, pki):
@@ -109,7 +115,14 @@ def test_replaced_client_ca_is_no_longer_trusted(start_sidecar, pki):
         _replace(pki.dir / "client-ca.pem", new_ca.cert_pem.bytes())
         assert _wait_until(lambda: _accepted(lambda: sidecar.client(new_client)))
         assert not _accepted(old_client)
-        # Open connections are not dropped by a reload.
+        # A connection opened under the removed CA is no longer served: its next request
+        # is 421 (make a new connection), and the new handshake is refused.
+        assert kept_alive.get(sidecar.url, params=PARAMS).status_code == 421
+    with sidecar.client(new_client) as kept_alive:
+        assert kept_alive.get(sidecar.url, params=PARAMS).status_code == 200
+        # A CA added beside the one in use changes nothing for open connections.
+        _replace(pki.dir / "client-ca.pem", new_ca.cert_pem.bytes() + pki.client_ca.cert_pem.bytes())
+        assert _wait_until(lambda: _accepted(old_client))
         assert kept_alive.get(sidecar.url, params=PARAMS).status_code == 200
 
 
@@ -147,7 +160,7 @@ def test_broken_renewal_keeps_the_old_pair_serving(start_sidecar, pki):
     other = trustme.CA().issue_cert("127.0.0.1")
     # A key that does not match the certificate on disk.
     _replace(pki.dir / "server.key", other.private_key_pem.bytes())
-    assert _wait_until(lambda: 'sidecar_tls_reloads_total{result="failure"}' in sidecar.metrics())
+    assert _wait_until(lambda: _reloads(sidecar.metrics(), "failure") >= 1)
     assert _accepted(lambda: sidecar.client(pki.meta_client))
     assert "tls.reload_failed" in sidecar.log() and "does not match" in sidecar.log()
     # Garbage in the certificate file: same.
@@ -280,3 +293,47 @@ def test_certificate_expiry_metric_follows_a_rotation(start_sidecar, pki, worker
                 and abs(next(iter(server.values())) - 20 * 86400) < 120)
 
     assert _wait_until(only_the_new_one)
+
+
+def _kept_alive(client: httpx.Client, url: str, body: bytes) -> int:
+    """A signed POST on ``client``'s open connection; its status."""
+    from sidecar.checks.signature import sign
+    from sidecar.secret import Secret
+
+    from conftest import APP_SECRET
+
+    return client.post(url, content=body, headers={
+        "content-type": "application/json",
+        "x-hub-signature-256": sign(Secret(APP_SECRET), body)}).status_code
+
+
+@pytest.mark.parametrize("change", ["client_auth", "allowed_names"])
+def test_a_reload_withdraws_admission_from_connections_already_open(start_sidecar, pki,
+                                                                     sink, change):
+    # Every request is guarded by the policy in force, not only the handshake: a
+    # kept-alive connection admitted while onboarding (no certificate) or under a name
+    # since removed gets 403 at its next request, and is closed.
+    import json
+
+    from sidecar.tools.samples import sample_delivery
+
+    optional = change == "client_auth"
+    sidecar = start_sidecar(client_auth="optional" if optional else "required")
+    body = json.dumps(sample_delivery("security", unique=change)).encode()
+    client_pem = None if optional else pki.meta_client
+    with sidecar.client(client_pem) as kept:
+        assert kept.get(sidecar.url, params=PARAMS).status_code == 200  # connection open
+        cfg = sidecar.config_path.read_text()
+        if optional:
+            cfg = cfg.replace("client_auth: optional", "client_auth: required")
+        else:
+            cfg = cfg.replace("allowed_client_names: [", "allowed_client_names: [someone.else, ")
+            cfg = cfg.replace(f", {META_CN}]", "]")
+        assert cfg != sidecar.config_path.read_text()
+        sidecar.config_path.write_text(cfg)
+        sidecar.send_signal(signal.SIGHUP)
+        URL[0] = sidecar.url
+        assert _wait_until(lambda: not _accepted(lambda: sidecar.client(client_pem)), 5)
+        assert _kept_alive(kept, sidecar.url, body) == 403
+    assert sink.requests == []
+    assert "admission_withdrawn" in sidecar.log()

@@ -9,6 +9,7 @@ from importlib.metadata import version
 
 import hypercorn.protocol
 from hypercorn.asyncio.task_group import TaskGroup
+from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config
 from hypercorn.protocol.h11 import H11Protocol
@@ -35,6 +36,14 @@ def test_the_overridden_methods_have_the_shape_they_were_written_for() -> None:
     handle_events = inspect.getsource(H11Protocol._handle_events)
     assert "await self._check_protocol(event)" in handle_events
     assert "await self._create_stream(event)" in handle_events
+    # A request refused in _create_stream leaves no stream: the loop must stop there.
+    assert "elif self.stream is None:\n                    break" in handle_events
+    # The refusal is Hypercorn's own error answer, and the TLS object is the writer's,
+    # behind the bound protocol_send that TCPServer hands the protocol as ``send``.
+    assert list(inspect.signature(H11Protocol._send_error_response).parameters) == [
+        "self", "status_code"]
+    run = inspect.getsource(TCPServer.run)
+    assert "self.protocol_send" in run and 'self.writer.get_extra_info("ssl_object")' in run
 
 
 def test_hypercorn_builds_the_guarded_protocol_for_http11_connections() -> None:
