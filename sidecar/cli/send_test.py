@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.config import load_config
+from sidecar.errors import UsageError
 from sidecar.tools.samples import SAMPLE_FIELDS, sample_delivery
 from sidecar.tools.sender import default_client_tls, listener_url, send_delivery
 
@@ -31,6 +32,10 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if (args.cert is None) != (args.key is None):
+        # One of them alone would be paired with the other of `certs dev`'s pair.
+        raise UsageError("--cert and --key go together (omit both to use the pair "
+                         "`sidecar certs dev` wrote)")
     config = load_config(args.config)
     tls = default_client_tls(config, args.cert, args.key, args.ca)
     url = args.url or listener_url(config)

@@ -86,7 +86,7 @@ def _listen(s: Section) -> ListenConfig:
         raise ConfigError(f"config key '{s.key('path')}': must be a URL path (letters, "
                           "digits and - . _ ~ ! $ & ' ( ) * + , ; = : @ / or %XX; no "
                           "spaces, '?' or '#')")
-    return ListenConfig(host=s.string("host", ListenConfig.host),
+    return ListenConfig(host=_host(s, ListenConfig.host),
                         port=_port(s, "port", ListenConfig.port), path=path)
 
 
@@ -275,9 +275,18 @@ def _limits(s: Section) -> LimitsConfig:
     )
 
 
+def _host(s: Section, default: str) -> str:
+    host = s.string("host", default)
+    if not host.strip() or any(c.isspace() for c in host):
+        # "" would bind every address: say which one is meant (0.0.0.0 or ::).
+        raise ConfigError(f"config key '{s.key('host')}': must be an address or a host name "
+                          "(0.0.0.0 or :: for every address)")
+    return host
+
+
 def _admin(s: Section) -> AdminConfig:
     s.check_unknown({"host", "port"})
-    return AdminConfig(host=s.string("host", AdminConfig.host),
+    return AdminConfig(host=_host(s, AdminConfig.host),
                        port=_port(s, "port", AdminConfig.port))
 
 

@@ -28,6 +28,9 @@ class Section:
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
+            if not name:  # the whole file
+                raise ConfigError("the config file must be a YAML mapping of sections "
+                                  "(listen:, tls:, meta:, ...)")
             raise ConfigError(f"config key '{name}': must be a mapping")
         self.raw = raw
         self.name = name

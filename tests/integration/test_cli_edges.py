@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
+from sidecar.cli import main
 
 CONFIG = """\
 tls: {{cert_file: c.pem, key_file: k.pem, client_ca_files: [ca.pem]}}
@@ -58,8 +59,18 @@ def test_a_reader_that_goes_away_is_a_quiet_exit(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "nan", "1e300"])
-def test_demo_refuses_a_bad_timeout_before_starting_anything(value: str) -> None:
-    result = sidecar("demo", "--timeout-s", value)
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "--timeout-s" in result.stderr
-    assert result.stdout == ""
+def test_demo_refuses_a_bad_timeout_before_starting_anything(
+        value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--timeout-s", value]) == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "--timeout-s" in err and out == ""
+
+
+@pytest.mark.parametrize("given", ["--cert", "--key"])
+def test_send_test_takes_cert_and_key_together(tmp_path: Path, given: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # One alone would be paired with the other half of `certs dev`'s pair.
+    assert main(["send-test", "-c", str(tmp_path / "missing.yaml"), given,
+                 str(tmp_path / "x.pem")]) == 2
+    out, err = capsys.readouterr()
+    assert "--cert and --key go together" in err and err.count("\n") == 1

@@ -84,7 +84,7 @@ def test_example_config_parses_and_documents_every_key(tmp_path):
     (MINIMAL.replace("upstream:\n", "upstream:\n  ca_file: certs/up.pem\n"),
      "config key 'upstream.ca_file': only used with an https:// upstream.url"),
     (MINIMAL.replace('  verify_token: "${VERIFY_TOKEN}"\n', ""), "'meta.verify_token': required"),
-    ("- just\n- a list\n", "must be a mapping"),
+    ("- just\n- a list\n", "must be a YAML mapping"),
     # A lone string where a list belongs is a wrong type, not a list of one.
     (MINIMAL.replace('["${APP_SECRET}"]', '"${APP_SECRET}"'),
      "'meta.app_secrets': must be a list of strings"),
@@ -199,3 +199,15 @@ def test_a_secret_yaml_reads_as_a_number_is_refused_not_changed(tmp_path, writte
 def test_a_bad_graph_base_url_names_the_key(tmp_path, url):
     message = _error(tmp_path, MINIMAL + f'graph: {{base_url: "{url}"}}\n')
     assert message.startswith("config key 'graph.base_url': must")
+
+
+@pytest.mark.parametrize("section", ["listen", "admin"])
+@pytest.mark.parametrize("host", ["", " ", "a b"])
+def test_an_empty_host_names_the_key(tmp_path, section, host):
+    message = _error(tmp_path, MINIMAL + f'{section}: {{host: "{host}"}}\n')
+    assert message.startswith(f"config key '{section}.host': must be an address")
+
+
+def test_a_file_that_is_not_a_mapping_says_so(tmp_path):
+    assert _error(tmp_path, "- listen\n- tls\n").startswith(
+        "the config file must be a YAML mapping")
