@@ -62,7 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("SIDECAR_DEBUG"):
             raise
-        # Never a traceback (its text may quote a secret): the kind of failure only.
+        # The traceback goes to the log, where ``serve`` has its handlers (a crash of the
+        # daemon must leave something to diagnose); a one-shot command's stderr gets the
+        # kind of failure only, never a traceback that might quote a secret.
+        logging.getLogger("sidecar").error("cli.unexpected_error", exc_info=True)
         sys.stderr.write(f"sidecar: error: unexpected {type(exc).__name__} (a bug; run "
                          "with SIDECAR_DEBUG=1 to see where)\n")
         return 1

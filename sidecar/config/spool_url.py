@@ -9,6 +9,7 @@ a port, and then show."""
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 __all__ = ["redact_url", "url_password", "url_problem"]
@@ -38,15 +39,28 @@ def url_password(url: str) -> str:
     return unquote(userinfo.split(":", 1)[1])
 
 
+def _ambiguous(userinfo: str | None, rest: str) -> bool:
+    """An ``@`` that libpq and a reader would split differently: a second one in the
+    authority (``user:pa@ss@host``), or one inside the query of a URL without a path
+    (``postgresql://db?password=se@cret``, whose "userinfo" is then ``db?password=se``).
+    Either way a piece of the password would be shown as a host or a user."""
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    user = userinfo.split(":", 1)[0] if userinfo is not None else ""
+    return "@" in authority or any(c in user for c in "?#=")
+
+
 def url_problem(url: str) -> str | None:
     """Why the URL cannot be a connection string (hosts, port), without quoting it."""
     try:
-        prefix, _, rest = _split(url)
+        prefix, userinfo, rest = _split(url)
+        if _ambiguous(userinfo, rest):
+            raise ValueError("an @ that must be percent-encoded")
         parts = urlsplit(prefix + rest)
         for host in parts.netloc.split(","):
             urlsplit(prefix + host).port  # noqa: B018 - raises for a bad port
     except ValueError as exc:  # its text may quote a piece of the URL: not shown
-        what = "host" if "IPv6" in str(exc) else "port" if "Port" in str(exc) else "form"
+        what = ("host" if "IPv6" in str(exc) or "@" in str(exc)
+                else "port" if "Port" in str(exc) else "form")
         return f"not a valid URL (its {what} cannot be read; a password with / or @ " \
                "must be percent-encoded)"
     return None
@@ -57,6 +71,8 @@ def redact_url(url: str) -> str:
     query parameter) replaced, everything else as given."""
     try:
         prefix, userinfo, rest = _split(url)
+        if _ambiguous(userinfo, rest):
+            raise ValueError("ambiguous")
         if userinfo is not None and ":" in userinfo:
             userinfo = userinfo.split(":", 1)[0] + ":***"
         parts = urlsplit(prefix + rest)

@@ -39,8 +39,11 @@ def public_backlog(max_connections: int) -> int:
 
 def fds_needed(config: Config) -> int:
     max_connections = config.limits.max_connections
+    # Direct mode has two upstream pools in one process: the ingest's, and the worker's
+    # that sends what `spool replay` puts back.
+    pools = 2 if config.delivery.mode == "direct" else 1
     return (max_connections + public_backlog(max_connections)
-            + config.upstream.max_in_flight + RESERVED_FDS)
+            + pools * config.upstream.max_in_flight + RESERVED_FDS)
 
 
 def nofile_hard_limit() -> int:

@@ -95,9 +95,10 @@ class GuardedH11Protocol(H11Protocol):
             # The TLS policy changed since this connection's handshake and no longer
             # admits it: answered without the app, and closed (Hypercorn's own way of
             # refusing a request it cannot serve; the body, if any, is never read).
-            log.info("request.refused", extra={"status": refusal,
+            status, reason = refusal
+            log.info("request.refused", extra={"status": status, "reason": reason,
                                                 "outcome": "admission_withdrawn"})
-            await self._send_error_response(refusal)
+            await self._send_error_response(status)
             await self.send(Closed())
             return
         if not request.method.isupper():
@@ -108,7 +109,7 @@ class GuardedH11Protocol(H11Protocol):
                                   headers=request.headers, http_version=request.http_version)
         await super()._create_stream(request)
 
-    def _readmission(self) -> int | None:
+    def _readmission(self) -> tuple[int, str] | None:
         # The connection's TLS object, through Hypercorn's TCPServer (``self.send`` is its
         # bound ``protocol_send``): the holder's ``IdentityCheckedSSLObject.readmit``.
         if self._ssl_object is None:

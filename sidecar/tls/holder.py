@@ -102,13 +102,15 @@ class TLSHolder:
         require = tls.client_auth == "required"
         context = build_context(material, require_client_cert=require)
         context.sslobject_class = self._sslobject_cls
-        return TLSState(
+        state = TLSState(
             material=material,
             context=context,
             policy=IdentityPolicy(tls.allowed_client_names),
             require_client_cert=require,
             generation=generation,
         )
+        context.sidecar_state = state  # type: ignore[attr-defined]  # see _made_by
+        return state
 
     def reload(self, tls: TLSConfig) -> bool:
         """Swap in new material/policy if anything changed.  Returns True when swapped.
@@ -174,9 +176,10 @@ class TLSHolder:
                     raise
                 holder.check_peer(self)
 
-            def readmit(self) -> int | None:
+            def readmit(self) -> tuple[int, str] | None:
                 """Before each request: None when the current policy still admits this
-                connection, else the status to refuse it with (``TLSHolder.readmit``)."""
+                connection, else the status to refuse it with, and why
+                (``TLSHolder.readmit``)."""
                 return holder.readmit(self)
 
         return IdentityCheckedSSLObject
@@ -245,7 +248,7 @@ class TLSHolder:
             if state.require_client_cert:
                 self._report_refusal("no_certificate", {})
                 raise HandshakeRefused("client certificate required")
-            sslobj._admitted_by = state  # type: ignore[attr-defined]
+            sslobj._admitted_by = _made_by(sslobj, state)  # type: ignore[attr-defined]
             return
         if not state.policy.allows(peer):
             cns, sans = peer_names(peer)
@@ -261,44 +264,36 @@ class TLSHolder:
             self._report_refusal("untrusted_certificate",
                                  {"error": "certificate has expired (resumed session)"})
             raise HandshakeRefused("client certificate expired")
-        sslobj._admitted_by = state  # type: ignore[attr-defined]
+        sslobj._admitted_by = _made_by(sslobj, state)  # type: ignore[attr-defined]
 
-    def readmit(self, sslobj: ssl.SSLObject) -> int | None:
+    def readmit(self, sslobj: ssl.SSLObject) -> tuple[int, str] | None:
         """A connection admitted before a reload, judged again by the policy in force:
-        None when it is still admitted, else the status its next request gets (the
-        connection is then closed).  A reload never drops connections, but one that
+        None when it is still admitted, else ``(status, reason)`` for its next request
+        (the connection is then closed).  A reload never drops connections, but one that
         switched ``tls.client_auth`` to ``required`` or removed a name must not leave a
-        kept-alive connection admitted by the old rules.  A changed client-CA set cannot
-        be judged without the chain: 421, so the client makes a new connection (and a
-        new handshake under the new CAs) for its next try.  One comparison per request
-        while the policy is unchanged."""
+        kept-alive connection admitted by the old rules.  A client CA removed is judged
+        from the leaf alone (the chain it came with is not kept): issued directly by a
+        CA still trusted, it stays; otherwise 421, so that the client's next try makes a
+        new connection, whose handshake decides.  A CA added, or the same CAs written
+        differently, changes nothing.  One comparison per request while the policy is
+        unchanged."""
         state = self.state
-        admitted_by = getattr(sslobj, "_admitted_by", None)
+        admitted_by: TLSState | None = getattr(sslobj, "_admitted_by", None)
         if admitted_by is state:
             return None
-        peer = sslobj.getpeercert() if admitted_by is not None else None
         if admitted_by is None:
-            return 403  # never admitted by check_peer: fail closed
+            return 403, "not_admitted"  # never through check_peer: fail closed
+        peer = sslobj.getpeercert()
         if not peer:
             if state.require_client_cert:
-                self._report_refusal("no_certificate", {"after": "reload"})
-                return 403
+                return 403, "no_certificate"
         elif not state.policy.allows(peer):
-            cns, sans = peer_names(peer)
-            self._report_refusal("name_not_allowed", {"after": "reload",
-                                                      "common_names": _bounded(cns),
-                                                      "dns_names": _bounded(sans)})
-            return 403
-        elif (state.material.ca_pem != admitted_by.material.ca_pem
+            return 403, "name_not_allowed"
+        elif (not _fingerprints(state) >= _fingerprints(admitted_by)
               and not self._issued_by_a_client_ca(sslobj, state)):
-            # Not issued by a CA still trusted, as far as the leaf alone can tell (the
-            # chain it came with is not kept): a new connection's handshake decides.
-            self._report_refusal("untrusted_certificate",
-                                 {"after": "reload", "error": "client CAs changed"})
-            return 421
+            return 421, "client_ca_removed"
         sslobj._admitted_by = state  # type: ignore[attr-defined]
         return None
-
 
     def _issued_by_a_client_ca(self, sslobj: ssl.SSLObject, state: TLSState) -> bool:
         der = sslobj.getpeercert(binary_form=True)
@@ -318,6 +313,10 @@ class TLSHolder:
         return False
 
 
+def _fingerprints(state: TLSState) -> frozenset[str]:
+    return frozenset(ca.sha256 for ca in state.material.client_cas)
+
+
 class _ListenerContext(ssl.SSLContext):
     """The listener's context: a complete server context (so nothing that inspects it is
     surprised), but connections are made from the current state's context.  Asyncio's
@@ -331,6 +330,14 @@ class _ListenerContext(ssl.SSLContext):
         return self.holder.state.context.wrap_bio(
             incoming, outgoing, server_side=server_side, server_hostname=server_hostname,
             session=session)
+
+
+def _made_by(sslobj: ssl.SSLObject, current: TLSState) -> TLSState:
+    """The state whose context made ``sslobj``: its chain was verified against that
+    state's CAs, even when a reload swapped the state during the handshake (the names
+    and ``client_auth`` were checked against ``current``)."""
+    made: TLSState | None = getattr(sslobj.context, "sidecar_state", None)
+    return made if made is not None else current
 
 
 def _error_text(exc: ssl.SSLError) -> str:

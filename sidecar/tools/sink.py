@@ -48,6 +48,7 @@ class RecordingSink:
         self.requests: list[ReceivedRequest] = []
         self.status = 200
         self.delay_s = 0.0
+        self.arrived = 0  # requests read, answered or not yet (``delay_s``)
         self._changed = threading.Condition(self._lock)
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
         self._server.daemon_threads = True
@@ -116,6 +117,8 @@ class RecordingSink:
             def do_POST(self) -> None:  # noqa: N802 (stdlib naming)
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
+                with sink._lock:
+                    sink.arrived += 1
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 if sink.delay_s:
                     threading.Event().wait(sink.delay_s)

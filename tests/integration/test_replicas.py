@@ -68,6 +68,7 @@ def test_a_replica_killed_with_claimed_events_loses_none(replicas, sink, pg_url)
     for body, _ in sent:
         assert a.post(body).status_code == 200
     wait_until(lambda: states(pg_url).get("in_flight") == len(sent), 10, "A's claims")
+    wait_until(lambda: sink.arrived >= len(sent), 10, "A's sends at the upstream")
     a.stop(signal.SIGKILL)  # mid-send: no settlement, no release
     sink.status = 503  # what A had sent never counts as delivered
     b = replicas.start("b")  # its start-up recovery leaves A's live leases alone

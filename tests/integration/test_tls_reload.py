@@ -337,3 +337,22 @@ def test_a_reload_withdraws_admission_from_connections_already_open(start_sideca
         assert _kept_alive(kept, sidecar.url, body) == 403
     assert sink.requests == []
     assert "admission_withdrawn" in sidecar.log()
+
+
+def test_a_ca_added_keeps_connections_whose_chain_has_an_intermediate(start_sidecar, pki):
+    # Meta's chain may run leaf → intermediate → the configured CA: the leaf alone is not
+    # issued by any configured CA, and adding a CA (a migration's first step) must not
+    # turn its open connections away.
+    leaf = pki.client_ca.create_child_ca().issue_cert(common_name=META_CN)
+    chained = pki.dir / "client-chained.pem"
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(chained))
+    sidecar = start_sidecar()
+    URL[0] = sidecar.url
+    with sidecar.client(chained) as kept:
+        assert kept.get(sidecar.url, params=PARAMS).status_code == 200
+        added = trustme.CA()
+        added_client = pki.client_pair("added", added, common_name=META_CN)
+        _replace(pki.dir / "client-ca.pem",
+                 added.cert_pem.bytes() + pki.client_ca.cert_pem.bytes())  # reordered too
+        assert _wait_until(lambda: _accepted(lambda: sidecar.client(added_client)))
+        assert kept.get(sidecar.url, params=PARAMS).status_code == 200

@@ -64,7 +64,13 @@ def test_a_bad_scheme_from_a_file_names_the_file_key(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("url", ["postgresql://u:PWSECRET@[::1/x",
                                  "postgresql://u:PWSECRET@db:99999/x",
-                                 "postgresql://u:PW/SECRET@db/x"])
+                                 "postgresql://u:PW/SECRET@db/x",
+                                 # an unencoded @: libpq and a reader split these apart
+                                 # differently, and a piece would show as a host or user
+                                 "postgresql://u:PW@SECRET@db/x",
+                                 "postgresql://db?password=PW@SECRET",
+                                 "postgresql://db?password=PW:SE@CRET",
+                                 "postgresql://db?sslpassword=PW@SECRET"])
 def test_a_malformed_spool_url_is_one_line_without_the_password(tmp_path: Path,
                                                                 url: str) -> None:
     with pytest.raises(ConfigError) as caught:

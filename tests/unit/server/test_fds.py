@@ -48,3 +48,11 @@ def test_an_upstream_pool_the_limit_cannot_hold_names_its_own_key(tmp_path) -> N
     with pytest.raises(ConfigError) as info:
         check_fd_budget(config, limit=4096)
     assert str(info.value).startswith("config key 'upstream.max_in_flight':")
+
+
+def test_direct_mode_counts_both_upstream_pools(tmp_path) -> None:
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(CONFIG % 10 + "delivery: {mode: direct}\n", encoding="utf-8")
+    direct = load_config(path, env={})
+    spool = _config(tmp_path, 10)
+    assert fds_needed(direct) - fds_needed(spool) == direct.upstream.max_in_flight

@@ -257,6 +257,9 @@ def test_redact_url() -> None:
         assert redact_url(url) == "postgresql://sidecar:***@db/sidecar"
         assert SpoolURL(url).reason(Exception(f"bad {password}")) == "bad ***"
     assert redact_url("postgresql:///sidecar?host=/run/pg") == "postgresql:///sidecar?host=/run/pg"
+    for ambiguous in ("postgresql://sidecar:PW@SECRET@db/sidecar",
+                      "postgresql://db?password=PW@SECRET"):
+        assert redact_url(ambiguous) == "postgresql://***"
 
 
 async def test_an_unreachable_database_fails_fast_logs_once_and_hides_the_password(
