@@ -61,3 +61,10 @@ def test_reload_counters_are_shown_at_zero_before_the_first_reload(
     for family in ("sidecar_tls_reloads_total", "sidecar_config_reloads_total"):
         for result in ("success", "failure"):
             assert f'{family}{{result="{result}"}} 0.0' in text, text
+
+
+@pytest.mark.parametrize("multiprocess", [False, True])
+def test_the_same_families_whatever_the_worker_count(tmp_path: Path, multiprocess: bool) -> None:
+    text = subprocess.run([sys.executable, "-c", _RENDER, str(tmp_path) if multiprocess else ""],
+                          capture_output=True, text=True, check=True, timeout=60).stdout
+    assert "_created" not in text
