@@ -52,6 +52,7 @@ from sidecar.events import Event, QuarantinedChange
 
 __all__ = [
     "Spool",
+    "requeue_refusal",
     "Batch",
     "Renormalize",
     "AddResult",
@@ -172,6 +173,16 @@ def renormalize_stored(id_: str, row: Sequence[Any], renormalize: Renormalize
         return renormalize(change, datetime.fromtimestamp(received_at, tz=timezone.utc))
     except SidecarError as exc:
         return str(exc)
+
+
+def requeue_refusal(state: str, *, force: bool) -> str | None:
+    """Why a stored event in ``state`` is not put back on the queue by ``replay``, or
+    None when it is (every backend refuses in the same words)."""
+    if state in ("pending", "in_flight"):
+        return f"already {state.replace('_', ' ')}"
+    if state == "delivered" and not force:
+        return "already delivered (use --force to send it again)"
+    return None
 
 
 class ReplayTally:

@@ -84,16 +84,11 @@ class PostgresSpool(ThreadedSpool):
     def __repr__(self) -> str:
         return f"PostgresSpool({self.db.url.display!r})"
 
-
-
     async def add_many(self, batches: Sequence[Batch]) -> list[AddResult]:
         results = await asyncio.to_thread(self.store.add_many, batches)
         if any(r.stored for r in results):
             self._notifier.poke()
         return results
-
-
-
 
     async def watch_commits(self, wake: Callable[[], None], stop: asyncio.Event) -> None:
         halt = threading.Event()
@@ -111,7 +106,6 @@ class PostgresSpool(ThreadedSpool):
         return await asyncio.to_thread(self.store.settle_and_claim, settlement, limit,
                                        lease_s=lease_s)
 
-
     async def settle(self, settlement: Settlement) -> None:
         await asyncio.to_thread(self.store.settle, settlement)
 
@@ -120,10 +114,6 @@ class PostgresSpool(ThreadedSpool):
 
     async def recover(self, *, at_start: bool = False) -> int:
         return await asyncio.to_thread(self.store.recover, at_start=at_start)
-
-
-
-
 
     async def replay(self, ids: Sequence[str], *, renormalize: Renormalize,
                      force: bool = False) -> ReplayResult:

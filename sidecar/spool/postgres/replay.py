@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sidecar.spool.contract import Renormalize, ReplayResult, ReplayTally, renormalize_stored
+from sidecar.spool.contract import (Renormalize, ReplayResult, ReplayTally, renormalize_stored,
+                                     requeue_refusal)
 from sidecar.spool.postgres.database import Database
 from sidecar.spool.postgres.pool import Connection
 from sidecar.spool.postgres.store import NO_LIMIT, PostgresStore
@@ -74,9 +75,7 @@ class PostgresReplay:
 def _requeue(conn: Connection, id_: str, state: str, now: float, *,
              force: bool) -> str | None:
     """None when requeued, else why not."""
-    if state in ("pending", "in_flight"):
-        return f"already {state.replace('_', ' ')}"
-    if state == "delivered" and not force:
-        return "already delivered (use --force to send it again)"
-    conn.execute(_REQUEUE, (now, id_))
-    return None
+    refusal = requeue_refusal(state, force=force)
+    if refusal is None:
+        conn.execute(_REQUEUE, (now, id_))
+    return refusal

@@ -22,7 +22,7 @@ statement's batch id, in the same statement (so a part row is never visible with
 its events, nor events without their parts), and ``SETTLE_AND_CLAIM`` returns the
 claimed events and, after them, each part they refer to once.  The stored form is
 written in ``ADD`` only and read in ``SETTLE_AND_CLAIM`` and the listings
-(``store.encode_bodies`` / ``store.spooled``).
+(``parts.split_events`` / ``store.spooled``).
 """
 
 from __future__ import annotations

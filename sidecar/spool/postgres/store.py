@@ -21,15 +21,9 @@ from sidecar.spool.postgres import sql
 from sidecar.spool.postgres.database import Database
 from sidecar.spool.postgres.pool import Connection
 
-__all__ = ["PostgresStore", "encode_bodies", "add_parameters", "spooled", "NO_LIMIT"]
+__all__ = ["PostgresStore", "add_parameters", "spooled", "NO_LIMIT"]
 
 NO_LIMIT = 2**62  # max depth for direct mode's record of delivered ids
-
-
-def encode_bodies(events: Sequence[Event]) -> StoredBatch:
-    """What the spool stores for the events: each one's own part, and the parts they
-    share once.  The one place that decides the stored form (``spooled`` reads it back)."""
-    return split_events(events)
 
 
 def add_parameters(encoded: StoredBatch) -> tuple[list[bytes], list[str | None], uuid.UUID,
@@ -113,7 +107,7 @@ class PostgresStore:
         ``events``, only an id's first occurrence can be stored."""
         unique = list({e.id: e for e in reversed(events)}.values())[::-1]
         q_unique = list({q.id: q for q in reversed(quarantined)}.values())[::-1]
-        own, holes, batch, part_ids, part_bodies = add_parameters(encode_bodies(unique))
+        own, holes, batch, part_ids, part_bodies = add_parameters(split_events(unique))
         now = self.db.now()
         delivered = state == "delivered"
         row = conn.execute(sql.ADD, (

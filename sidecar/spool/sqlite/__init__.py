@@ -60,13 +60,8 @@ class SQLiteSpool(ThreadedSpool):
     def path(self) -> Path:
         return self.db.path
 
-
-
     async def add_many(self, batches: Sequence[Batch]) -> list[AddResult]:
         return await asyncio.to_thread(self.store.add_many, batches)
-
-
-
 
     async def watch_commits(self, wake: Callable[[], None], stop: asyncio.Event) -> None:
         return  # every writer is on this machine and wakes the worker itself
@@ -96,7 +91,6 @@ class SQLiteSpool(ThreadedSpool):
             claimed += got
         return claimed
 
-
     async def settle(self, settlement: Settlement) -> None:
         await self._draining(self._settle_and_claim, settlement, 0, 0.0)
 
@@ -105,10 +99,6 @@ class SQLiteSpool(ThreadedSpool):
 
     async def recover(self, *, at_start: bool = False) -> int:
         return await self._draining(functools.partial(self.store.recover, at_start=at_start))
-
-
-
-
 
     async def replay(self, ids: Sequence[str], *, renormalize: Renormalize,
                      force: bool = False) -> ReplayResult:

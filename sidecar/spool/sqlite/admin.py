@@ -15,12 +15,14 @@ from sidecar.spool.contract import (
     ReplayResult,
     ReplayTally,
     renormalize_stored,
+    requeue_refusal,
     SpoolRow,
     SpoolStats,
 )
 from sidecar.spool.sqlite.database import Database
 from sidecar.spool.sqlite.schema import STATES
-from sidecar.spool.sqlite.store import SQLiteStore, bodies, oldest_age
+from sidecar.spool.parts import split_events
+from sidecar.spool.sqlite.store import SQLiteStore, oldest_age
 
 __all__ = ["SQLiteAdmin"]
 
@@ -116,8 +118,8 @@ class SQLiteAdmin:
         events = renormalize_stored(id_, row, renormalize)
         if isinstance(events, str):
             return events
-        added = sum(self._store.insert_events(conn, events, bodies(events), state="pending",
-                                              now=now))
+        added = sum(self._store.insert_events(conn, events, split_events(events),
+                                              state="pending", now=now))
         conn.execute("update quarantine set replayed_at = ? where id = ?", (now, id_))
         return added
 
@@ -179,10 +181,9 @@ class SQLiteAdmin:
 def _replay_event(conn: sqlite3.Connection, id_: str, state: str, now: float, *,
                   force: bool) -> str | None:
     """None when requeued, else why not."""
-    if state in ("pending", "in_flight"):
-        return f"already {state.replace('_', ' ')}"
-    if state == "delivered" and not force:
-        return "already delivered (use --force to send it again)"
+    refusal = requeue_refusal(state, force=force)
+    if refusal is not None:
+        return refusal
     conn.execute(
         "update events set state = 'pending', attempts = 0, next_attempt_at = ?,"
         " replayed_at = ?, lease_until = null, delivered_at = null where id = ?",

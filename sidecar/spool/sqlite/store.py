@@ -21,13 +21,7 @@ from sidecar.spool.parts import (StoredBatch, Unreadable, decode_holes, encode_h
                                  split_events)
 from sidecar.spool.sqlite.database import Database
 
-__all__ = ["SQLiteStore", "bodies"]
-
-
-def bodies(events: Sequence[Event]) -> StoredBatch:
-    """What the spool stores for the events: each one's own part, and the parts they
-    share once; reassembled, the JSON the upstream receives."""
-    return split_events(events)
+__all__ = ["SQLiteStore"]
 
 
 class SQLiteStore:
@@ -44,7 +38,7 @@ class SQLiteStore:
         of stored ids still succeed when the spool is full: they add nothing.
         """
         every = [e for events, _ in batches for e in events]
-        encoded = bodies(every)  # before the write lock, which other writers queue on
+        encoded = split_events(every)  # before the write lock, which other writers queue on
         now = self.db.now()
         with self.db.tx(durable=True, ingest=True) as conn:
             depth = depth_of(conn)
@@ -67,7 +61,7 @@ class SQLiteStore:
 
     def record_delivered(self, events: Sequence[Event],
                          quarantined: Sequence[QuarantinedChange]) -> None:
-        encoded = bodies(events)
+        encoded = split_events(events)
         now = self.db.now()
         with self.db.tx(durable=True, ingest=True) as conn:
             self.insert_events(conn, events, encoded, state="delivered", now=now)
@@ -100,7 +94,7 @@ class SQLiteStore:
 
     def insert_events(self, conn: sqlite3.Connection, events: Sequence[Event],
                       encoded: StoredBatch, *, state: str, now: float) -> list[bool]:
-        """Insert each event (``encoded``: ``bodies(events)``) unless its id is stored
+        """Insert each event (``encoded``: ``split_events(events)``) unless its id is stored
         within the dedup window (or came earlier in ``events``), with the parts the
         inserted ones refer to; per event, True when inserted."""
         status = self._stored_status(conn, [e.id for e in events], now)
