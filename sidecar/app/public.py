@@ -132,7 +132,6 @@ def build_public_app(
         return _accepted_response(len(normalized.events), len(normalized.quarantined))
 
     accepted = metrics.requests.labels("accepted")
-    unavailable_logs = Throttle(UNAVAILABLE_LOG_INTERVAL_S)
     return _WebhookApp(path, get=verify_subscription, post=receive_delivery)
 
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import h11
@@ -72,10 +73,16 @@ class GuardedH11Protocol(H11Protocol):
 
     _header_deadline: asyncio.TimerHandle | None = None
     _held_head = b""
-    _ssl_object: Any = None  # None: not looked up yet; False: a plain-HTTP listener
+    _readmit: Callable[[], tuple[int, str] | None] | None = None
 
     async def initiate(self) -> None:
         await super().initiate()
+        if self.ssl:
+            # The connection's TLS object, through Hypercorn's TCPServer (``self.send`` is
+            # its bound ``protocol_send``): the holder's ``IdentityCheckedSSLObject``.
+            writer = getattr(getattr(self.send, "__self__", None), "writer", None)
+            ssl_object = writer.get_extra_info("ssl_object") if writer is not None else None
+            self._readmit = getattr(ssl_object, "readmit", None)
         self._arm_header_deadline()  # the first request's head, from the connection's start
 
     async def handle(self, event: Event) -> None:
@@ -90,7 +97,7 @@ class GuardedH11Protocol(H11Protocol):
 
     async def _create_stream(self, request: Any) -> None:
         self._cancel_header_deadline()  # the head is complete
-        refusal = self._readmission()
+        refusal = self._readmit() if self._readmit is not None else None
         if refusal is not None:
             # The TLS policy changed since this connection's handshake and no longer
             # admits it: answered without the app, and closed (Hypercorn's own way of
@@ -108,15 +115,6 @@ class GuardedH11Protocol(H11Protocol):
             request = h11.Request(method=b"X-NOT-UPPER-CASE", target=request.target,
                                   headers=request.headers, http_version=request.http_version)
         await super()._create_stream(request)
-
-    def _readmission(self) -> tuple[int, str] | None:
-        # The connection's TLS object, through Hypercorn's TCPServer (``self.send`` is its
-        # bound ``protocol_send``): the holder's ``IdentityCheckedSSLObject.readmit``.
-        if self._ssl_object is None:
-            writer = getattr(getattr(self.send, "__self__", None), "writer", None)
-            self._ssl_object = writer.get_extra_info("ssl_object") if writer else False
-        readmit = getattr(self._ssl_object, "readmit", None)
-        return readmit() if readmit is not None else None
 
     async def _maybe_recycle(self) -> None:
         await super()._maybe_recycle()

@@ -93,7 +93,6 @@ class TLSHolder:
         self._admit_lock = threading.Lock()
         self._last_collect = 0.0
         self._sslobject_cls = self._sslobject_class()
-        self._client_ca_certs: tuple[TLSState, list[x509.Certificate]] | None = None
         # The constructor validates once: broken material fails at startup, not later.
         self.state = self._build(tls, generation=1)
 
@@ -244,20 +243,19 @@ class TLSHolder:
     def check_peer(self, sslobj: ssl.SSLObject) -> None:
         state = self.state
         peer = sslobj.getpeercert()
-        if not peer:
-            if state.require_client_cert:
-                self._report_refusal("no_certificate", {})
-                raise HandshakeRefused("client certificate required")
-            sslobj._admitted_by = _made_by(sslobj, state)  # type: ignore[attr-defined]
-            return
-        if not state.policy.allows(peer):
+        refusal = _policy_refusal(peer, state)
+        if refusal == "no_certificate":
+            self._report_refusal("no_certificate", {})
+            raise HandshakeRefused("client certificate required")
+        if refusal == "name_not_allowed":
+            assert peer
             cns, sans = peer_names(peer)
             # What it presented, so a wrong name can be told from a wrong config.  The
             # certificate chains to a trusted CA, but is bounded anyway.
             self._report_refusal("name_not_allowed", {"common_names": _bounded(cns),
                                                       "dns_names": _bounded(sans)})
             raise HandshakeRefused("client certificate name not allowed")
-        if sslobj.session_reused and _expired(peer, time.time()):
+        if peer and sslobj.session_reused and _expired(peer, time.time()):
             # A resumed TLS 1.2 session skips the chain check, validity included: the
             # certificate was valid when the session was made, and has expired since.
             # Refused as a full handshake would refuse it.
@@ -284,33 +282,35 @@ class TLSHolder:
         if admitted_by is None:
             return 403, "not_admitted"  # never through check_peer: fail closed
         peer = sslobj.getpeercert()
-        if not peer:
-            if state.require_client_cert:
-                return 403, "no_certificate"
-        elif not state.policy.allows(peer):
-            return 403, "name_not_allowed"
-        elif (not _fingerprints(state) >= _fingerprints(admitted_by)
-              and not self._issued_by_a_client_ca(sslobj, state)):
+        refusal = _policy_refusal(peer, state)
+        if refusal is not None:
+            return 403, refusal
+        if (peer and not _fingerprints(state) >= _fingerprints(admitted_by)
+                and not _issued_by_a_client_ca(sslobj, state)):
             return 421, "client_ca_removed"
         sslobj._admitted_by = state  # type: ignore[attr-defined]
         return None
 
-    def _issued_by_a_client_ca(self, sslobj: ssl.SSLObject, state: TLSState) -> bool:
-        der = sslobj.getpeercert(binary_form=True)
-        if not der:
-            return False
-        cached = self._client_ca_certs
-        if cached is None or cached[0] is not state:
-            cached = self._client_ca_certs = (
-                state, x509.load_pem_x509_certificates(state.material.ca_pem))
-        leaf = x509.load_der_x509_certificate(der)
-        for ca in cached[1]:
-            try:
-                leaf.verify_directly_issued_by(ca)
-            except (ValueError, TypeError, InvalidSignature):
-                continue
-            return True
+def _policy_refusal(peer: dict[str, Any] | None, state: TLSState) -> str | None:
+    """What the identity policy of ``state`` says to this peer: ``no_certificate``,
+    ``name_not_allowed``, or None (admitted).  The handshake and ``readmit`` both ask."""
+    if not peer:
+        return "no_certificate" if state.require_client_cert else None
+    return None if state.policy.allows(peer) else "name_not_allowed"
+
+
+def _issued_by_a_client_ca(sslobj: ssl.SSLObject, state: TLSState) -> bool:
+    der = sslobj.getpeercert(binary_form=True)
+    if not der:
         return False
+    leaf = x509.load_der_x509_certificate(der)
+    for ca in state.material.client_ca_certs:
+        try:
+            leaf.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return True
+    return False
 
 
 def _fingerprints(state: TLSState) -> frozenset[str]:

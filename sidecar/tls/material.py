@@ -73,6 +73,7 @@ class TLSMaterial:
     server_chain: tuple[CertFacts, ...]
     client_cas: tuple[CertFacts, ...]
     digest: str  # of all the bytes above: "did anything change?"
+    client_ca_certs: tuple[x509.Certificate, ...] = ()  # ``client_cas``, parsed
 
 
 def read_pem_certs(path: Path, what: str) -> tuple[bytes, list[x509.Certificate]]:
@@ -175,6 +176,7 @@ def load_material(tls: TLSConfig, *, now: datetime | None = None) -> TLSMaterial
 
     ca_parts: list[bytes] = []
     client_cas: list[CertFacts] = []
+    ca_certs: list[x509.Certificate] = []
     for path in tls.client_ca_files:
         _, certs = read_pem_certs(path, "tls.client_ca_files")
         for cert in certs:
@@ -182,12 +184,14 @@ def load_material(tls: TLSConfig, *, now: datetime | None = None) -> TLSMaterial
             _refuse("tls.client_ca_files", path,
                     client_ca_problems(facts, tls.client_ca_sha256, now))
             client_cas.append(facts)
+            ca_certs.append(cert)
             # Re-encode what was parsed: bundles carry comments (non-ASCII issuer names)
             # and other text that OpenSSL need not see.
             ca_parts.append(cert.public_bytes(serialization.Encoding.PEM))
     ca_pem = b"".join(ca_parts)
     digest = hashlib.sha256(cert_pem + b"\0" + key_pem + b"\0" + ca_pem).hexdigest()
-    return TLSMaterial(cert_pem, key_pem, ca_pem, server_chain, tuple(client_cas), digest)
+    return TLSMaterial(cert_pem, key_pem, ca_pem, server_chain, tuple(client_cas), digest,
+                       tuple(ca_certs))
 
 
 def build_context(material: TLSMaterial, *, require_client_cert: bool,

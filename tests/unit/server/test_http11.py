@@ -30,7 +30,7 @@ def test_the_overridden_methods_have_the_shape_they_were_written_for() -> None:
     # What the subclass reads from the instance Hypercorn built.
     source = inspect.getsource(H11Protocol.__init__)
     for attribute in ("self.stream", "self.connection", "self.task_group", "self.send",
-                      "self.config"):
+                      "self.config", "self.ssl"):
         assert attribute in source, attribute
     # The switches it turns off are made in _check_protocol and nowhere else.
     handle_events = inspect.getsource(H11Protocol._handle_events)
