@@ -33,8 +33,9 @@ from sidecar.app.public import build_public_app
 from sidecar.config import load_config
 from sidecar.metrics import Metrics
 from sidecar.normalize import Normalized
-from sidecar.server.listen import Listener, ListenerLimits, bind_socket
+from sidecar.server.listen import Listener, bind_socket
 from sidecar.server.reload import LiveState
+from sidecar.server.roles import listener_limits
 from sidecar.server.compose import compose
 from sidecar.spool import open_spool
 from sidecar.tls.material import build_context
@@ -117,11 +118,7 @@ async def serve(layer: str, config_path: Path, port: int) -> None:
                                body_timeout_s=config.limits.body_timeout_s)
     listener = Listener(app, sock,
                         ssl_context=live.holder.listener_context(), backlog=1024,
-                        limits=ListenerLimits(
-                            header_timeout_s=config.limits.header_timeout_s,
-                            keepalive_timeout_s=config.limits.keepalive_timeout_s,
-                            handshake_timeout_s=config.limits.header_timeout_s,
-                            graceful_timeout_s=1.0))
+                        limits=listener_limits(live, graceful_timeout_s=1.0))
     await listener.serve(stop)
 
 

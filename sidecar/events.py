@@ -15,6 +15,7 @@ from typing import Any
 
 __all__ = [
     "JSONValue",
+    "json_text",
     "Event",
     "QuarantinedChange",
     "message_event_id",
@@ -154,9 +155,15 @@ def format_time(moment: datetime, *, millis: bool = False) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def json_text(value: JSONValue) -> str:
+    """A value in the one JSON form events are sent and stored in (compact, UTF-8 as is):
+    within an event's encoding, a part of it reads exactly as this."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 def encode_event(event: Event) -> bytes:
     """One event as the upstream receives it (and as the spool stores it)."""
-    return json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return json_text(event.to_dict()).encode("utf-8")
 
 
 def join_events(encoded: list[bytes], *, as_array: bool) -> bytes:

@@ -42,12 +42,15 @@ def _use_multiprocess_values(directory: Path) -> None:
     _values.ValueClass = _values.MultiProcessValue()  # type: ignore[no-untyped-call]
 
 
+# No ``*_created`` series (a switch for the whole process): the multiprocess collector has
+# none, so /metrics reads the same whatever the worker count, and scrapes carry half the
+# series.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
 class Metrics:
     def __init__(self, *, multiprocess_dir: Path | None = None) -> None:
         self._multiprocess_dir = multiprocess_dir
-        # No ``*_created`` series: the multiprocess collector has none, so /metrics reads
-        # the same whatever the worker count, and scrapes carry half the series.
-        disable_created_metrics()  # type: ignore[no-untyped-call]
         if multiprocess_dir is not None:
             _use_multiprocess_values(multiprocess_dir)
         r = self.registry = CollectorRegistry(auto_describe=True)

@@ -43,12 +43,6 @@ def non_empty_string(value: JSONValue, path: str) -> str | None:
     return f"{label(path)} must be a non-empty string"
 
 
-def integer(value: JSONValue, path: str) -> str | None:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return None
-    return f"{label(path)} must be an integer"
-
-
 def unix_time(value: JSONValue, path: str) -> str | None:
     """``entry.time``: an integer that fits the spool's 64-bit columns (it is stored as
     one).  Meta sends an integer here, always; its documentation's placeholders are not."""
@@ -145,7 +139,8 @@ def any_key(*names: str) -> Check:
 _TEXT = opt(nullable(string))
 _ID = opt(nullable(scalar))
 _METADATA = obj({"display_phone_number": _TEXT, "phone_number_id": _ID})
-_ERRORS = opt(list_of(obj({"code": opt(nullable(scalar))})))
+_ERROR = obj({"code": opt(nullable(scalar))})
+_ERRORS = opt(list_of(_ERROR))
 _CONTACT = obj({"wa_id": opt(string), "user_id": opt(string), "parent_user_id": opt(string),
                 "profile": opt(nullable(an_object))})
 _COMMON = {"metadata": opt(nullable(_METADATA)), "contacts": opt(list_of(_CONTACT))}
@@ -162,8 +157,6 @@ _CALL = obj({"id": opt(string), "from": opt(string), "to": opt(string),
              "timestamp": opt(scalar), "errors": _ERRORS})
 _ECHO = obj({"id": req(non_empty_string), "from": opt(string), "to": opt(string),
              "timestamp": opt(scalar)})
-_ERROR = obj({"code": opt(nullable(scalar))})
-
 SPLIT_ARRAYS: dict[str, tuple[str, Check]] = {
     "messages": ("whatsapp.message", _MESSAGE),
     "statuses": ("whatsapp.status", _STATUS),

@@ -25,7 +25,7 @@ from sidecar.config.model import (
     UpstreamConfig,
 )
 from sidecar.config.reader import Reader, Section
-from sidecar.config.spool_url import url_problem
+from sidecar.config.spool_url import SCHEMES, url_problem
 from sidecar.errors import ConfigError
 from sidecar.secret import Secret, standard_webhooks_key
 
@@ -245,7 +245,7 @@ def _spool_url(s: Section) -> Secret | None:
         raise ConfigError(f"config key '{s.key(form)}': give either spool_path (SQLite) or "
                           f"{form} (PostgreSQL), not both")
     scheme = url.reveal().split("://", 1)[0] if "://" in url.reveal() else ""
-    if scheme not in ("postgresql", "postgres"):
+    if scheme not in SCHEMES:
         raise ConfigError(f"config key '{s.key(form)}': must be a postgresql:// or "
                           "postgres:// URL")
     problem = url_problem(url.reveal())

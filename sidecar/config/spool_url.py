@@ -12,7 +12,9 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
-__all__ = ["redact_url", "url_password", "url_problem"]
+__all__ = ["SCHEMES", "redact_url", "url_password", "url_problem"]
+
+SCHEMES = ("postgresql", "postgres")
 
 _SECRET_PARAMS = {"password", "sslpassword"}
 

@@ -129,7 +129,6 @@ class _ListenerConfig(Config):
         self.include_server_header = False
         self.accesslog = None  # requests are logged by the app, hub.verify_token redacted
         self.errorlog = _HYPERCORN_LOG
-        self.alpn_protocols = ["http/1.1"]  # unused (the holder's context sets ALPN)
 
     def listening_socket(self) -> socket.socket:
         return self._sock

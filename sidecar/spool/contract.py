@@ -189,32 +189,33 @@ class ReplayTally:
     """How every backend's ``replay`` adds up what it did with each requested id."""
 
     def __init__(self) -> None:
-        self._result = ReplayResult(replayed=[], not_found=[], still_invalid={}, skipped={},
-                                    events_added=0)
+        self._replayed: list[str] = []
+        self._not_found: list[str] = []
+        self._still_invalid: dict[str, str] = {}
+        self._skipped: dict[str, str] = {}
         self._added = 0
 
     def event(self, id_: str, skipped_because: str | None) -> None:
         """A stored event: requeued (None), or left alone for this reason."""
         if skipped_because is None:
-            self._result.replayed.append(id_)
+            self._replayed.append(id_)
         else:
-            self._result.skipped[id_] = skipped_because
+            self._skipped[id_] = skipped_because
 
     def change(self, id_: str, outcome: int | str | None) -> None:
         """A quarantined change: re-admitted with this many new events, still invalid for
         this reason, or (None) no such change either."""
         if outcome is None:
-            self._result.not_found.append(id_)
+            self._not_found.append(id_)
         elif isinstance(outcome, str):
-            self._result.still_invalid[id_] = outcome
+            self._still_invalid[id_] = outcome
         else:
-            self._result.replayed.append(id_)
+            self._replayed.append(id_)
             self._added += outcome
 
     def result(self) -> ReplayResult:
-        r = self._result
-        return ReplayResult(replayed=r.replayed, not_found=r.not_found,
-                            still_invalid=r.still_invalid, skipped=r.skipped,
+        return ReplayResult(replayed=self._replayed, not_found=self._not_found,
+                            still_invalid=self._still_invalid, skipped=self._skipped,
                             events_added=self._added)
 
 

@@ -27,10 +27,11 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sidecar.events import Event, JSONValue, encode_event
+from sidecar.events import Event, JSONValue, json_text
 
 __all__ = ["SHARED_KEYS", "StoredEvent", "StoredBatch", "split_events", "assemble",
-           "reassemble", "Unreadable", "encode_holes", "decode_holes", "stored_size"]
+           "reassemble", "Unreadable", "encode_holes", "decode_holes", "stored_size",
+           "stored_type"]
 
 SHARED_KEYS = ("metadata", "contact")
 """Keys of an event's ``data`` whose values several events of one change share."""
@@ -55,12 +56,6 @@ class StoredBatch:
     def part_ids(self, indexes: Sequence[int]) -> set[str]:
         """The parts the events at ``indexes`` refer to."""
         return {part for i in indexes for _, part in self.events[i].holes}
-
-
-def _encode(value: JSONValue) -> str:
-    # The same settings as events.encode_event, so a value's text is exactly its
-    # substring in the event's encoding.
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _part_id(text: str) -> str:
@@ -90,16 +85,16 @@ def _split(event: Event, parts: dict[str, str], known: dict[int, tuple[str, JSON
               if isinstance(data.get(key), (dict, list)) and data[key]
               and holders[id(data[key])] > 1]
     if not shared:
-        return StoredEvent(own=encode_event(event).decode("utf-8"), holes=())
+        return StoredEvent(own=json_text(event.to_dict()), holes=())
     sentinels = {key: f"\x00{_NONCE}.{n}\x00" for n, key in enumerate(shared)}
     cut = {key: (sentinels[key] if key in sentinels else value) for key, value in data.items()}
-    text = _encode({**event.to_dict(), "data": cut})
+    text = json_text({**event.to_dict(), "data": cut})
     found: list[tuple[int, str, str]] = []  # (offset, token, key)
     for key, sentinel in sentinels.items():
-        token = _encode(sentinel)
+        token = json_text(sentinel)
         at = text.find(token)
         if at < 0 or text.find(token, at + 1) >= 0:
-            return StoredEvent(own=encode_event(event).decode("utf-8"), holes=())
+            return StoredEvent(own=json_text(event.to_dict()), holes=())
         found.append((at, token, key))
     found.sort()
     pieces: list[str] = []
@@ -121,7 +116,7 @@ def _part_of(value: JSONValue, parts: dict[str, str],
     seen = known.get(id(value))
     if seen is not None and seen[1] is value:
         return seen[0]
-    text = _encode(value)
+    text = json_text(value)
     part = _part_id(text)
     parts.setdefault(part, text)
     known[id(value)] = (part, value)
@@ -176,3 +171,13 @@ def stored_size(events: Sequence[Event]) -> int:
     own = sum(len(e.own.encode("utf-8")) + len(encode_holes(e.holes) or "")
               for e in batch.events)
     return own + sum(len(part) + len(text.encode("utf-8")) for part, text in batch.parts.items())
+
+
+def stored_type(own: str | bytes | None) -> str:
+    """An event's ``type`` from its own stored part (valid JSON with the shared parts cut
+    out), for listings; ``?`` when it cannot be read."""
+    try:
+        value = json.loads(own or b"").get("type")
+    except (ValueError, AttributeError):
+        return "?"
+    return value if isinstance(value, str) else "?"

@@ -32,9 +32,10 @@ class NotReady(RuntimeError):
     """The process exited, or did not become ready before the deadline."""
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
-        s.bind((host, 0))
+        s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
@@ -97,11 +98,6 @@ class ServeProcess:
     @property
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None, "not started"
-        return self.proc.pid
 
     def start(self) -> ServeProcess:
         self.proc = subprocess.Popen(

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sidecar.tools.launch import free_port
+
 __all__ = ["PostgresServer", "find_binaries"]
 
 SUPERUSER = "postgres"
@@ -40,12 +42,6 @@ def find_binaries() -> Path:
     return Path(spec.origin).parent / "pginstall" / "bin"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class PostgresServer:
     """``start()`` once (initdb on first use), ``stop()``/``start()`` again at will."""
 
@@ -55,7 +51,7 @@ class PostgresServer:
         self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="sidecar-pg-"))
         self.data = self.root / "data"
         self.password = password
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.fsync = fsync
         self.settings = settings or {}
         self.proc: subprocess.Popen[bytes] | None = None

@@ -49,7 +49,7 @@ def default_client_tls(config: Config, cert: Path | None, key: Path | None,
     if cert is None:
         cert = cert_dir / "client.pem"
     if key is None:
-        key = cert.with_suffix(".key") if cert.suffix == ".pem" else cert_dir / "client.key"
+        key = cert_dir / "client.key"
     if ca is None:
         dev_ca = cert_dir / "ca.pem"
         ca = dev_ca if dev_ca.exists() else config.tls.client_ca_files[0]

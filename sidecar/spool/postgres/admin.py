@@ -5,9 +5,9 @@ statements.  Purge is ``purge.py``, replay ``replay.py``.
 
 from __future__ import annotations
 
-import json
 
 from sidecar.spool.contract import QuarantineRow, SpoolRow, SpoolStats
+from sidecar.spool.parts import stored_type
 from sidecar.spool.postgres import sql
 from sidecar.spool.postgres.database import Database
 from sidecar.spool.postgres.schema import STATES
@@ -52,7 +52,7 @@ class PostgresAdmin:
                 rows = conn.execute(f"select {_COLUMNS} from events where state = $1"
                                     " order by received_at, seq limit $2",
                                     (state, limit)).fetchall()
-        return [SpoolRow(id=r[0], type=_event_type(r[1]), state=r[2], attempts=r[3],
+        return [SpoolRow(id=r[0], type=stored_type(r[1]), state=r[2], attempts=r[3],
                          last_error=r[4], received_at=r[5], next_attempt_at=r[6])
                 for r in rows]
 
@@ -62,12 +62,3 @@ class PostgresAdmin:
                 "select id, waba_id, field, reason, received_at, replayed_at from quarantine"
                 " order by received_at, seq limit $1", (limit,)).fetchall()
         return [QuarantineRow(*r) for r in rows]
-
-
-def _event_type(own: bytes | None) -> str:
-    """The event's type from its own part (valid JSON, shared parts cut out)."""
-    try:
-        value = json.loads(own or b"").get("type")
-    except (ValueError, AttributeError):
-        return "?"
-    return value if isinstance(value, str) else "?"

@@ -212,10 +212,6 @@ class Outage:
         self._delay = _OUTAGE_DELAY_S[0]
         self._reason = ""
 
-    @property
-    def is_down(self) -> bool:
-        return self._since is not None
-
     def check(self) -> None:
         """Raise while the database is away; let one caller per delay try again."""
         with self._lock:

@@ -17,9 +17,8 @@ from psycopg.conninfo import conninfo_to_dict
 from sidecar.secret import Secret
 from sidecar.config.spool_url import redact_url, url_password
 
-__all__ = ["SpoolURL", "redact_url", "SCHEMES"]
+__all__ = ["SpoolURL", "redact_url"]
 
-SCHEMES = ("postgresql", "postgres")
 # TCP keepalives and a user timeout: a connection whose peer vanished without a reset
 # (a failover, a dropped NAT entry, a partition) is given up in about 10 s instead of
 # hours, whether it was idle (LISTEN), waiting for an answer or sending.  The server's

@@ -4,7 +4,6 @@ the file, and a replayed event is picked up by the running worker at its next cl
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Sequence
 
@@ -21,7 +20,7 @@ from sidecar.spool.contract import (
 )
 from sidecar.spool.sqlite.database import Database
 from sidecar.spool.sqlite.schema import STATES
-from sidecar.spool.parts import split_events
+from sidecar.spool.parts import split_events, stored_type
 from sidecar.spool.sqlite.store import SQLiteStore, oldest_age
 
 __all__ = ["SQLiteAdmin"]
@@ -65,7 +64,7 @@ class SQLiteAdmin:
                 rows = conn.execute(f"select {columns} from events where state = ?"
                                     " order by received_at, rowid limit ?",
                                     (state, limit)).fetchall()
-        return [SpoolRow(id=r[0], type=_event_type(r[1]), state=r[2], attempts=r[3],
+        return [SpoolRow(id=r[0], type=stored_type(r[1]), state=r[2], attempts=r[3],
                          last_error=r[4], received_at=r[5], next_attempt_at=r[6])
                 for r in rows]
 
@@ -192,9 +191,3 @@ def _replay_event(conn: sqlite3.Connection, id_: str, state: str, now: float, *,
     return None
 
 
-def _event_type(body: str) -> str:
-    try:
-        value = json.loads(body).get("type")
-    except (ValueError, AttributeError):
-        return "?"
-    return value if isinstance(value, str) else "?"
