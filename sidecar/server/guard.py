@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Iterable
 from typing import Any
 
 __all__ = ["RequestGuard"]
@@ -70,13 +69,14 @@ class RequestGuard:
             await send({"type": "websocket.close"})
             return
         app = self._app
+        head = _Head(scope)
         if scope["http_version"] not in _HTTP1:
             app = _Refusal(505, "http_version")
-        elif _head_size(scope) > self._max_header_bytes:
+        elif head.size > self._max_header_bytes:
             app = _Refusal(431, "header_limit")
-        elif _ambiguous(scope["headers"]):
+        elif head.ambiguous:
             app = _Refusal(400, "malformed_request")
-        body_unread = _declares_body(scope["headers"])
+        body_unread = head.declares_body
 
         async def guarded_receive() -> Message:
             nonlocal body_unread
@@ -161,31 +161,29 @@ def _closing(start: Message) -> Message:
     return {**start, "headers": headers}
 
 
-def _declares_body(headers: Iterable[tuple[bytes, bytes]]) -> bool:
-    for name, value in headers:
-        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
-            return True
-    return False
+class _Head:
+    """What the guard needs of a request head, in one pass over its fields.
 
+    ``size``: the head as sent, near enough (the request line, and each field line:
+    name, ": ", value, CRLF).  ``ambiguous``: what h11 lets through that a request must
+    not carry (RFC 9112 §6.3, RFC 9110 §5.5): both framings at once, where h11 silently
+    frames by the chunked coding (the classic request-smuggling ambiguity, which RFC 9112
+    lets a server refuse), or a control byte in a field value.  ``declares_body``: a
+    ``Transfer-Encoding``, or a ``Content-Length`` other than 0."""
 
-def _ambiguous(headers: Iterable[tuple[bytes, bytes]]) -> bool:
-    """What h11 lets through that a request must not carry (RFC 9112 §6.3, RFC 9110
-    §5.5): both framings at once, where h11 silently frames by the chunked coding (the
-    classic request-smuggling ambiguity, which RFC 9112 lets a server refuse), and
-    control bytes in a field value."""
-    framings = 0
-    for name, value in headers:
-        if name in _FRAMING:
-            framings |= _FRAMING[name]
-        if _CONTROL.search(value):
-            return True
-    return framings == 3
+    __slots__ = ("size", "ambiguous", "declares_body")
 
-
-def _head_size(scope: dict[str, Any]) -> int:
-    """The request head's size as sent, near enough: the request line and each field line
-    (name, ": ", value, CRLF)."""
-    size = len(scope["method"]) + len(scope["raw_path"]) + len(scope["query_string"]) + 12
-    for name, value in scope["headers"]:
-        size += len(name) + len(value) + 4
-    return size
+    def __init__(self, scope: dict[str, Any]) -> None:
+        size = len(scope["method"]) + len(scope["raw_path"]) + len(scope["query_string"]) + 12
+        framings = 0
+        control = declares_body = False
+        for name, value in scope["headers"]:
+            size += len(name) + len(value) + 4
+            if name in _FRAMING:
+                framings |= _FRAMING[name]
+                declares_body = declares_body or name == b"transfer-encoding" or value != b"0"
+            if not control and _CONTROL.search(value):
+                control = True
+        self.size = size
+        self.ambiguous = control or framings == 3
+        self.declares_body = declares_body
