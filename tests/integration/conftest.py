@@ -161,12 +161,13 @@ def write_config(folder: Path, *, port: int, admin_port: int, upstream_url: str,
                  spool_path: Path, extra: str = "", mode: str = "spool",
                  client_auth: str = "required", tls_extra: str = "",
                  secrets: tuple[str, ...] = ("${TEST_APP_SECRET}",),
-                 delivery_extra: str = "", upstream_extra: str = "") -> Path:
+                 delivery_extra: str = "", upstream_extra: str = "",
+                 signing_secret: str = SIGNING_SECRET) -> Path:
     """The demo's config template (``sidecar.tools.launch.write_config``) with the tests'
     secrets, a fast reload, short timeouts and backoffs, and a small disk reserve."""
     return launch.write_config(
         folder, port=port, admin_port=admin_port, upstream_url=upstream_url,
-        app_secrets=secrets, verify_token=VERIFY_TOKEN, signing_secret=SIGNING_SECRET,
+        app_secrets=secrets, verify_token=VERIFY_TOKEN, signing_secret=signing_secret,
         client_ca="certs/client-ca.pem", spool_path=spool_path, mode=mode,
         client_auth=client_auth, backoff_initial_s=0.05,
         tls_extra="reload_interval_s: 0.5\n" + tls_extra,
