@@ -43,7 +43,8 @@ DELIVERY_FIELD = "(delivery)"
 """The ``field`` of a quarantined whole delivery; no Meta field has parentheses."""
 
 STORED_BYTES_PER_BODY_BYTE = 8
-"""K: a delivery may add at most K × its body's size to the spool (docs/events.md)..."""
+"""K: a delivery may add at most K × its body's size to the spool, and send at most as
+much upstream (docs/events.md)..."""
 STORED_BYTES_ALLOWANCE = 64 * 1024
 """... plus this much, so that a small delivery of small elements (each event has some
 250 bytes of its own around its element) is never held back for its size."""
@@ -63,15 +64,16 @@ class Normalized:
 
 @dataclass(frozen=True, slots=True)
 class Bounds:
-    """What one delivery may add to the spool (``limits.max_events_per_delivery``, and
-    K × its body's size measured by the spool's own ``stored_size``)."""
+    """What one delivery may cost: ``limits.max_events_per_delivery`` events, and K × its
+    body's size (plus an allowance) both in the spool and sent upstream, measured by the
+    spool's own ``measure`` (``(stored, sent)`` bytes)."""
 
     max_events: int
     body_bytes: int
-    stored_size: Callable[[Sequence[Event]], int]
+    measure: Callable[[Sequence[Event]], tuple[int, int]]
 
     @property
-    def max_stored_bytes(self) -> int:
+    def max_bytes(self) -> int:
         return STORED_BYTES_PER_BODY_BYTE * self.body_bytes + STORED_BYTES_ALLOWANCE
 
 
@@ -99,12 +101,17 @@ def normalize(
     # which re-encoding grows by at most ~4.5x (a float such as 1e15), far below K plus
     # the allowance; so the common delivery of one message or status is not encoded twice.
     if bounds is not None and len(result.events) > 1:
-        size = bounds.stored_size(result.events)
-        if size > bounds.max_stored_bytes:
-            return _whole_delivery(envelopes, unknown_fields,
-                                   f"delivery would add {size} bytes to the spool, more than "
-                                   f"the {bounds.max_stored_bytes} allowed for its "
-                                   f"{bounds.body_bytes}-byte body")
+        stored, sent = bounds.measure(result.events)
+        # Shared parts (a change's metadata and contacts) are stored once but sent in
+        # every event that holds them: a big one shared by many events is bounded here,
+        # or one signed delivery could send the upstream a thousand times its size.
+        for size, where in ((stored, "add {} bytes to the spool"),
+                            (sent, "send {} bytes upstream")):
+            if size > bounds.max_bytes:
+                return _whole_delivery(envelopes, unknown_fields,
+                                       f"delivery would {where.format(size)}, more than "
+                                       f"the {bounds.max_bytes} allowed for its "
+                                       f"{bounds.body_bytes}-byte body")
     return result
 
 

@@ -41,7 +41,7 @@ from sidecar.logs import Throttle
 from sidecar.metrics import Metrics
 from sidecar.normalize import Bounds, normalize
 from sidecar.secret import Secret
-from sidecar.spool.parts import stored_size
+from sidecar.spool.parts import measure
 
 __all__ = ["RequestSettings", "build_public_app", "MAX_CHALLENGE_LENGTH"]
 
@@ -108,7 +108,7 @@ def build_public_app(
                 raise
             envelopes = parse_envelopes(body)
             bounds = Bounds(max_events=max_events_per_delivery, body_bytes=len(body),
-                            stored_size=stored_size)
+                            measure=measure)
             del body  # the parsed form replaces it while the commit is awaited
             normalized = normalize(envelopes, received_at=received_at,
                                    unknown_fields=current.unknown_fields, bounds=bounds)

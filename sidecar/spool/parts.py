@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from sidecar.events import Event, JSONValue, json_text
 
 __all__ = ["SHARED_KEYS", "StoredEvent", "StoredBatch", "split_events", "assemble",
-           "reassemble", "Unreadable", "encode_holes", "decode_holes", "stored_size",
+           "reassemble", "Unreadable", "encode_holes", "decode_holes", "measure",
            "stored_type"]
 
 SHARED_KEYS = ("metadata", "contact")
@@ -164,13 +164,18 @@ def decode_holes(text: str | None) -> list[Hole]:
     return [(int(at), str(part)) for at, part in json.loads(text)]
 
 
-def stored_size(events: Sequence[Event]) -> int:
-    """The bytes storing ``events`` adds: each own part with its holes, each distinct
-    part once."""
+def measure(events: Sequence[Event]) -> tuple[int, int]:
+    """``(stored, sent)`` for ``events``: the bytes storing them adds (each own part with
+    its holes, each distinct part once), and the bytes the upstream receives for them
+    (each event whole: a shared part in every event that holds it)."""
     batch = split_events(events)
-    own = sum(len(e.own.encode("utf-8")) + len(encode_holes(e.holes) or "")
-              for e in batch.events)
-    return own + sum(len(part) + len(text.encode("utf-8")) for part, text in batch.parts.items())
+    part_bytes = {part: len(text.encode("utf-8")) for part, text in batch.parts.items()}
+    own = [len(e.own.encode("utf-8")) for e in batch.events]
+    stored = (sum(own) + sum(len(encode_holes(e.holes) or "") for e in batch.events)
+              + sum(len(part) + size for part, size in part_bytes.items()))
+    sent = sum(own) + sum(part_bytes[part] - len(_PLACEHOLDER)
+                          for e in batch.events for _, part in e.holes)
+    return stored, sent
 
 
 def stored_type(own: str | bytes | None) -> str:

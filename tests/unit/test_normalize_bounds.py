@@ -13,7 +13,7 @@ import pytest
 
 from sidecar.checks.payload import parse_envelopes
 from sidecar.errors import BadPayload
-from sidecar.events import Event, content_event_id
+from sidecar.events import Event, content_event_id, json_text
 from sidecar.normalize import (
     DELIVERY_FIELD,
     STORED_BYTES_ALLOWANCE,
@@ -22,7 +22,7 @@ from sidecar.normalize import (
     normalize,
     renormalize,
 )
-from sidecar.spool.parts import stored_size
+from sidecar.spool.parts import measure
 
 RECEIVED = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
 META = {"display_phone_number": "15557654321", "phone_number_id": "112233445566778"}
@@ -40,13 +40,13 @@ def messages(n: int, **value: Any) -> tuple[str, dict[str, Any]]:
 
 
 def bounded(body: Any, *, max_events: int = 1000,
-            measure: Any = stored_size) -> tuple[Any, Bounds]:
+            measured: Any = measure) -> tuple[Any, Bounds]:
     raw = json.dumps(body, separators=(",", ":")).encode()
     return parse_envelopes(raw), Bounds(max_events=max_events, body_bytes=len(raw),
-                                        stored_size=measure)
+                                        measure=measured)
 
 
-def never_measured(events: Sequence[Event]) -> int:
+def never_measured(events: Sequence[Event]) -> tuple[int, int]:
     raise AssertionError("the size must not be measured past the count bound")
 
 
@@ -59,7 +59,7 @@ def test_a_delivery_within_both_bounds_is_normalized_as_usual() -> None:
 
 def test_past_the_event_count_the_delivery_is_quarantined_whole() -> None:
     body = delivery(messages(600), ("account_update", {"event": "X"}), messages(400))
-    envelopes, bounds = bounded(body, measure=never_measured)
+    envelopes, bounds = bounded(body, measured=never_measured)
     result = normalize(envelopes, received_at=RECEIVED, bounds=bounds)
     assert result.events == []
     (whole,) = result.quarantined
@@ -82,7 +82,7 @@ def test_dropped_unknown_fields_do_not_count() -> None:
 def test_sixty_thousand_changes_are_counted_not_built() -> None:
     body = delivery(*[("account_review_update", {"decision": "APPROVED", "n": i})
                       for i in range(60_000)])
-    envelopes, bounds = bounded(body, measure=never_measured)
+    envelopes, bounds = bounded(body, measured=never_measured)
     started = time.perf_counter()
     result = normalize(envelopes, received_at=RECEIVED, bounds=bounds)
     elapsed = time.perf_counter() - started
@@ -95,29 +95,41 @@ def test_past_the_size_bound_the_delivery_is_quarantined_whole() -> None:
     # than its element's share of the body.
     tiny = [{"id": f"m{i}"} for i in range(1000)]
     envelopes, bounds = bounded(delivery(("messages", {"messages": tiny})))
-    assert stored_size(normalize(envelopes, received_at=RECEIVED).events) > \
-        bounds.max_stored_bytes
+    stored, _ = measure(normalize(envelopes, received_at=RECEIVED).events)
+    assert stored > bounds.max_bytes
     (whole,) = normalize(envelopes, received_at=RECEIVED, bounds=bounds).quarantined
     assert whole.field == DELIVERY_FIELD
     assert whole.reason.startswith("delivery would add ")
-    assert f"than the {bounds.max_stored_bytes} allowed" in whole.reason
+    assert f"than the {bounds.max_bytes} allowed" in whole.reason
 
 
 def test_the_size_bound_is_k_times_the_body_plus_an_allowance() -> None:
-    bounds = Bounds(max_events=1, body_bytes=1000, stored_size=stored_size)
-    assert bounds.max_stored_bytes == STORED_BYTES_PER_BODY_BYTE * 1000 + STORED_BYTES_ALLOWANCE
+    bounds = Bounds(max_events=1, body_bytes=1000, measure=measure)
+    assert bounds.max_bytes == STORED_BYTES_PER_BODY_BYTE * 1000 + STORED_BYTES_ALLOWANCE
     assert 4 <= STORED_BYTES_PER_BODY_BYTE <= 10
 
 
-def test_shared_parts_keep_a_big_shared_contact_within_the_size_bound() -> None:
-    contact = {"wa_id": "1", "profile": {"name": "c" * 100_000}}
-    big = {**META, "padding": "m" * 100_000}
-    change = messages(1000, contacts=[contact])
-    change[1]["metadata"] = big
-    envelopes, bounds = bounded(delivery(change))
+def test_a_shared_contact_is_stored_once_and_sent_with_every_message() -> None:
+    contact = {"wa_id": "1", "profile": {"name": "c" * 500}}
+    envelopes, bounds = bounded(delivery(messages(200, contacts=[contact])))
     result = normalize(envelopes, received_at=RECEIVED, bounds=bounds)
-    assert len(result.events) == 1000 and result.quarantined == []
-    assert stored_size(result.events) < 3 * bounds.body_bytes
+    assert len(result.events) == 200 and result.quarantined == []
+    stored, sent = measure(result.events)
+    assert sent == sum(len(json_text(e.to_dict()).encode()) for e in result.events)
+    assert stored < sent - 150 * 500  # the contact once, not 200 times
+
+
+def test_a_big_part_shared_by_many_events_is_bounded_as_sent() -> None:
+    # Stored once, this contact would be sent 1,000 times: ~100 MB upstream, and as much
+    # in the delivering process's memory, for one 120 KB delivery.
+    contact = {"wa_id": "1", "profile": {"name": "c" * 100_000}}
+    envelopes, bounds = bounded(delivery(messages(1000, contacts=[contact])))
+    stored, sent = measure(normalize(envelopes, received_at=RECEIVED).events)
+    assert stored < bounds.max_bytes < sent
+    (whole,) = normalize(envelopes, received_at=RECEIVED, bounds=bounds).quarantined
+    assert whole.field == DELIVERY_FIELD
+    assert whole.reason == (f"delivery would send {sent} bytes upstream, more than the "
+                            f"{bounds.max_bytes} allowed for its {bounds.body_bytes}-byte body")
 
 
 def test_a_quarantined_delivery_replays_to_the_events_it_would_have_had() -> None:
@@ -164,5 +176,5 @@ def test_a_delivery_of_one_event_is_not_measured() -> None:
     # One event holds only substrings of its body: it can never pass the size bound, so
     # the common single message or status is not encoded a second time to check it.
     envelopes, bounds = bounded(delivery(messages(1)),
-                                measure=lambda events: pytest.fail("measured"))
+                                measured=lambda events: pytest.fail("measured"))
     assert len(normalize(envelopes, received_at=RECEIVED, bounds=bounds).events) == 1

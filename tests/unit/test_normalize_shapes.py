@@ -23,7 +23,7 @@ from sidecar.events import (
     status_event_id,
 )
 from sidecar.normalize import SPLIT_FIELDS, Bounds, normalize
-from sidecar.spool.parts import stored_size
+from sidecar.spool.parts import measure
 
 SHAPES = Path(__file__).resolve().parents[1] / "data" / "shapes"
 EXPECTED: dict[str, dict[str, Any]] = json.loads((SHAPES / "expected.json").read_text("utf-8"))
@@ -32,7 +32,7 @@ RECEIVED = datetime(2026, 12, 1, 9, 0, 0, 250000, tzinfo=timezone.utc)
 
 def _events(name: str) -> list[Event]:
     raw = (SHAPES / name).read_bytes()
-    bounds = Bounds(max_events=1000, body_bytes=len(raw), stored_size=stored_size)
+    bounds = Bounds(max_events=1000, body_bytes=len(raw), measure=measure)
     result = normalize(parse_envelopes(raw), received_at=RECEIVED, bounds=bounds)
     assert result.quarantined == [], [q.reason for q in result.quarantined]
     return result.events
