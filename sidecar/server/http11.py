@@ -27,8 +27,9 @@ its head is complete, and the TLS object sees no HTTP):
   the bound ``send``), pinned like the methods below.
 * **a client's close, seen at once**: when the client closes an idle kept-alive
   connection, Hypercorn's read loop ends but its keep-alive timer runs on, and the
-  connection (its memory, and its ``limits.max_connections`` slot, released when its TLS
-  object is) lingers until the timer fires; here the end of the read side closes it.
+  connection (its memory, and its ``limits.max_connections`` slot) lingers until the
+  timer fires; here the end of the read side closes it, and the end of the connection's
+  task (its socket closed) releases its slot (``tls.holder``).
 
 ``install()`` swaps the class Hypercorn's ``ProtocolWrapper`` instantiates for every
 non-h2 connection (``hypercorn.protocol.H11Protocol``) for the subclass below, once per
@@ -83,6 +84,15 @@ class GuardedH11Protocol(H11Protocol):
             writer = getattr(getattr(self.send, "__self__", None), "writer", None)
             ssl_object = writer.get_extra_info("ssl_object") if writer is not None else None
             self._readmit = getattr(ssl_object, "readmit", None)
+            release = getattr(ssl_object, "release", None)
+            if release is not None:
+                # The connection's task ends after Hypercorn has closed its socket (the
+                # ``finally`` of ``TCPServer.run``, this coroutine's caller): its slot in
+                # ``limits.max_connections`` is free from then, not when the collector
+                # gets to its objects.
+                task = asyncio.current_task()
+                if task is not None:
+                    task.add_done_callback(lambda _: release())
         self._arm_header_deadline()  # the first request's head, from the connection's start
 
     async def handle(self, event: Event) -> None:

@@ -14,15 +14,17 @@ OpenSSL, so the hook also refuses one whose certificate has expired since.
 
 The same hook enforces ``limits.max_connections``: a connection is counted from its
 first ``do_handshake`` call, which the event loop makes right after ``accept`` (before
-the ClientHello is read), until its ``SSLObject`` is released (a ``weakref.finalize``);
+the ClientHello is read), until it is released: when its handshake fails, when the
+server is done with it (``sidecar.server.http11``: the end of the connection's task,
+its socket closed), or else when its ``SSLObject`` is collected (a ``weakref.finalize``);
 past the cap it is refused there, so an overload costs no crypto.  Counting from accept,
 not from the end of the handshake, bounds the file descriptors the public listener can
 hold (an idle TCP connection that never sends a ClientHello holds one too):
 ``sidecar.server.fds`` sizes ``RLIMIT_NOFILE`` for the cap.  A connection is released
 once the server has closed it — one that never finishes its handshake at the handshake
 timeout, one that vanished without a TLS close_notify at the latest when the idle
-timeout fires — and its objects may wait for the cyclic collector, which is run before
-refusing anyone.
+timeout fires.  Only a connection that never reached HTTP (a handshake timed out)
+waits for the cyclic collector, which is run before refusing anyone.
 
 The same object refuses application data that arrives after its own close_notify
 (``unwrap``), as OpenSSL does inside ``SSL_shutdown``: uvloop's TLS transport would read
@@ -172,8 +174,20 @@ class TLSHolder:
                     raise
                 except ssl.SSLError as exc:
                     holder._report_refusal(_reason(exc), {"error": _error_text(exc)})
+                    self.release()  # the transport closes the connection now
                     raise
-                holder.check_peer(self)
+                try:
+                    holder.check_peer(self)
+                except HandshakeRefused:
+                    self.release()
+                    raise
+
+            def release(self) -> None:
+                """This connection is closed: its slot is free (once, however often
+                asked; else when the object is collected)."""
+                release = getattr(self, "_release", None)
+                if release is not None:
+                    release()
 
             def readmit(self) -> tuple[int, str] | None:
                 """Before each request: None when the current policy still admits this
@@ -231,12 +245,15 @@ class TLSHolder:
             assert limit is not None
             self._refuse_over_capacity(limit)
         self._on_connections(self.active_connections)
-        weakref.finalize(sslobj, self._release_connection)
+        # Runs once: from the connection's ``release()`` when the server is done with it,
+        # else when the object is collected.
+        sslobj._release = weakref.finalize(  # type: ignore[attr-defined]
+            sslobj, self._release_connection)
 
     def _release_connection(self) -> None:
-        # Runs from the garbage collector, possibly in the middle of other code on this
-        # thread (even inside admit_connection): it must take no lock.  Only finalizers
-        # write this counter, and the collector never runs two at once.
+        # Runs on the loop's thread (``release()``) or from the garbage collector, possibly
+        # in the middle of other code on this thread (even inside admit_connection): it
+        # must take no lock.  Only this writes the counter, and never twice at once.
         self._released += 1
         self._on_connections(self.active_connections)
 

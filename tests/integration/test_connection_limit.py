@@ -60,3 +60,20 @@ def test_connections_past_the_cap_are_refused(start_sidecar, loop):
     else:
         pytest.fail("a closed connection did not free its slot")
     second.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_closed_connection_frees_its_slot_at_once(start_sidecar, loop):
+    # One connection at a time, each kept alive and then closed by the client: the cap
+    # is never reached, so none may be refused, and the gauge returns to 0 (it counted
+    # closed connections until the garbage collector found their objects).
+    sidecar = start_sidecar(loop=loop, extra="limits: {max_connections: 2}\n")
+    for _ in range(30):
+        tls = _open(sidecar)
+        assert _verify_get(tls).startswith(b"HTTP/1.1 200")
+        tls.close()
+    assert "too_many_connections" not in sidecar.metrics()
+    deadline = time.monotonic() + 5
+    while "sidecar_open_connections 0.0" not in sidecar.metrics():
+        assert time.monotonic() < deadline, sidecar.metrics()
+        time.sleep(0.05)
