@@ -25,6 +25,7 @@ from sidecar.config.model import (
     UpstreamConfig,
 )
 from sidecar.config.reader import Reader, Section
+from sidecar.config.files import CONFIG_MAX_BYTES, read_file
 from sidecar.config.spool_url import SCHEMES, url_problem
 from sidecar.errors import ConfigError
 from sidecar.secret import Secret, standard_webhooks_key
@@ -36,11 +37,13 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     """Read, interpolate and validate the config file at ``path``."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_file(path, CONFIG_MAX_BYTES).decode("utf-8")
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {path}: not found") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {path}: unreadable ({type(exc).__name__})") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: unreadable ({_why(exc)})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path}: unreadable (not UTF-8)") from exc
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -309,3 +312,7 @@ def _logging(s: Section) -> LoggingConfig:
         level=s.string("level", "info", choices=("debug", "info", "warning", "error")),
         format=s.string("format", "json", choices=("json", "text")),
     )
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__

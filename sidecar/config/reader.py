@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sidecar.config.files import SECRET_MAX_BYTES, read_file
 from sidecar.errors import ConfigError
 from sidecar.secret import Secret
 
@@ -175,10 +176,13 @@ class Reader:
 
     def read_secret_file(self, path: Path, key: str) -> str:
         try:
-            value = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+            value = read_file(path, SECRET_MAX_BYTES).decode("utf-8")
+        except OSError as exc:
             raise ConfigError(f"config key '{key}': cannot read file {path} "
-                              f"({type(exc).__name__})") from exc
+                              f"({exc.strerror or type(exc).__name__})") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config key '{key}': cannot read file {path} (not UTF-8)"
+                              ) from exc
         value = value.rstrip("\r\n")
         if not value:
             raise ConfigError(f"config key '{key}': file {path} is empty")

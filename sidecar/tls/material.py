@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, ed448, rsa
 from cryptography.x509.oid import NameOID
 
 from sidecar.config import TLSConfig
+from sidecar.config.files import PEM_MAX_BYTES, read_file
 from sidecar.errors import TLSMaterialError
 
 __all__ = [
@@ -232,7 +233,7 @@ def _load_chain_from_bytes(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes)
 
 def _read(path: Path, what: str) -> bytes:
     try:
-        return path.read_bytes()
+        return read_file(path, PEM_MAX_BYTES)
     except FileNotFoundError as exc:
         raise TLSMaterialError(f"{what} {path}: file not found") from exc
     except OSError as exc:

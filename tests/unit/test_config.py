@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -211,3 +213,31 @@ def test_an_empty_host_names_the_key(tmp_path, section, host):
 def test_a_file_that_is_not_a_mapping_says_so(tmp_path):
     assert _error(tmp_path, "- listen\n- tls\n").startswith(
         "the config file must be a YAML mapping")
+
+
+@pytest.mark.parametrize("make", ["fifo", "device", "huge"])
+def test_a_secret_file_that_is_not_a_small_regular_file_is_refused_at_once(tmp_path, make):
+    # A FIFO blocked the read until someone wrote to it (config check and reloads hung),
+    # /dev/zero was read until memory ran out.
+    target = tmp_path / "token"
+    if make == "fifo":
+        os.mkfifo(target)
+    elif make == "device":
+        target.symlink_to("/dev/zero")
+    else:
+        target.write_bytes(b"x" * (64 * 1024 + 1))
+    text = MINIMAL.replace('  verify_token: "${VERIFY_TOKEN}"\n', "  verify_token_file: token\n")
+    started = time.monotonic()
+    message = _error(tmp_path, text)
+    assert time.monotonic() - started < 2
+    reason = "larger than 65536 bytes" if make == "huge" else "not a regular file"
+    assert message == f"config key 'meta.verify_token_file': cannot read file {target} ({reason})"
+
+
+def test_a_config_path_that_is_not_a_regular_file_is_refused_at_once(tmp_path):
+    fifo = tmp_path / "sidecar.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match=r"unreadable \(not a regular file\)"):
+        load_config(fifo, env=ENV)
+    with pytest.raises(ConfigError, match=r"unreadable \(is a directory\)"):
+        load_config(tmp_path, env=ENV)

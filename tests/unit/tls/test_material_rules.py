@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+import os
 from pathlib import Path
 
 import pytest
@@ -125,4 +126,12 @@ def test_a_missing_file_is_refused_naming_its_key(files: Path) -> None:
     tls = _write(files)
     (files / "server.pem").unlink()
     with pytest.raises(TLSMaterialError, match="tls.cert_file .*: file not found"):
+        load_material(tls)
+
+
+def test_a_fifo_in_place_of_a_key_is_refused_at_once(files: Path) -> None:
+    tls = _write(files)
+    (files / "server.key").unlink()
+    os.mkfifo(files / "server.key")  # read, it would block until something wrote to it
+    with pytest.raises(TLSMaterialError, match=r"tls.key_file .*: unreadable \(not a regular file\)"):
         load_material(tls)
