@@ -71,7 +71,8 @@ class Database:
 
     def _open(self, path: Path) -> sqlite3.Connection:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _create_private(path)
             conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
                                    timeout=5.0)
         except (OSError, sqlite3.Error) as exc:
@@ -286,3 +287,13 @@ def reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+def _create_private(path: Path) -> None:
+    """Create the spool file for its owner only (it holds customers' messages, numbers
+    and names), whatever the umask: SQLite gives its ``-wal`` and ``-shm`` files the
+    database file's mode.  An existing file keeps the mode its operator gave it."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass

@@ -4,7 +4,9 @@ ownership, crash recovery)."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,25 @@ def test_creates_parent_dir_schema_and_wal(path: Path, spool: SQLiteSpool) -> No
     tables = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
     assert {"events", "quarantine", "seen"} <= tables
     conn.close()
+
+
+async def test_a_new_spool_is_readable_by_its_owner_only(tmp_path: Path,
+                                                         clock: ManualClock) -> None:
+    # Customers' messages, numbers and names: not world-readable under the usual umask
+    # (the file and its -wal and -shm were 0644), and the folder made for it neither.
+    old_umask = os.umask(0o022)
+    try:
+        path = tmp_path / "var" / "spool.db"
+        spool = SQLiteSpool(path, clock=clock)
+        await add(spool, [make_event("private")])
+    finally:
+        os.umask(old_umask)
+    try:
+        for name in ("spool.db", "spool.db-wal", "spool.db-shm"):
+            assert stat.S_IMODE((path.parent / name).stat().st_mode) == 0o600, name
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    finally:
+        spool.close()
 
 
 async def test_reopen_keeps_events(path: Path, clock: ManualClock) -> None:
