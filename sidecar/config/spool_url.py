@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
-__all__ = ["SCHEMES", "redact_url", "url_password", "url_problem"]
+__all__ = ["SCHEMES", "redact_url", "url_secrets", "url_problem"]
 
 SCHEMES = ("postgresql", "postgres")
 
@@ -30,15 +30,24 @@ def _split(url: str) -> tuple[str, str | None, str]:
     return scheme + "://", None, rest
 
 
-def url_password(url: str) -> str:
-    """The password in the URL's userinfo (decoded), or ``""``."""
+def url_secrets(url: str) -> set[str]:
+    """Every form in which the URL holds a secret, to be removed from any message that
+    quotes one: the userinfo's password and the ``password`` / ``sslpassword`` query
+    values, each as written and decoded (a malformed one, which no parser accepts, is
+    still found: a driver's error message quotes it)."""
     try:
-        _, userinfo, _ = _split(url)
+        _, userinfo, rest = _split(url)
     except ValueError:
-        return ""
-    if userinfo is None or ":" not in userinfo:
-        return ""
-    return unquote(userinfo.split(":", 1)[1])
+        return set()
+    written: list[str] = []
+    if userinfo is not None and ":" in userinfo:
+        written.append(userinfo.split(":", 1)[1])
+    query = rest.split("?", 1)[1].split("#", 1)[0] if "?" in rest else ""
+    for pair in query.split("&"):
+        name, _, value = pair.partition("=")
+        if unquote(name) in _SECRET_PARAMS:
+            written.append(value)
+    return {form for value in written for form in (value, unquote(value)) if form}
 
 
 def _ambiguous(userinfo: str | None, rest: str) -> bool:

@@ -15,7 +15,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from sidecar.secret import Secret
-from sidecar.config.spool_url import redact_url, url_password
+from sidecar.config.spool_url import redact_url, url_secrets
 
 __all__ = ["SpoolURL", "redact_url"]
 
@@ -29,13 +29,13 @@ _DEFAULTS = {"keepalives": "1", "keepalives_idle": "5", "keepalives_interval": "
 
 
 class SpoolURL:
-    __slots__ = ("_secret", "display", "_password")
+    __slots__ = ("_secret", "display", "_hidden")
 
     def __init__(self, url: Secret | str) -> None:
         self._secret = url if isinstance(url, Secret) else Secret(url)
         raw = self._secret.reveal()
         self.display = redact_url(raw)
-        self._password = _password_of(raw)
+        self._hidden = _secrets_of(raw)
 
     @property
     def conninfo(self) -> str:
@@ -53,18 +53,22 @@ class SpoolURL:
     def reason(self, exc: BaseException) -> str:
         """A driver error as one short line, without the password."""
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if self._password:
-            for form in {self._password, quote(self._password, safe="")}:
-                text = text.replace(form, "***")
+        for form in self._hidden:  # longest first: one may contain another
+            text = text.replace(form, "***")
         return text[:200]
 
     def __repr__(self) -> str:
         return f"SpoolURL({self.display!r})"
 
 
-def _password_of(url: str) -> str:
+def _secrets_of(url: str) -> list[str]:
+    """The password in every form a message might quote it, longest first."""
+    forms = url_secrets(url)
     try:
         value = conninfo_to_dict(url).get("password")
     except psycopg.ProgrammingError:
-        return url_password(url)
-    return str(value) if value else url_password(url)
+        value = None
+    if value:
+        forms.add(str(value))
+    forms |= {quote(form, safe="") for form in forms}
+    return sorted(forms, key=len, reverse=True)

@@ -243,6 +243,19 @@ def test_a_database_default_weaker_than_on_is_raised_to_on(
 
 # ---------------------------------------------------------------- outages and secrets
 
+@pytest.mark.parametrize("url, password", [
+    # no parser accepts these, and the driver's error quotes the bad token
+    ("postgresql://sidecar@db/sidecar?password=PGPW_s3cr3t%zz", "PGPW_s3cr3t%zz"),
+    ("postgresql://sidecar@db/sidecar?sslpassword=K3Y%zz&sslmode=require", "K3Y%zz"),
+    ("postgresql://sidecar:PGPW%zz@db/sidecar", "PGPW%zz"),
+])
+def test_a_malformed_password_is_hidden_from_driver_messages(url: str, password: str) -> None:
+    with pytest.raises(psycopg.ProgrammingError) as caught:
+        conninfo_to_dict(url)
+    assert password in str(caught.value)
+    assert password not in SpoolURL(url).reason(caught.value)
+
+
 def test_redact_url() -> None:
     assert redact_url("postgresql://sidecar:s3cr%40t@db:5432/sidecar?sslmode=require") == \
         "postgresql://sidecar:***@db:5432/sidecar?sslmode=require"
