@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from sidecar import __version__
+from sidecar.cli._output import printable
 from sidecar.errors import SidecarError
 
 __all__ = ["main"]
@@ -23,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse prints usage + error and exits 2; we keep exit 2 but print one line."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.stderr.write(f"{self.prog}: error: {printable(message)}\n")
         raise SystemExit(2)
 
 
@@ -49,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         return int(args.func(args))
     except SidecarError as exc:
-        sys.stderr.write(f"sidecar: error: {exc}\n")
+        sys.stderr.write(f"sidecar: error: {printable(str(exc))}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from sidecar.config.loader import http_url_problem
 
-__all__ = ["non_negative_int", "positive_int", "positive_float", "bounded_int", "http_url",
+__all__ = ["non_negative_int", "positive_int", "positive_float", "bounded_int", "graph_url",
            "https_url", "MAX_INT", "MAX_SECONDS"]
 
 MAX_INT = 1_000_000_000  # far above any count a flag needs; fits SQLite and C ints
@@ -50,9 +50,9 @@ def positive_float(text: str) -> float:
     return value
 
 
-def http_url(text: str) -> str:
-    """An http(s) URL with a host, as the config's URL keys take (``--graph-url``)."""
-    problem = http_url_problem(text)
+def graph_url(text: str) -> str:
+    """``--graph-url``: checked as ``graph.base_url`` is (the bearer token goes there)."""
+    problem = http_url_problem(text, secret_in_requests=True)
     if problem is not None:
         raise argparse.ArgumentTypeError(problem)
     return text.rstrip("/")

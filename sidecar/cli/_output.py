@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["format_table", "print_json"]
+__all__ = ["format_table", "print_json", "printable"]
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -15,13 +15,17 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     come from outside (a Graph app name, a quarantined change's field): a character that
     does not print (a newline, a terminal escape) is shown escaped, so no cell can forge
     a line or drive the terminal."""
-    cells = [[_printable(str(c)) for c in row] for row in (header, *rows)]
+    cells = [[printable(str(c)) for c in row] for row in (header, *rows)]
     widths = [max(len(c) for c in col) for col in zip(*cells)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
                      for row in cells)
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
+    """``text`` with every character that does not print shown escaped (``\\n``,
+    ``\\x1b``, ``\\u202e``): what the CLI prints that came from outside (a table cell,
+    an error quoting Graph or a file name) can neither forge a line nor drive the
+    terminal."""
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)

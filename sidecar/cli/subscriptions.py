@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sidecar.cli._args import http_url, https_url, non_negative_int, positive_float
+from sidecar.cli._args import graph_url, https_url, non_negative_int, positive_float
 from sidecar.cli._output import format_table, print_json
 from sidecar.config import Config, GraphConfig, load_config
 from sidecar.errors import UsageError
@@ -82,7 +82,7 @@ def _common_flags() -> argparse.ArgumentParser:
     common.add_argument("--api-version", metavar="VER",
                         help=f"Graph API version (default graph.api_version or "
                              f"{_GRAPH_DEFAULTS.api_version})")
-    common.add_argument("--graph-url", metavar="URL", type=http_url,
+    common.add_argument("--graph-url", metavar="URL", type=graph_url,
                         help=f"Graph API base URL (default graph.base_url or "
                              f"{_GRAPH_DEFAULTS.base_url})")
     common.add_argument("--json", action="store_true", help="print JSON")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -182,10 +183,13 @@ def _upstream(s: Section) -> UpstreamConfig:
     )
 
 
-def http_url_problem(url: str, *, schemes: tuple[str, ...] = ("http", "https")) -> str | None:
+def http_url_problem(url: str, *, schemes: tuple[str, ...] = ("http", "https"),
+                     secret_in_requests: bool = False) -> str | None:
     """Why ``url`` cannot be sent to as written, or None: an http(s) URL with a host, a
     port from 1 to 65535 if given, and ASCII without spaces or control characters (a
-    request line is ASCII: an IDN host is written xn--, the rest percent-encoded)."""
+    request line is ASCII: an IDN host is written xn--, the rest percent-encoded).
+    ``secret_in_requests`` (the Graph API's bearer token): plain http only to a loopback
+    address, where a local fake or proxy listens."""
     try:
         parts = urlsplit(url)
         port = parts.port  # raises ValueError when not a number or out of range
@@ -202,7 +206,19 @@ def http_url_problem(url: str, *, schemes: tuple[str, ...] = ("http", "https")) 
         parts.hostname.encode("ascii").decode("idna")
     except UnicodeError:
         return "must have a valid host name (an xn-- label that does not decode)"
+    if secret_in_requests and parts.scheme == "http" and not _loopback(parts.hostname):
+        return ("must be an https:// URL (http:// would send the access token in the "
+                "clear; it is allowed to a loopback address only)")
     return None
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _delivery(s: Section) -> DeliveryConfig:
@@ -296,7 +312,7 @@ def _admin(s: Section) -> AdminConfig:
 def _graph(s: Section) -> GraphConfig:
     s.check_unknown({"access_token", "access_token_file", "api_version", "base_url"})
     base_url = s.string("base_url", GraphConfig.base_url).rstrip("/")
-    problem = http_url_problem(base_url)
+    problem = http_url_problem(base_url, secret_in_requests=True)
     if problem is not None:
         raise ConfigError(f"config key '{s.key('base_url')}': {problem}")
     return GraphConfig(

@@ -321,6 +321,27 @@ def test_graph_errors_map_to_exit_codes(
     assert len(graph.seen) == 1
 
 
+def test_a_graph_error_cannot_drive_the_terminal(graph: FakeGraph,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    # Graph's words reach the operator's terminal: escapes, a bidi override and a line
+    # separator are shown escaped, not obeyed.
+    graph.answer(json_answer({"error": {"message": "bad\x1b[2J\x1b]0;owned\x07\u202e\u2028x",
+                                        "type": "OAuthException", "code": 100}}, 400))
+    result = run_cli(capsys, *sub(graph, "list"))
+    assert result.code == 1
+    line = result.err.removesuffix("\n")
+    assert line.isprintable()  # the line separator became a space, the rest is escaped
+    assert "\\x1b[2J" in line and "\\x07" in line and "\\u202e" in line
+
+
+@pytest.mark.parametrize("url", ["http://graph.example.com", "http://10.0.0.8:8080"])
+def test_the_bearer_token_is_never_sent_in_the_clear(capsys: pytest.CaptureFixture[str],
+                                                     url: str) -> None:
+    result = run_cli(capsys, "subscriptions", "list", "--waba-id", WABA, "--graph-url", url)
+    assert result.code == 2
+    assert "must be an https:// URL" in result.err and result.err.count("\n") == 1
+
+
 @pytest.mark.parametrize("throttle", [
     graph_error(80008, 2446079, X_Business_Use_Case_Usage=buc_header(0)),
     Answer(429, b"", {"Retry-After": "0"}),
