@@ -63,15 +63,32 @@ class JSONFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info and record.levelno >= logging.ERROR:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return _printable_json(json.dumps(entry, default=str, ensure_ascii=False))
+
+
+def _printable_json(text: str) -> str:
+    # Values come from clients too (a certificate's subject, a path): JSON escapes the
+    # C0 controls but passes DEL, the C1 controls (0x9b starts a terminal escape), bidi
+    # overrides and U+2028 (a line break to some JSON-lines readers); escaped here.
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
 
 
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        extras = " ".join(f"{k}={v}" for k, v in record.__dict__.items()
+        extras = " ".join(f"{k}={_printable_text(str(v))}" for k, v in record.__dict__.items()
                           if k not in _STANDARD and not k.startswith("_"))
         base = f"{record.levelname.lower():7} {record.name}: {record.getMessage()}"
         return f"{base} {extras}".rstrip()
+
+
+def _printable_text(text: str) -> str:
+    # One log line per record: a client's bytes can neither start a new one nor drive
+    # the terminal.
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def setup_logging(level: str = "info", fmt: str = "json") -> None:
