@@ -87,7 +87,9 @@ def build_public_app(
         if not challenge or len(challenge) > MAX_CHALLENGE_LENGTH:
             return _outcome(metrics, "verify_bad_request", error_response(
                 BadPayload("hub.challenge missing or too long")))
-        return _outcome(metrics, "verified", PlainTextResponse(challenge))
+        # The challenge is the client's text, echoed: never to be sniffed as HTML.
+        return _outcome(metrics, "verified", PlainTextResponse(
+            challenge, headers={"X-Content-Type-Options": "nosniff"}))
 
     async def receive_delivery(request: Request) -> Response:
         hold = budget.hold()

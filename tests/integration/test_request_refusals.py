@@ -104,6 +104,7 @@ def test_verification_get(sidecar, sink):
         ok = c.get(sidecar.url, params=params)
         assert ok.status_code == 200 and ok.text == "1158201444"
         assert ok.headers["content-type"].startswith("text/plain")
+        assert ok.headers["x-content-type-options"] == "nosniff"  # an echo, never HTML
         wrong = c.get(sidecar.url, params={**params, "hub.verify_token": "nope"})
         assert wrong.status_code == 403 and "1158201444" not in wrong.text
         no_mode = c.get(sidecar.url, params={k: v for k, v in params.items() if k != "hub.mode"})
