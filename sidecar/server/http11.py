@@ -75,13 +75,16 @@ class GuardedH11Protocol(H11Protocol):
     _header_deadline: asyncio.TimerHandle | None = None
     _held_head = b""
     _readmit: Callable[[], tuple[int, str] | None] | None = None
+    _writer: Any = None
 
     async def initiate(self) -> None:
         await super().initiate()
+        # The connection's stream writer, through Hypercorn's TCPServer (``self.send`` is
+        # its bound ``protocol_send``).
+        writer = getattr(getattr(self.send, "__self__", None), "writer", None)
+        self._writer = writer
         if self.ssl:
-            # The connection's TLS object, through Hypercorn's TCPServer (``self.send`` is
-            # its bound ``protocol_send``): the holder's ``IdentityCheckedSSLObject``.
-            writer = getattr(getattr(self.send, "__self__", None), "writer", None)
+            # Its TLS object: the holder's ``IdentityCheckedSSLObject``.
             ssl_object = writer.get_extra_info("ssl_object") if writer is not None else None
             self._readmit = getattr(ssl_object, "readmit", None)
             release = getattr(ssl_object, "release", None)
@@ -153,7 +156,10 @@ class GuardedH11Protocol(H11Protocol):
             return
         if self._held_head:
             data, self._held_head = self._held_head + data, b""
-        if data:
+        if data and not (self._writer is not None and self._writer.is_closing()):
+            # (Written to a TLS connection the client has closed, asyncio's transport
+            # raises AttributeError, which Hypercorn logs as an application error; the
+            # bytes have nowhere to go either way.)
             await self.send(RawData(data=data))
 
     # ------------------------------------------------------------------ deadline

@@ -332,3 +332,34 @@ def test_leftover_bytes_on_a_closing_connection_start_no_header_clock(start_side
         conn.close()
     log = sidecar.log()
     assert "header_timeout" not in log and "never awaited" not in log, log[-2000:]
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("close", ["close_notify", "half_close"])
+def test_a_client_that_closes_before_its_answer_leaves_no_traceback(start_sidecar, sink,
+                                                                    loop, close):
+    # asyncio's TLS transport raises AttributeError for a write after the client's close
+    # (not the ConnectionError Hypercorn expects): "Error in ASGI Framework" with a
+    # traceback, at error level, once per such request.
+    sidecar = start_sidecar(loop=loop)
+    get = (f"GET {PATH}?hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=7 "
+           "HTTP/1.1\r\nHost: a\r\n\r\n").encode()
+    post = (f"POST {PATH} HTTP/1.1\r\nHost: a\r\nContent-Length: {len(BODY)}\r\n"
+            f"X-Hub-Signature-256: {SIGNATURE}\r\n\r\n").encode() + BODY
+    for request in (get, post) * 3:
+        conn = _connect(sidecar)
+        conn.sendall(request)
+        try:
+            if close == "close_notify":
+                conn.unwrap().close()
+            else:
+                conn.shutdown(socket.SHUT_WR)
+                time.sleep(0.1)
+        except (ssl.SSLError, OSError):
+            pass
+        finally:
+            conn.close()
+    sink.wait_for(1, timeout_s=10)  # the delivery was stored all the same
+    time.sleep(0.5)
+    log = sidecar.log()
+    assert "Traceback" not in log and '"level": "error"' not in log, log[-3000:]
