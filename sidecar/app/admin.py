@@ -49,8 +49,11 @@ def build_admin_app(
         await refresh_gauges()
         return Response(metrics.render(), media_type=PROMETHEUS_TEXT)
 
-    return Starlette(routes=[
+    app = Starlette(routes=[
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ])
+    # ``/metrics/`` is a 404, not a redirect built from the client's Host header.
+    app.router.redirect_slashes = False
+    return app
