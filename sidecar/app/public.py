@@ -134,7 +134,7 @@ def build_public_app(
         return _accepted_response(len(normalized.events), len(normalized.quarantined))
 
     accepted = metrics.requests.labels("accepted")
-    return _WebhookApp(path, get=verify_subscription, post=receive_delivery)
+    return _WebhookApp(path, get=verify_subscription, post=receive_delivery, metrics=metrics)
 
 
 @functools.lru_cache(maxsize=256)
@@ -157,7 +157,8 @@ class _WebhookApp:
     it the verify token), another method 405.  An unexpected exception is a bare 500,
     logged once with its traceback, never shown."""
 
-    def __init__(self, path: str, *, get: Handler, post: Handler) -> None:
+    def __init__(self, path: str, *, get: Handler, post: Handler, metrics: Metrics) -> None:
+        self._metrics = metrics
         # Matched against the raw request target, so a percent-encoded variant of the path
         # (``/webhooks%2Fwhatsapp``) is another path: a 404.
         self._raw_path = path.encode("utf-8")
@@ -169,10 +170,11 @@ class _WebhookApp:
         response: Response
         handler = self._handlers.get(scope["method"])
         if scope["raw_path"] != self._raw_path:
-            response = PlainTextResponse("Not Found", status_code=404)
+            response = _outcome(self._metrics, "not_found",
+                                PlainTextResponse("Not Found", status_code=404))
         elif handler is None:
-            response = PlainTextResponse("Method Not Allowed", status_code=405,
-                                         headers={"allow": "GET, POST"})
+            response = _outcome(self._metrics, "method_not_allowed", PlainTextResponse(
+                "Method Not Allowed", status_code=405, headers={"allow": "GET, POST"}))
         else:
             try:
                 response = await handler(Request(scope, receive))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["RequestGuard"]
@@ -51,8 +52,10 @@ class _SendFailed(Exception):
 
 class RequestGuard:
     def __init__(self, app: ASGIApp, *, stopping: asyncio.Event, max_header_bytes: int,
-                 send_timeout_s: float) -> None:
+                 send_timeout_s: float,
+                 on_refused: Callable[[str], None] = lambda outcome: None) -> None:
         self._app = app
+        self._on_refused = on_refused
         self._stopping = stopping
         self._max_header_bytes = max_header_bytes
         self._send_timeout_s = send_timeout_s
@@ -71,11 +74,11 @@ class RequestGuard:
         app = self._app
         head = _Head(scope)
         if scope["http_version"] not in _HTTP1:
-            app = _Refusal(505, "http_version")
+            app = _Refusal(505, "http_version", self._on_refused)
         elif head.size > self._max_header_bytes:
-            app = _Refusal(431, "header_limit")
+            app = _Refusal(431, "header_limit", self._on_refused)
         elif head.ambiguous:
-            app = _Refusal(400, "malformed_request")
+            app = _Refusal(400, "malformed_request", self._on_refused)
         body_unread = head.declares_body
 
         async def guarded_receive() -> Message:
@@ -143,12 +146,14 @@ async def _drain(receive: Any) -> None:
 class _Refusal:
     """An answer given instead of the app's, closing the connection."""
 
-    def __init__(self, status: int, outcome: str) -> None:
+    def __init__(self, status: int, outcome: str, count: Callable[[str], None]) -> None:
         self._status = status
         self._outcome = outcome
+        self._count = count
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         log.info("request.refused", extra={"status": self._status, "outcome": self._outcome})
+        self._count(self._outcome)
         await send({"type": "http.response.start", "status": self._status,
                     "headers": [(b"content-length", b"0"), _CLOSE]})
         await send({"type": "http.response.body", "body": b""})

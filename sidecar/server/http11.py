@@ -65,7 +65,11 @@ OVERRIDDEN = {
     "_maybe_recycle": ["self"],
     "_check_protocol": ["self", "event"],
     "_send_h11_event": ["self", "event"],
+    "_send_error_response": ["self", "status_code"],
 }
+
+# What h11 refuses before any app sees the request, as the outcome counted and logged.
+_H11_REFUSALS = {431: "header_limit", 501: "not_implemented"}
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -118,7 +122,8 @@ class GuardedH11Protocol(H11Protocol):
             status, reason = refusal
             log.info("request.refused", extra={"status": status, "reason": reason,
                                                 "outcome": "admission_withdrawn"})
-            await self._send_error_response(status)
+            self._count_refusal("admission_withdrawn")
+            await super()._send_error_response(status)
             await self.send(Closed())
             return
         if not request.method.isupper():
@@ -136,6 +141,23 @@ class GuardedH11Protocol(H11Protocol):
             # Part of a pipelined request arrived with the last one: its clock starts now
             # (not on a connection that is closing: nothing more will be read there).
             self._arm_header_deadline()
+
+    async def _send_error_response(self, status_code: int) -> None:
+        # Hypercorn's answer to what h11 cannot parse (a bad head or chunk, a transfer
+        # coding other than chunked, a head past h11_max_incomplete_size): counted and
+        # logged like the guard's refusals.
+        if not (self._writer is not None and self._writer.is_closing()):
+            # (On a connection this side has closed, such as at the header deadline, it
+            # is only the unfinished head h11 finds at the end: already counted.)
+            outcome = _H11_REFUSALS.get(status_code, "malformed_request")
+            log.info("request.refused", extra={"status": status_code, "outcome": outcome})
+            self._count_refusal(outcome)
+        await super()._send_error_response(status_code)
+
+    def _count_refusal(self, outcome: str) -> None:
+        count = getattr(self.config, "on_refused", None)
+        if count is not None:
+            count(outcome)
 
     async def _check_protocol(self, event: Any) -> None:
         return None  # never h2c, never the HTTP/2 preface: see the module docstring
@@ -181,6 +203,7 @@ class GuardedH11Protocol(H11Protocol):
         self._header_deadline = None
         if self.stream is None:
             log.info("request.refused", extra={"outcome": "header_timeout"})
+            self._count_refusal("header_timeout")
             try:
                 self.task_group.spawn(self.send, Closed())
             except RuntimeError:

@@ -39,6 +39,7 @@ import asyncio
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +111,8 @@ def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.soc
 class _ListenerConfig(Config):
     """Hypercorn's settings for one listener; its sockets and TLS context are ours."""
 
+    on_refused: Callable[[str], None]  # read by sidecar.server.http11
+
     def __init__(self, sock: socket.socket, ssl_context: ssl.SSLContext | None,
                  limits: ListenerLimits, backlog: int) -> None:
         self._sock = sock
@@ -150,10 +153,15 @@ class Listener:
     """Serves one ASGI app on one bound socket until ``stop`` is set, then drains."""
 
     def __init__(self, app: Any, sock: socket.socket, *, limits: ListenerLimits,
-                 ssl_context: ssl.SSLContext | None = None, backlog: int = 1024) -> None:
+                 ssl_context: ssl.SSLContext | None = None, backlog: int = 1024,
+                 on_refused: Callable[[str], None] | None = None) -> None:
+        """``on_refused(outcome)`` counts each request this listener refuses before the
+        app sees it (the guard's and ``http11``'s refusals)."""
         self._app = app
         self._limits = limits
+        self._on_refused = on_refused or _ignore
         self._config = _ListenerConfig(sock, ssl_context, limits, backlog)
+        self._config.on_refused = self._on_refused
 
     async def serve(self, stop: asyncio.Event) -> None:
         http11.install()
@@ -162,6 +170,11 @@ class Listener:
         self._config.listening_socket().listen(self._config.backlog)
         app = RequestGuard(self._app, stopping=stop,
                            max_header_bytes=self._limits.max_header_bytes,
-                           send_timeout_s=self._limits.effective_send_timeout_s)
+                           send_timeout_s=self._limits.effective_send_timeout_s,
+                           on_refused=self._on_refused)
         await serve(app, self._config, shutdown_trigger=stop.wait,  # type: ignore[arg-type]
                     mode="asgi")
+
+
+def _ignore(outcome: str) -> None:
+    return None

@@ -68,10 +68,12 @@ class IngestRole:
 
     async def serve(self, stop: asyncio.Event, sock: socket.socket) -> None:
         config = self.live.config
+        requests = self.live.metrics.requests
         listener = Listener(self.app, sock, ssl_context=self.live.holder.listener_context(),
                             backlog=public_backlog(config.limits.max_connections),
                             limits=listener_limits(self.live,
-                                                   graceful_timeout_s=_INGEST_GRACEFUL_S))
+                                                   graceful_timeout_s=_INGEST_GRACEFUL_S),
+                            on_refused=lambda outcome: requests.labels(outcome).inc())
         try:
             await listener.serve(stop)
         finally:

@@ -363,3 +363,32 @@ def test_a_client_that_closes_before_its_answer_leaves_no_traceback(start_sideca
     time.sleep(0.5)
     log = sidecar.log()
     assert "Traceback" not in log and '"level": "error"' not in log, log[-3000:]
+
+
+def test_every_refusal_before_the_app_is_counted_by_outcome(start_sidecar):
+    # A slowloris or a malformed-request flood shows in sidecar_requests_total, not
+    # only in the log.
+    sidecar = start_sidecar(extra="limits: {header_timeout_s: 1}\n")
+    assert _exchange(sidecar, b"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n").startswith(
+        b"HTTP/1.1 404")
+    assert _exchange(sidecar, f"PUT {PATH} HTTP/1.1\r\nHost: a\r\n\r\n".encode()).startswith(
+        b"HTTP/1.1 405")
+    assert _exchange(sidecar, f"GET {PATH} HTTP/2.0\r\nHost: a\r\n\r\n".encode()).startswith(
+        b"HTTP/1.1 505")
+    assert _exchange(sidecar, (f"POST {PATH} HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n"
+                               "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n").encode()
+                     ).startswith(b"HTTP/1.1 400")
+    assert _exchange(sidecar, (f"POST {PATH} HTTP/1.1\r\nHost: a\r\n"
+                               "Transfer-Encoding: gzip, chunked\r\n\r\n").encode()
+                     ).startswith(b"HTTP/1.1 501")
+    slow = _connect(sidecar)
+    try:
+        slow.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: 1")  # and nothing more
+        slow.settimeout(5)
+        assert slow.recv(1024) == b""  # closed by the server at the header deadline
+    finally:
+        slow.close()
+    metrics = sidecar.metrics()
+    for outcome in ("not_found", "method_not_allowed", "http_version", "malformed_request",
+                    "not_implemented", "header_timeout"):
+        assert f'sidecar_requests_total{{outcome="{outcome}"}} 1.0' in metrics, outcome
