@@ -36,7 +36,6 @@ __all__ = ["RequestGuard"]
 
 log = logging.getLogger("sidecar.server.listen")
 
-_HTTP1 = frozenset(("1.1", "1.0"))
 _CLOSE = (b"connection", b"close")
 _FRAMING = {b"content-length": 1, b"transfer-encoding": 2}
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # a field value may hold HTAB, not these
@@ -73,7 +72,8 @@ class RequestGuard:
             return
         app = self._app
         head = _Head(scope)
-        if scope["http_version"] not in _HTTP1:
+        if not scope["http_version"].startswith("1."):
+            # (HTTP/1.2 and up are served as HTTP/1.1, RFC 9110 §2.5: same major version.)
             app = _Refusal(505, "http_version", self._on_refused)
         elif head.size > self._max_header_bytes:
             app = _Refusal(431, "header_limit", self._on_refused)

@@ -230,6 +230,15 @@ def test_an_http_2_0_request_line_is_refused(start_sidecar, sink):
     _nothing_stored(sidecar, sink)
 
 
+def test_a_later_http_1_minor_version_is_served_as_http_1_1(start_sidecar):
+    # RFC 9110 §2.5: same major version, so HTTP/1.1 semantics (it was a 505).
+    sidecar = start_sidecar()
+    answer = _exchange(sidecar, (f"GET {PATH}?hub.mode=subscribe&hub.verify_token="
+                                 f"{VERIFY_TOKEN}&hub.challenge=12 HTTP/1.2\r\n"
+                                 "Host: a\r\nConnection: close\r\n\r\n").encode())
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"\r\n\r\n12"), answer
+
+
 def test_no_switch_to_http2_by_upgrade_or_preface(start_sidecar):
     sidecar = start_sidecar()
     verify = f"{PATH}?hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=h1"
