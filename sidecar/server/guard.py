@@ -32,6 +32,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from sidecar.server.http11 import CONTINUE
+
 __all__ = ["RequestGuard"]
 
 log = logging.getLogger("sidecar.server.listen")
@@ -81,8 +83,15 @@ class RequestGuard:
             app = _Refusal(400, "malformed_request", self._on_refused)
         body_unread = head.declares_body
 
+        send_continue = CONTINUE.get()
+
         async def guarded_receive() -> Message:
-            nonlocal body_unread
+            nonlocal body_unread, send_continue
+            if send_continue is not None:
+                # The app wants the body: a client waiting for ``100 Continue`` gets it now
+                # (``sidecar.server.http11``), not before an answer decided by the head.
+                continue_now, send_continue = send_continue, None
+                await continue_now()
             message: Message = await receive()
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_unread = False

@@ -25,6 +25,11 @@ its head is complete, and the TLS object sees no HTTP):
   policy in force still admits it, and if not the request is refused here and the
   connection closed.  Reached through Hypercorn's ``TCPServer`` (the ``writer`` behind
   the bound ``send``), pinned like the methods below.
+* **100 Continue when the body is wanted**: Hypercorn answers ``Expect: 100-continue``
+  as soon as the head is parsed, inviting the upload of a body the app is about to
+  refuse from the head alone (413 for its declared length, 404, 405); here the 100 is
+  sent when the app first asks for the body (``CONTINUE``, which ``sidecar.server.guard``
+  calls), as uvicorn does, and never when the answer comes first (RFC 9110 §10.1.1).
 * **a client's close, seen at once**: when the client closes an idle kept-alive
   connection, Hypercorn's read loop ends but its keep-alive timer runs on, and the
   connection (its memory, and its ``limits.max_connections`` slot) lingers until the
@@ -43,9 +48,10 @@ the methods overridden here change shape.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import h11
@@ -53,7 +59,12 @@ import hypercorn.protocol
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.h11 import H11Protocol
 
-__all__ = ["GuardedH11Protocol", "install", "OVERRIDDEN"]
+__all__ = ["GuardedH11Protocol", "install", "OVERRIDDEN", "CONTINUE"]
+
+# Set by the protocol for the request it hands to the app (the app's task inherits it):
+# sends the deferred ``100 Continue``, if the client is still waiting for one.
+CONTINUE: contextvars.ContextVar[Callable[[], Awaitable[None]] | None] = \
+    contextvars.ContextVar("sidecar_send_continue", default=None)
 
 log = logging.getLogger("sidecar.server.listen")
 
@@ -126,6 +137,7 @@ class GuardedH11Protocol(H11Protocol):
             await super()._send_error_response(status)
             await self.send(Closed())
             return
+        CONTINUE.set(self._send_continue)  # for this request's app task (a copy)
         if not request.method.isupper():
             # Methods are case-sensitive (RFC 9110 §9.1) and Hypercorn upper-cases them:
             # ``post`` would be served as POST.  Given a name no app knows, it is answered
@@ -167,6 +179,8 @@ class GuardedH11Protocol(H11Protocol):
         # bytes (or its end), so both go out in one write: one TLS record and one send
         # instead of two (Hypercorn writes each h11 event on its own, an empty end
         # included).  Every app here sends its body right after the head.
+        if type(event) is h11.InformationalResponse and event.status_code == 100:
+            return  # deferred until the app asks for the body (_send_continue)
         try:
             data = self.connection.send(event)
         except h11.LocalProtocolError:
@@ -183,6 +197,16 @@ class GuardedH11Protocol(H11Protocol):
             # raises AttributeError, which Hypercorn logs as an application error; the
             # bytes have nowhere to go either way.)
             await self.send(RawData(data=data))
+
+    async def _send_continue(self) -> None:
+        if not self.connection.they_are_waiting_for_100_continue or self._held_head:
+            return  # the body is on its way already, or the answer has begun
+        try:
+            data = self.connection.send(h11.InformationalResponse(
+                status_code=100, headers=self.config.response_headers("h11")))
+        except h11.LocalProtocolError:
+            return
+        await self.send(RawData(data=data))
 
     # ------------------------------------------------------------------ deadline
 

@@ -401,3 +401,37 @@ def test_every_refusal_before_the_app_is_counted_by_outcome(start_sidecar):
     for outcome in ("not_found", "method_not_allowed", "http_version", "malformed_request",
                     "not_implemented", "header_timeout"):
         assert f'sidecar_requests_total{{outcome="{outcome}"}} 1.0' in metrics, outcome
+
+
+def _head_then(sidecar, head: bytes, body: bytes | None) -> bytes:
+    """Send ``head``; the first answer; then, if it was ``100 Continue``, ``body`` and
+    the answer after it."""
+    conn = _connect(sidecar)
+    try:
+        conn.sendall(head)
+        conn.settimeout(5)
+        first = conn.recv(65536)
+        if first.startswith(b"HTTP/1.1 100") and body is not None:
+            conn.sendall(body)
+            while b"\r\n\r\n" not in first.split(b"\r\n\r\n", 1)[1]:
+                first += conn.recv(65536)
+        return first
+    finally:
+        conn.close()
+
+
+def test_100_continue_only_when_the_body_is_wanted(start_sidecar, sink):
+    # A head that decides the answer gets the answer, not an invitation to upload the
+    # body first (Hypercorn sent 100 Continue for every such head).
+    sidecar = start_sidecar(extra="limits: {max_body_bytes: 4096}\n")
+    expect = "Expect: 100-continue\r\n"
+    too_big = (f"POST {PATH} HTTP/1.1\r\nHost: a\r\nContent-Length: 50000000\r\n"
+               f"X-Hub-Signature-256: {SIGNATURE}\r\n{expect}\r\n").encode()
+    assert _head_then(sidecar, too_big, None).startswith(b"HTTP/1.1 413")
+    elsewhere = f"POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n{expect}\r\n".encode()
+    assert _head_then(sidecar, elsewhere, None).startswith(b"HTTP/1.1 404")
+    right = (f"POST {PATH} HTTP/1.1\r\nHost: a\r\nContent-Length: {len(BODY)}\r\n"
+             f"X-Hub-Signature-256: {SIGNATURE}\r\n{expect}\r\n").encode()
+    answer = _head_then(sidecar, right, BODY)
+    assert answer.startswith(b"HTTP/1.1 100 ") and b"\r\n\r\nHTTP/1.1 200 " in answer, answer
+    sink.wait_for(1, timeout_s=10)
