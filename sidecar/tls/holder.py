@@ -146,6 +146,8 @@ class TLSHolder:
         class IdentityCheckedSSLObject(ssl.SSLObject):
             _counted = False
             _closing = False
+            _failed: ssl.SSLError | None = None
+            _outgoing: ssl.MemoryBIO | None = None
 
             def unwrap(self) -> None:
                 self._closing = True  # our close_notify is being sent
@@ -162,6 +164,9 @@ class TLSHolder:
                 return data
 
             def do_handshake(self) -> None:
+                if self._failed is not None:
+                    self.release()
+                    raise self._failed  # its alert has been sent: the connection ends
                 if not self._counted:
                     # The first call comes right after accept, before the ClientHello is
                     # read: the connection counts from here, and past the cap it is
@@ -174,6 +179,16 @@ class TLSHolder:
                     raise
                 except ssl.SSLError as exc:
                     holder._report_refusal(_reason(exc), {"error": _error_text(exc)})
+                    if self._outgoing is not None and self._outgoing.pending:
+                        # OpenSSL wrote the alert that says why (certificate required,
+                        # unknown CA, protocol version), but the event loop's transport
+                        # would close without sending it: asked to wait for more input
+                        # instead, it sends what is pending first.  The next call (the
+                        # client's next bytes) raises; the client's close, or the
+                        # handshake timeout, ends it otherwise (it stays counted until
+                        # then, like any connection still open).
+                        self._failed = exc
+                        raise ssl.SSLWantReadError("alert pending") from exc
                     self.release()  # the transport closes the connection now
                     raise
                 try:
@@ -344,9 +359,11 @@ class _ListenerContext(ssl.SSLContext):
     def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
                  server_side: bool = False, server_hostname: str | bytes | None = None,
                  session: ssl.SSLSession | None = None) -> ssl.SSLObject:
-        return self.holder.state.context.wrap_bio(
+        sslobj = self.holder.state.context.wrap_bio(
             incoming, outgoing, server_side=server_side, server_hostname=server_hostname,
             session=session)
+        sslobj._outgoing = outgoing  # type: ignore[attr-defined]  # (its alert, below)
+        return sslobj
 
 
 def _made_by(sslobj: ssl.SSLObject, current: TLSState) -> TLSState:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import time
 
 import httpx
@@ -82,3 +84,24 @@ def test_refused_handshakes_are_logged_with_what_was_presented(start_sidecar):
     assert untrusted["error"] == "unable to get local issuer certificate"
     assert ('sidecar_tls_handshake_failures_total{reason="name_not_allowed"} 3.0'
             in sidecar.metrics())
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("version", ["TLSv1_3", "TLSv1_2"])
+def test_a_refused_handshake_tells_the_client_why(start_sidecar, loop, version):
+    # OpenSSL's alert (certificate required, unknown CA) reaches the client: the event
+    # loop's transport closed without sending it, so a client saw only an EOF or a reset.
+    sidecar = start_sidecar(loop=loop)
+    pki = sidecar.pki
+    expected = {None: ("CERTIFICATE_REQUIRED" if version == "TLSv1_3"
+                       else "HANDSHAKE_FAILURE"),
+                pki.rogue_client: "UNKNOWN_CA"}
+    for client_pem, alert in expected.items():
+        ctx = pki.client_context(client_pem)
+        ctx.minimum_version = ctx.maximum_version = getattr(ssl.TLSVersion, version)
+        with pytest.raises(ssl.SSLError) as caught:
+            raw = socket.create_connection(("127.0.0.1", sidecar.port), timeout=5)
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                tls.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")  # TLS 1.3: seen here
+                tls.recv(100)
+        assert alert in str(caught.value) and "ALERT" in str(caught.value), caught.value
