@@ -179,6 +179,10 @@ class TLSHolder:
                     raise
                 except ssl.SSLError as exc:
                     holder._report_refusal(_reason(exc), {"error": _error_text(exc)})
+                    if self._outgoing is not None and exc.reason == "HTTP_REQUEST":
+                        # Plain HTTP on the TLS port (a mistyped http:// URL): told so in
+                        # plain HTTP, as nginx does, instead of a silent close.
+                        self._outgoing.write(_PLAIN_HTTP_ANSWER)
                     if self._outgoing is not None and self._outgoing.pending:
                         # OpenSSL wrote the alert that says why (certificate required,
                         # unknown CA, protocol version), but the event loop's transport
@@ -389,6 +393,12 @@ def _bounded(names: list[str], count: int = 5, length: int = 100) -> list[str]:
     return [name[:length] for name in names[:count]]
 
 
+_PLAIN_HTTP_BODY = b"This port speaks HTTPS only (mutual TLS).\n"
+_PLAIN_HTTP_ANSWER = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                      b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                      % (len(_PLAIN_HTTP_BODY), _PLAIN_HTTP_BODY))
+
+
 def _reason(exc: ssl.SSLError) -> str:
     text = (exc.reason or str(exc)).upper()
     if "PEER_DID_NOT_RETURN_A_CERTIFICATE" in text or "CERTIFICATE_REQUIRED" in text:
@@ -397,5 +407,7 @@ def _reason(exc: ssl.SSLError) -> str:
         return "untrusted_certificate"
     if "VERSION" in text or "PROTOCOL" in text:
         return "protocol"
+    if "HTTP_REQUEST" in text:
+        return "plain_http"
     return "other"
 

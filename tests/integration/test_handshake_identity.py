@@ -105,3 +105,15 @@ def test_a_refused_handshake_tells_the_client_why(start_sidecar, loop, version):
                 tls.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")  # TLS 1.3: seen here
                 tls.recv(100)
         assert alert in str(caught.value) and "ALERT" in str(caught.value), caught.value
+
+
+def test_plain_http_on_the_tls_port_is_told_so(start_sidecar):
+    sidecar = start_sidecar()
+    with socket.create_connection(("127.0.0.1", sidecar.port), timeout=5) as raw:
+        raw.sendall(b"GET /webhooks/whatsapp HTTP/1.1\r\nHost: a\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b"(mutual TLS).\n") and (chunk := raw.recv(4096)):
+            answer += chunk  # (the server then waits for the client's close)
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert answer.endswith(b"\r\n\r\nThis port speaks HTTPS only (mutual TLS).\n")
+    assert 'sidecar_tls_handshake_failures_total{reason="plain_http"} 1.0' in sidecar.metrics()
