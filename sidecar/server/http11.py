@@ -91,6 +91,7 @@ class GuardedH11Protocol(H11Protocol):
     _held_head = b""
     _readmit: Callable[[], tuple[int, str] | None] | None = None
     _writer: Any = None
+    _client_closed = False
 
     async def initiate(self) -> None:
         await super().initiate()
@@ -113,7 +114,12 @@ class GuardedH11Protocol(H11Protocol):
                     task.add_done_callback(lambda _: release())
         self._arm_header_deadline()  # the first request's head, from the connection's start
 
+    def _closing(self) -> bool:
+        return self._writer is not None and self._writer.is_closing()
+
     async def handle(self, event: Event) -> None:
+        if isinstance(event, RawData) and not event.data:
+            self._client_closed = True  # Hypercorn passes the end of the stream on as b""
         if isinstance(event, RawData):
             if self.stream is None and self._header_deadline is None:
                 self._arm_header_deadline()  # the first bytes of the next request
@@ -158,9 +164,10 @@ class GuardedH11Protocol(H11Protocol):
         # Hypercorn's answer to what h11 cannot parse (a bad head or chunk, a transfer
         # coding other than chunked, a head past h11_max_incomplete_size): counted and
         # logged like the guard's refusals.
-        if not (self._writer is not None and self._writer.is_closing()):
-            # (On a connection this side has closed, such as at the header deadline, it
-            # is only the unfinished head h11 finds at the end: already counted.)
+        if not (self._closing() or self._client_closed or self.stream is not None):
+            # Not counted: what h11 finds unfinished when the connection ends (this side
+            # closed it at the header deadline, counted then; the client went away), or
+            # the body of a request the app is handling (the app counts its outcome).
             outcome = _H11_REFUSALS.get(status_code, "malformed_request")
             log.info("request.refused", extra={"status": status_code, "outcome": outcome})
             self._count_refusal(outcome)
@@ -192,15 +199,16 @@ class GuardedH11Protocol(H11Protocol):
             return
         if self._held_head:
             data, self._held_head = self._held_head + data, b""
-        if data and not (self._writer is not None and self._writer.is_closing()):
+        if data and not self._closing():
             # (Written to a TLS connection the client has closed, asyncio's transport
             # raises AttributeError, which Hypercorn logs as an application error; the
             # bytes have nowhere to go either way.)
             await self.send(RawData(data=data))
 
     async def _send_continue(self) -> None:
-        if not self.connection.they_are_waiting_for_100_continue or self._held_head:
-            return  # the body is on its way already, or the answer has begun
+        if not self.connection.they_are_waiting_for_100_continue or self._held_head \
+                or self._closing():
+            return  # the body is on its way already, the answer has begun, or no one waits
         try:
             data = self.connection.send(h11.InformationalResponse(
                 status_code=100, headers=self.config.response_headers("h11")))

@@ -35,6 +35,7 @@ class LiveState:
         self.holder = TLSHolder(
             config.tls, max_connections=max_connections,
             on_connections=metrics.open_connections.set,
+            handshake_timeout_s=config.limits.header_timeout_s,
             on_refused=self._refused)
         self._settings = _settings_from(config)
         self._warn_if_optional(config)

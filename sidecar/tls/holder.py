@@ -39,6 +39,7 @@ connections already open too.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import ssl
@@ -83,9 +84,13 @@ class TLSHolder:
         on_refused: Callable[[str, dict[str, object]], None] | None = None,
         max_connections: int | None = None,
         on_connections: Callable[[int], None] | None = None,
+        handshake_timeout_s: float = 10.0,
         now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
+        """``handshake_timeout_s`` is the listener's (``limits.header_timeout_s``): by
+        then a connection still in its handshake has been closed by the event loop."""
         self._now = now
+        self._handshake_timeout_s = handshake_timeout_s
         # (reason, facts for the log): a label-sized reason, and what the client presented
         self._on_refused = on_refused or (lambda reason, facts: None)
         self._max_connections = max_connections
@@ -189,10 +194,15 @@ class TLSHolder:
                         # would close without sending it: asked to wait for more input
                         # instead, it sends what is pending first.  The next call (the
                         # client's next bytes) raises; the client's close, or the
-                        # handshake timeout, ends it otherwise (it stays counted until
-                        # then, like any connection still open).
-                        self._failed = exc
-                        raise ssl.SSLWantReadError("alert pending") from exc
+                        # handshake timeout, ends it otherwise.  It stays counted until
+                        # then, like any connection still open, and no longer: nothing
+                        # calls this object at a close, so its slot is freed at the
+                        # handshake timeout at the latest.  Kept without its traceback,
+                        # which would tie this object into a cycle (the frame holds it).
+                        self._failed = exc.with_traceback(None)
+                        asyncio.get_running_loop().call_later(
+                            holder._handshake_timeout_s + 1.0, self.release)
+                        raise ssl.SSLWantReadError("alert pending") from None
                     self.release()  # the transport closes the connection now
                     raise
                 try:

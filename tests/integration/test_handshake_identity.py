@@ -117,3 +117,37 @@ def test_plain_http_on_the_tls_port_is_told_so(start_sidecar):
     assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert answer.endswith(b"\r\n\r\nThis port speaks HTTPS only (mutual TLS).\n")
     assert 'sidecar_tls_handshake_failures_total{reason="plain_http"} 1.0' in sidecar.metrics()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_refused_handshake_frees_its_slot_though_the_client_only_reads(start_sidecar, loop):
+    # A client told "certificate required" by an alert reads it and closes, sending
+    # nothing more: its slot used to stay taken until the collector found the
+    # connection's objects, and a good client was refused too_many_connections.
+    sidecar = start_sidecar(loop=loop,
+                            extra="limits: {max_connections: 2, header_timeout_s: 1}\n")
+    pki = sidecar.pki
+    for _ in range(6):
+        raw = socket.create_connection(("127.0.0.1", sidecar.port), timeout=5)
+        try:
+            with pki.client_context(None).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                tls.recv(100)  # TLS 1.3: the handshake completed here; the alert follows
+        except (ssl.SSLError, OSError):
+            pass
+        time.sleep(0.2)
+    deadline = time.monotonic() + 6
+    while True:
+        try:
+            raw = socket.create_connection(("127.0.0.1", sidecar.port), timeout=5)
+            with pki.client_context(pki.meta_client).wrap_socket(
+                    raw, server_hostname="127.0.0.1") as tls:
+                tls.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+                if tls.recv(100).startswith(b"HTTP/1.1 404"):
+                    break
+        except (ssl.SSLError, OSError):
+            pass
+        assert time.monotonic() < deadline, sidecar.metrics()
+        time.sleep(0.2)
+    while "sidecar_open_connections 0.0" not in sidecar.metrics():
+        assert time.monotonic() < deadline, sidecar.metrics()
+        time.sleep(0.1)

@@ -355,7 +355,11 @@ def test_a_client_that_closes_before_its_answer_leaves_no_traceback(start_sideca
            "HTTP/1.1\r\nHost: a\r\n\r\n").encode()
     post = (f"POST {PATH} HTTP/1.1\r\nHost: a\r\nContent-Length: {len(BODY)}\r\n"
             f"X-Hub-Signature-256: {SIGNATURE}\r\n\r\n").encode() + BODY
-    for request in (get, post) * 3:
+    # The head alone, waiting for 100 Continue: the app's first read would send it.
+    expecting = (f"POST {PATH} HTTP/1.1\r\nHost: a\r\nContent-Length: {len(BODY)}\r\n"
+                 f"X-Hub-Signature-256: {SIGNATURE}\r\nExpect: 100-continue\r\n\r\n"
+                 ).encode()
+    for request in (get, post, expecting) * 3:
         conn = _connect(sidecar)
         conn.sendall(request)
         try:
@@ -435,3 +439,19 @@ def test_100_continue_only_when_the_body_is_wanted(start_sidecar, sink):
     answer = _head_then(sidecar, right, BODY)
     assert answer.startswith(b"HTTP/1.1 100 ") and b"\r\n\r\nHTTP/1.1 200 " in answer, answer
     sink.wait_for(1, timeout_s=10)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_client_gone_mid_body_is_a_disconnect_not_a_malformed_request(start_sidecar, loop):
+    sidecar = start_sidecar(loop=loop)
+    conn = _connect(sidecar)
+    conn.sendall((f"POST {PATH} HTTP/1.1\r\nHost: a\r\nContent-Length: {len(BODY)}\r\n"
+                  f"X-Hub-Signature-256: {SIGNATURE}\r\n\r\n").encode() + BODY[:10])
+    time.sleep(0.3)
+    conn.close()
+    deadline = time.monotonic() + 5
+    while 'outcome="client_disconnect"} 1.0' not in sidecar.metrics():
+        assert time.monotonic() < deadline, sidecar.metrics()
+        time.sleep(0.1)
+    time.sleep(0.3)
+    assert "malformed_request" not in sidecar.metrics()
