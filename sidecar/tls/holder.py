@@ -200,8 +200,12 @@ class TLSHolder:
                         # handshake timeout at the latest.  Kept without its traceback,
                         # which would tie this object into a cycle (the frame holds it).
                         self._failed = exc.with_traceback(None)
-                        asyncio.get_running_loop().call_later(
-                            holder._handshake_timeout_s + 1.0, self.release)
+                        release = getattr(self, "_release", None)
+                        if release is not None:
+                            # The finalizer, not this object: a flood of refused
+                            # handshakes must not keep their TLS objects alive for it.
+                            asyncio.get_running_loop().call_later(
+                                holder._handshake_timeout_s + 1.0, release)
                         raise ssl.SSLWantReadError("alert pending") from None
                     self.release()  # the transport closes the connection now
                     raise
