@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -227,9 +226,7 @@ def test_a_secret_file_that_is_not_a_small_regular_file_is_refused_at_once(tmp_p
     else:
         target.write_bytes(b"x" * (64 * 1024 + 1))
     text = MINIMAL.replace('  verify_token: "${VERIFY_TOKEN}"\n', "  verify_token_file: token\n")
-    started = time.monotonic()
-    message = _error(tmp_path, text)
-    assert time.monotonic() - started < 2
+    message = _error(tmp_path, text)  # (the old code never returned for the FIFO)
     reason = "larger than 65536 bytes" if make == "huge" else "not a regular file"
     assert message == f"config key 'meta.verify_token_file': cannot read file {target} ({reason})"
 
