@@ -188,7 +188,8 @@ class Supervisor:
         self.workers = workers
         self.loop_name = loop_name
         self.spool = spool
-        self._metrics_dir = tempfile.mkdtemp(prefix="sidecar-metrics-")
+        remove_stale_metrics_dirs(Path(tempfile.gettempdir()))
+        self._metrics_dir = tempfile.mkdtemp(prefix=f"{_METRICS_PREFIX}{os.getpid()}-")
         # The parent validates the TLS material too: a broken file fails the start with
         # one line, and the certificate gauges and readiness come from here.
         self.parts = compose(config, spool=spool,
@@ -345,6 +346,24 @@ class Supervisor:
         except (BlockingIOError, OSError, ValueError):
             pass
         delivery.wake()
+
+
+_METRICS_PREFIX = "sidecar-metrics-"
+
+
+def remove_stale_metrics_dirs(tmp: Path) -> None:
+    """Remove the metrics folders of parents that died without cleaning up (SIGKILL,
+    OOM): ``sidecar-metrics-<pid>-*`` of this user whose process no longer exists."""
+    for folder in tmp.glob(f"{_METRICS_PREFIX}*-*"):
+        pid_text = folder.name[len(_METRICS_PREFIX):].split("-", 1)[0]
+        try:
+            if not pid_text.isdigit() or folder.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            continue  # alive under another user, or gone meanwhile
 
 
 def _mark_dead(pid: int | None, metrics_dir: str) -> None:
