@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Hashable
 from datetime import datetime, timezone
 
-__all__ = ["setup_logging", "redact_query", "JSONFormatter", "Throttle"]
+__all__ = ["setup_logging", "redact_query", "JSONFormatter", "Throttle", "printable"]
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 _TOKEN_IN_QUERY = re.compile(r"(hub\.verify_token=)[^&]*", re.IGNORECASE)
@@ -77,15 +77,17 @@ def _printable_json(text: str) -> str:
 
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        extras = " ".join(f"{k}={_printable_text(str(v))}" for k, v in record.__dict__.items()
+        extras = " ".join(f"{k}={printable(str(v))}" for k, v in record.__dict__.items()
                           if k not in _STANDARD and not k.startswith("_"))
         base = f"{record.levelname.lower():7} {record.name}: {record.getMessage()}"
         return f"{base} {extras}".rstrip()
 
 
-def _printable_text(text: str) -> str:
-    # One log line per record: a client's bytes can neither start a new one nor drive
-    # the terminal.
+def printable(text: str) -> str:
+    """``text`` with every character that does not print shown escaped (``\\n``,
+    ``\\x1b``, ``\\u202e``): what came from outside (a client's bytes in a log line, a
+    Graph error or a table cell the CLI prints) can neither forge a line nor drive the
+    terminal."""
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)

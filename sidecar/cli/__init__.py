@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from sidecar import __version__
-from sidecar.cli._output import printable
+from sidecar.logs import printable
 from sidecar.errors import SidecarError
 
 __all__ = ["main"]

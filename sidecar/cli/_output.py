@@ -7,7 +7,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["format_table", "print_json", "printable"]
+from sidecar.logs import printable
+
+__all__ = ["format_table", "print_json"]
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -19,16 +21,6 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(c) for c in col) for col in zip(*cells)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
                      for row in cells)
-
-
-def printable(text: str) -> str:
-    """``text`` with every character that does not print shown escaped (``\\n``,
-    ``\\x1b``, ``\\u202e``): what the CLI prints that came from outside (a table cell,
-    an error quoting Graph or a file name) can neither forge a line nor drive the
-    terminal."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def print_json(value: Any, *, sort_keys: bool = False) -> None:

@@ -14,7 +14,8 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["read_file", "CONFIG_MAX_BYTES", "SECRET_MAX_BYTES", "PEM_MAX_BYTES"]
+__all__ = ["read_file", "why_unreadable", "CONFIG_MAX_BYTES", "SECRET_MAX_BYTES",
+           "PEM_MAX_BYTES"]
 
 CONFIG_MAX_BYTES = 1 << 20  # a config file: far more than any real one
 SECRET_MAX_BYTES = 64 << 10  # a secret file (a token, a key, a URL)
@@ -46,3 +47,8 @@ def _require_regular(mode: int, path: Path) -> None:
         raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
     if not stat.S_ISREG(mode):
         raise OSError(errno.EINVAL, "not a regular file", str(path))
+
+
+def why_unreadable(exc: OSError) -> str:
+    """The short reason an error message gives for ``exc`` (``not a regular file``)."""
+    return exc.strerror or type(exc).__name__

@@ -26,7 +26,7 @@ from sidecar.config.model import (
     UpstreamConfig,
 )
 from sidecar.config.reader import Reader, Section
-from sidecar.config.files import CONFIG_MAX_BYTES, read_file
+from sidecar.config.files import CONFIG_MAX_BYTES, read_file, why_unreadable
 from sidecar.config.spool_url import SCHEMES, url_problem
 from sidecar.errors import ConfigError
 from sidecar.secret import Secret, standard_webhooks_key
@@ -42,7 +42,7 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {path}: not found") from exc
     except OSError as exc:
-        raise ConfigError(f"config file {path}: unreadable ({_why(exc)})") from exc
+        raise ConfigError(f"config file {path}: unreadable ({why_unreadable(exc)})") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path}: unreadable (not UTF-8)") from exc
     try:
@@ -328,7 +328,3 @@ def _logging(s: Section) -> LoggingConfig:
         level=s.string("level", "info", choices=("debug", "info", "warning", "error")),
         format=s.string("format", "json", choices=("json", "text")),
     )
-
-
-def _why(exc: OSError) -> str:
-    return exc.strerror or type(exc).__name__

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sidecar.config.files import SECRET_MAX_BYTES, read_file
+from sidecar.config.files import SECRET_MAX_BYTES, read_file, why_unreadable
 from sidecar.errors import ConfigError
 from sidecar.secret import Secret
 
@@ -179,7 +179,7 @@ class Reader:
             value = read_file(path, SECRET_MAX_BYTES).decode("utf-8")
         except OSError as exc:
             raise ConfigError(f"config key '{key}': cannot read file {path} "
-                              f"({exc.strerror or type(exc).__name__})") from exc
+                              f"({why_unreadable(exc)})") from exc
         except UnicodeDecodeError as exc:
             raise ConfigError(f"config key '{key}': cannot read file {path} (not UTF-8)"
                               ) from exc

@@ -29,10 +29,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
 from typing import Any
 
-from sidecar.server.http11 import CONTINUE
+from sidecar.server.http11 import CONTINUE, Refused, log_refusal
 
 __all__ = ["RequestGuard"]
 
@@ -53,8 +52,7 @@ class _SendFailed(Exception):
 
 class RequestGuard:
     def __init__(self, app: ASGIApp, *, stopping: asyncio.Event, max_header_bytes: int,
-                 send_timeout_s: float,
-                 on_refused: Callable[[str], None] = lambda outcome: None) -> None:
+                 send_timeout_s: float, on_refused: Refused = log_refusal) -> None:
         self._app = app
         self._on_refused = on_refused
         self._stopping = stopping
@@ -155,14 +153,13 @@ async def _drain(receive: Any) -> None:
 class _Refusal:
     """An answer given instead of the app's, closing the connection."""
 
-    def __init__(self, status: int, outcome: str, count: Callable[[str], None]) -> None:
+    def __init__(self, status: int, outcome: str, refused: Refused) -> None:
         self._status = status
         self._outcome = outcome
-        self._count = count
+        self._refused = refused
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        log.info("request.refused", extra={"status": self._status, "outcome": self._outcome})
-        self._count(self._outcome)
+        self._refused(self._outcome, status=self._status)
         await send({"type": "http.response.start", "status": self._status,
                     "headers": [(b"content-length", b"0"), _CLOSE]})
         await send({"type": "http.response.body", "body": b""})

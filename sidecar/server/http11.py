@@ -59,7 +59,7 @@ import hypercorn.protocol
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.h11 import H11Protocol
 
-__all__ = ["GuardedH11Protocol", "install", "OVERRIDDEN", "CONTINUE"]
+__all__ = ["GuardedH11Protocol", "install", "OVERRIDDEN", "CONTINUE", "Refused", "log_refusal"]
 
 # Set by the protocol for the request it hands to the app (the app's task inherits it):
 # sends the deferred ``100 Continue``, if the client is still waiting for one.
@@ -67,6 +67,14 @@ CONTINUE: contextvars.ContextVar[Callable[[], Awaitable[None]] | None] = \
     contextvars.ContextVar("sidecar_send_continue", default=None)
 
 log = logging.getLogger("sidecar.server.listen")
+
+Refused = Callable[..., None]  # (outcome, **facts for the log line)
+
+
+def log_refusal(outcome: str, **facts: object) -> None:
+    """A request refused before the app: one ``request.refused`` line.  A listener adds
+    counting (``sidecar.server.listen``) and hands the result here and to the guard."""
+    log.info("request.refused", extra={"outcome": outcome, **facts})
 
 # What the subclass overrides, with the parameters Hypercorn 0.18 gives each.
 OVERRIDDEN = {
@@ -137,9 +145,7 @@ class GuardedH11Protocol(H11Protocol):
             # admits it: answered without the app, and closed (Hypercorn's own way of
             # refusing a request it cannot serve; the body, if any, is never read).
             status, reason = refusal
-            log.info("request.refused", extra={"status": status, "reason": reason,
-                                                "outcome": "admission_withdrawn"})
-            self._count_refusal("admission_withdrawn")
+            self._refused("admission_withdrawn", status=status, reason=reason)
             await super()._send_error_response(status)
             await self.send(Closed())
             return
@@ -168,15 +174,13 @@ class GuardedH11Protocol(H11Protocol):
             # Not counted: what h11 finds unfinished when the connection ends (this side
             # closed it at the header deadline, counted then; the client went away), or
             # the body of a request the app is handling (the app counts its outcome).
-            outcome = _H11_REFUSALS.get(status_code, "malformed_request")
-            log.info("request.refused", extra={"status": status_code, "outcome": outcome})
-            self._count_refusal(outcome)
+            self._refused(_H11_REFUSALS.get(status_code, "malformed_request"),
+                          status=status_code)
         await super()._send_error_response(status_code)
 
-    def _count_refusal(self, outcome: str) -> None:
-        count = getattr(self.config, "on_refused", None)
-        if count is not None:
-            count(outcome)
+    def _refused(self, outcome: str, **facts: object) -> None:
+        refused: Refused = getattr(self.config, "on_refused", log_refusal)
+        refused(outcome, **facts)
 
     async def _check_protocol(self, event: Any) -> None:
         return None  # never h2c, never the HTTP/2 preface: see the module docstring
@@ -234,8 +238,7 @@ class GuardedH11Protocol(H11Protocol):
     def _header_deadline_passed(self) -> None:
         self._header_deadline = None
         if self.stream is None:
-            log.info("request.refused", extra={"outcome": "header_timeout"})
-            self._count_refusal("header_timeout")
+            self._refused("header_timeout")
             try:
                 self.task_group.spawn(self.send, Closed())
             except RuntimeError:

@@ -111,7 +111,7 @@ def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.soc
 class _ListenerConfig(Config):
     """Hypercorn's settings for one listener; its sockets and TLS context are ours."""
 
-    on_refused: Callable[[str], None]  # read by sidecar.server.http11
+    on_refused: http11.Refused  # read by sidecar.server.http11
 
     def __init__(self, sock: socket.socket, ssl_context: ssl.SSLContext | None,
                  limits: ListenerLimits, backlog: int) -> None:
@@ -154,14 +154,20 @@ class Listener:
 
     def __init__(self, app: Any, sock: socket.socket, *, limits: ListenerLimits,
                  ssl_context: ssl.SSLContext | None = None, backlog: int = 1024,
-                 on_refused: Callable[[str], None] | None = None) -> None:
-        """``on_refused(outcome)`` counts each request this listener refuses before the
-        app sees it (the guard's and ``http11``'s refusals)."""
+                 count_refused: Callable[[str], None] | None = None) -> None:
+        """``count_refused(outcome)`` counts each request this listener refuses before
+        the app sees it (the guard's and ``http11``'s refusals), beside its log line."""
         self._app = app
         self._limits = limits
-        self._on_refused = on_refused or _ignore
+
+        def refused(outcome: str, **facts: object) -> None:
+            http11.log_refusal(outcome, **facts)
+            if count_refused is not None:
+                count_refused(outcome)
+
+        self._on_refused = refused
         self._config = _ListenerConfig(sock, ssl_context, limits, backlog)
-        self._config.on_refused = self._on_refused
+        self._config.on_refused = refused
 
     async def serve(self, stop: asyncio.Event) -> None:
         http11.install()
@@ -174,7 +180,3 @@ class Listener:
                            on_refused=self._on_refused)
         await serve(app, self._config, shutdown_trigger=stop.wait,  # type: ignore[arg-type]
                     mode="asgi")
-
-
-def _ignore(outcome: str) -> None:
-    return None

@@ -73,7 +73,7 @@ class IngestRole:
                             backlog=public_backlog(config.limits.max_connections),
                             limits=listener_limits(self.live,
                                                    graceful_timeout_s=_INGEST_GRACEFUL_S),
-                            on_refused=lambda outcome: requests.labels(outcome).inc())
+                            count_refused=lambda outcome: requests.labels(outcome).inc())
         try:
             await listener.serve(stop)
         finally:

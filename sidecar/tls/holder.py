@@ -152,7 +152,8 @@ class TLSHolder:
             _counted = False
             _closing = False
             _failed: ssl.SSLError | None = None
-            _outgoing: ssl.MemoryBIO | None = None
+            _outgoing: ssl.MemoryBIO | None = None  # set by the listener context
+            _release: weakref.finalize[..., None] | None = None  # set by admit_connection
 
             def unwrap(self) -> None:
                 self._closing = True  # our close_notify is being sent
@@ -200,12 +201,11 @@ class TLSHolder:
                         # handshake timeout at the latest.  Kept without its traceback,
                         # which would tie this object into a cycle (the frame holds it).
                         self._failed = exc.with_traceback(None)
-                        release = getattr(self, "_release", None)
-                        if release is not None:
+                        if self._release is not None:
                             # The finalizer, not this object: a flood of refused
                             # handshakes must not keep their TLS objects alive for it.
                             asyncio.get_running_loop().call_later(
-                                holder._handshake_timeout_s + 1.0, release)
+                                holder._handshake_timeout_s + 1.0, self._release)
                         raise ssl.SSLWantReadError("alert pending") from None
                     self.release()  # the transport closes the connection now
                     raise
@@ -218,9 +218,8 @@ class TLSHolder:
             def release(self) -> None:
                 """This connection is closed: its slot is free (once, however often
                 asked; else when the object is collected)."""
-                release = getattr(self, "_release", None)
-                if release is not None:
-                    release()
+                if self._release is not None:
+                    self._release()
 
             def readmit(self) -> tuple[int, str] | None:
                 """Before each request: None when the current policy still admits this

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, ed448, rsa
 from cryptography.x509.oid import NameOID
 
 from sidecar.config import TLSConfig
-from sidecar.config.files import PEM_MAX_BYTES, read_file
+from sidecar.config.files import PEM_MAX_BYTES, read_file, why_unreadable
 from sidecar.errors import TLSMaterialError
 
 __all__ = [
@@ -237,4 +237,4 @@ def _read(path: Path, what: str) -> bytes:
     except FileNotFoundError as exc:
         raise TLSMaterialError(f"{what} {path}: file not found") from exc
     except OSError as exc:
-        raise TLSMaterialError(f"{what} {path}: unreadable ({exc.strerror})") from exc
+        raise TLSMaterialError(f"{what} {path}: unreadable ({why_unreadable(exc)})") from exc
