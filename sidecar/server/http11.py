@@ -30,6 +30,13 @@ its head is complete, and the TLS object sees no HTTP):
   refuse from the head alone (413 for its declared length, 404, 405); here the 100 is
   sent when the app first asks for the body (``CONTINUE``, which ``sidecar.server.guard``
   calls), as uvicorn does, and never when the answer comes first (RFC 9110 §10.1.1).
+* **one timer for the idle keep-alive** (not a limit, a cost removed): Hypercorn restarts a
+  task per request to time a kept-alive connection's idle wait (``keep_alive_timeout``;
+  ``TCPServer.idle_task``: a lock, a task and its ``wait_for`` started and cancelled per
+  request); here, after the connection's first request, a timer does it (the
+  ``Updated`` events that drive Hypercorn's task are taken here instead), and a stop
+  closes the idle connections at once, as Hypercorn's task does (``IdleConnections``,
+  which ``sidecar.server.listen`` gives each listener's config).
 * **a client's close, seen at once**: when the client closes an idle kept-alive
   connection, Hypercorn's read loop ends but its keep-alive timer runs on, and the
   connection (its memory, and its ``limits.max_connections`` slot) lingers until the
@@ -56,10 +63,11 @@ from typing import Any
 
 import h11
 import hypercorn.protocol
-from hypercorn.events import Closed, Event, RawData
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol.h11 import H11Protocol
 
-__all__ = ["GuardedH11Protocol", "install", "OVERRIDDEN", "CONTINUE", "Refused", "log_refusal"]
+__all__ = ["GuardedH11Protocol", "install", "OVERRIDDEN", "CONTINUE", "Refused", "log_refusal",
+           "IdleConnections"]
 
 # Set by the protocol for the request it hands to the app (the app's task inherits it):
 # sends the deferred ``100 Continue``, if the client is still waiting for one.
@@ -100,6 +108,10 @@ class GuardedH11Protocol(H11Protocol):
     _readmit: Callable[[], tuple[int, str] | None] | None = None
     _writer: Any = None
     _client_closed = False
+    _idle: IdleConnections | None = None
+    _idle_timer: asyncio.TimerHandle | None = None
+    _idle_handed_over = False
+    _send_to_server: Callable[[Event], Awaitable[None]] | None = None
 
     async def initiate(self) -> None:
         await super().initiate()
@@ -107,20 +119,49 @@ class GuardedH11Protocol(H11Protocol):
         # its bound ``protocol_send``).
         writer = getattr(getattr(self.send, "__self__", None), "writer", None)
         self._writer = writer
+        release = None
         if self.ssl:
             # Its TLS object: the holder's ``IdentityCheckedSSLObject``.
             ssl_object = writer.get_extra_info("ssl_object") if writer is not None else None
             self._readmit = getattr(ssl_object, "readmit", None)
             release = getattr(ssl_object, "release", None)
-            if release is not None:
-                # The connection's task ends after Hypercorn has closed its socket (the
-                # ``finally`` of ``TCPServer.run``, this coroutine's caller): its slot in
-                # ``limits.max_connections`` is free from then, not when the collector
-                # gets to its objects.
-                task = asyncio.current_task()
-                if task is not None:
-                    task.add_done_callback(lambda _: release())
+        self._idle = getattr(self.config, "idle_connections", None)
+        if self._idle is not None:
+            # Hypercorn's idle task times the wait for the first request (TCPServer starts
+            # it after this); the first ``Updated`` stops it, and each idle wait after that
+            # is timed here (see "one timer" in the module docstring).
+            self._send_to_server = self.send
+            self.send = self._send
+        task = asyncio.current_task()
+        if task is not None:
+            # The connection's task ends after Hypercorn has closed its socket (the
+            # ``finally`` of ``TCPServer.run``, this coroutine's caller): its slot in
+            # ``limits.max_connections`` is free from then, not when the collector gets to
+            # its objects; and its idle timer goes, however the connection ended.
+            task.add_done_callback(lambda _: self._ended(release))
         self._arm_header_deadline()  # the first request's head, from the connection's start
+
+    def _ended(self, release: Callable[[], None] | None) -> None:
+        self._cancel_idle_timer()
+        if release is not None:
+            release()
+
+    async def _send(self, event: Event) -> None:
+        """What the protocol tells Hypercorn's TCPServer, less the ``Updated`` events,
+        which start and stop the idle timer here (after the first)."""
+        assert self._send_to_server is not None
+        if type(event) is Updated:
+            if not self._idle_handed_over:
+                self._idle_handed_over = True
+                await self._send_to_server(Updated(idle=False))  # stops Hypercorn's task
+            if event.idle:
+                self._arm_idle_timer()
+            else:
+                self._cancel_idle_timer()
+            return
+        if type(event) is Closed:
+            self._cancel_idle_timer()
+        await self._send_to_server(event)
 
     def _closing(self) -> bool:
         return self._writer is not None and self._writer.is_closing()
@@ -220,6 +261,42 @@ class GuardedH11Protocol(H11Protocol):
             return
         await self.send(RawData(data=data))
 
+    # ------------------------------------------------------------------ idle keep-alive
+
+    def _arm_idle_timer(self) -> None:
+        assert self._idle is not None
+        self._cancel_idle_timer()
+        if self._idle.stopping.is_set():
+            self._close_idle()  # a stop closes idle connections (Hypercorn's rule)
+            return
+        self._idle.connections.add(self)
+        timeout_s = self.config.keep_alive_timeout
+        if timeout_s is not None:
+            self._idle_timer = asyncio.get_running_loop().call_later(timeout_s,
+                                                                     self._close_idle)
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self._idle is not None:
+            self._idle.connections.discard(self)
+
+    def _close_idle(self) -> None:
+        self._cancel_idle_timer()
+        try:
+            self.task_group.spawn(self._close_if_idle)
+        except RuntimeError:
+            pass  # the connection's task group already ended
+
+    async def _close_if_idle(self) -> None:
+        # As Hypercorn's idle task ends a connection (``TCPServer._initiate_server_close``:
+        # the protocol handles ``Closed``, which here closes the socket, see ``handle``),
+        # unless a request was parsed since the timer fired (it arrived in the same turn
+        # of the loop, or was pipelined behind the last one): that one is served.
+        if self.stream is None:
+            await self.handle(Closed())
+
     # ------------------------------------------------------------------ deadline
 
     def _arm_header_deadline(self) -> None:
@@ -243,6 +320,21 @@ class GuardedH11Protocol(H11Protocol):
                 self.task_group.spawn(self.send, Closed())
             except RuntimeError:
                 pass  # the connection's task group already ended (cancelled at a stop)
+
+
+class IdleConnections:
+    """A listener's kept-alive connections waiting for their next request, so that a stop
+    closes them at once (``close_all``); ``stopping`` is the listener's stop.  (Hypercorn
+    also drains when its ``max_requests`` is reached; the sidecar never sets it, so its
+    listeners stop only through ``stopping``.)"""
+
+    def __init__(self, stopping: asyncio.Event) -> None:
+        self.stopping = stopping
+        self.connections: set[GuardedH11Protocol] = set()
+
+    def close_all(self) -> None:
+        for connection in list(self.connections):
+            connection._close_idle()
 
 
 def install() -> None:

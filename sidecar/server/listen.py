@@ -15,7 +15,8 @@ header deadline             ``sidecar.server.http11``: the head within ``header_
                             its first byte; Hypercorn has only per-read and idle timeouts
 header size                 h11's ``h11_max_incomplete_size`` (431 while incomplete, bounded
                             buffer), and ``sidecar.server.guard`` for a head read at once
-idle keep-alive             Hypercorn's ``keep_alive_timeout`` (from the end of a response)
+idle keep-alive             Hypercorn's ``keep_alive_timeout`` (from the end of a response;
+                            timed by ``http11`` after a connection's first request)
 pipelining, trailers        h11 and Hypercorn: h11 buffers at most one read plus
                             ``h11_max_incomplete_size`` (trailers included, and it never
                             merges trailer fields into the headers), and Hypercorn reads no
@@ -112,6 +113,7 @@ class _ListenerConfig(Config):
     """Hypercorn's settings for one listener; its sockets and TLS context are ours."""
 
     on_refused: http11.Refused  # read by sidecar.server.http11
+    idle_connections: http11.IdleConnections | None = None  # likewise, set while serving
 
     def __init__(self, sock: socket.socket, ssl_context: ssl.SSLContext | None,
                  limits: ListenerLimits, backlog: int) -> None:
@@ -123,6 +125,7 @@ class _ListenerConfig(Config):
         self.h11_max_incomplete_size = limits.max_header_bytes
         self.keep_alive_timeout = limits.keepalive_timeout_s
         self.keep_alive_max_requests = _KEEP_ALIVE_MAX_REQUESTS
+        self.max_requests = None  # a listener stops only through its stop (http11's idle timer)
         # No per-read timeout: every phase has its own deadline (keep-alive, header
         # deadline, the app's body deadline, the guard's send deadline), and Hypercorn's
         # read_timeout wraps every read in asyncio.wait_for (a task and a timer each).
@@ -178,5 +181,18 @@ class Listener:
                            max_header_bytes=self._limits.max_header_bytes,
                            send_timeout_s=self._limits.effective_send_timeout_s,
                            on_refused=self._on_refused)
-        await serve(app, self._config, shutdown_trigger=stop.wait,  # type: ignore[arg-type]
-                    mode="asgi")
+        idle = self._config.idle_connections = http11.IdleConnections(stop)
+        closer = asyncio.create_task(_close_idle_at(stop, idle))
+        try:
+            await serve(app, self._config, shutdown_trigger=stop.wait,  # type: ignore[arg-type]
+                        mode="asgi")
+        finally:
+            closer.cancel()
+
+
+async def _close_idle_at(stop: asyncio.Event, idle: http11.IdleConnections) -> None:
+    """A stop closes the kept-alive connections that wait for a request at once (as
+    Hypercorn's own idle task does, ``sidecar.server.http11``); the others finish their
+    request first (Hypercorn's graceful drain)."""
+    await stop.wait()
+    idle.close_all()

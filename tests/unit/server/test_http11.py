@@ -44,6 +44,17 @@ def test_the_overridden_methods_have_the_shape_they_were_written_for() -> None:
         "self", "status_code"]
     run = inspect.getsource(TCPServer.run)
     assert "self.protocol_send" in run and 'self.writer.get_extra_info("ssl_object")' in run
+    # The idle timer's hand-over: Hypercorn starts its idle task after ``initiate``, an
+    # ``Updated(idle=False)`` stops it, and the protocol sends ``Updated`` from these two
+    # methods only (the subclass takes them over after the first).
+    assert run.index("await self.protocol.initiate()") < run.index(
+        "await self.idle_task.restart(task_group, self._idle_timeout)")
+    protocol_send = inspect.getsource(TCPServer.protocol_send)
+    assert "if event.idle:" in protocol_send and "await self.idle_task.stop()" in protocol_send
+    module = inspect.getsource(inspect.getmodule(H11Protocol))  # type: ignore[arg-type]
+    assert module.count("Updated(") == 2
+    assert "await self.send(Updated(idle=False))" in handle_events
+    assert "await self.send(Updated(idle=True))" in inspect.getsource(H11Protocol._maybe_recycle)
 
 
 def test_hypercorn_builds_the_guarded_protocol_for_http11_connections() -> None:

@@ -125,6 +125,59 @@ def test_idle_keepalive_lasts_keepalive_timeout_not_header_timeout():
     _run(test)
 
 
+def test_each_request_starts_the_idle_keepalive_wait_again():
+    async def test(port: int, stop: asyncio.Event) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(3):  # each wait shorter than the keep-alive timeout
+            writer.write(GET)
+            await reader.readuntil(b"hello")
+            await asyncio.sleep(LIMITS.keepalive_timeout_s * 0.6)
+        writer.write(GET)
+        await reader.readuntil(b"hello")
+        data, elapsed = await _read_all(reader, 5)
+        assert data == b""
+        assert LIMITS.keepalive_timeout_s - 0.1 < elapsed < LIMITS.keepalive_timeout_s + 0.5
+
+    _run(test)
+
+
+def test_stop_closes_a_connection_idle_after_its_responses_at_once():
+    async def test(port: int, stop: asyncio.Event) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(2):
+            writer.write(GET)
+            await reader.readuntil(b"hello")
+        stop.set()
+        data, elapsed = await _read_all(reader, 1)
+        assert data == b"" and elapsed < 0.5
+
+    _run(test)
+
+
+def test_a_request_pipelined_behind_the_answer_during_which_a_stop_came_is_served():
+    # The stop lands while the first answer is being sent, before Hypercorn itself drains:
+    # the connection goes idle with the next request already read, and that request is
+    # answered (closing the connection), not cut off.
+    stops: list[asyncio.Event] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"5")]})
+        if scope["path"] == "/stop":
+            stops[0].set()
+        await send({"type": "http.response.body", "body": b"hello"})
+
+    async def test(port: int, stop: asyncio.Event) -> None:
+        stops.append(stop)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /stop HTTP/1.1\r\nHost: t\r\n\r\n" + GET)
+        data, _ = await _read_all(reader, 3)
+        assert data.count(b"HTTP/1.1 200") == 2, data
+        assert data.lower().count(b"connection: close") == 1, data
+
+    _run(test, app)
+
+
 @pytest.mark.parametrize("split", [False, True])
 def test_headers_past_the_cap_get_431_and_a_close(split: bool):
     async def test(port: int, stop: asyncio.Event) -> None:
