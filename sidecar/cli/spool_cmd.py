@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import functools
 import re
+import sys
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict
@@ -135,9 +136,18 @@ def _format_stats(s: SpoolStats) -> str:
 
 async def _list(spool: Spool, args: argparse.Namespace) -> int:
     want_events = args.dead or not args.quarantined
-    events = await spool.list_events(state="dead" if args.dead else None, limit=args.limit) \
-        if want_events else None
-    quarantined = await spool.list_quarantined(limit=args.limit) if args.quarantined else None
+    # One row past the limit: whether rows were left out (said on stderr, so that the
+    # JSON on stdout keeps its shape).
+    events = await spool.list_events(state="dead" if args.dead else None,
+                                     limit=args.limit + 1) if want_events else None
+    quarantined = await spool.list_quarantined(limit=args.limit + 1) \
+        if args.quarantined else None
+    for kind, rows in (("dead events" if args.dead else "events", events),
+                       ("quarantined changes", quarantined)):
+        if rows is not None and len(rows) > args.limit:
+            del rows[args.limit:]
+            print(f"spool list: more {kind} than shown; the first {args.limit} are listed "
+                  "(--limit N lists more)", file=sys.stderr)
     if args.json:
         out: dict[str, Any] = {}
         if events is not None:

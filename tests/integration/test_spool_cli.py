@@ -116,8 +116,23 @@ def test_list_json_events_and_quarantined(capsys: pytest.CaptureFixture[str], co
 
 
 def test_list_limit(capsys: pytest.CaptureFixture[str], config: str, filled: SQLiteSpool) -> None:
-    code, out, _ = run_cli(capsys, "list", "-c", config, "--json", "--limit", "2")
+    code, out, err = run_cli(capsys, "list", "-c", config, "--json", "--limit", "2")
     assert code == 0 and len(json.loads(out)["events"]) == 2
+    assert err == ("spool list: more events than shown; the first 2 are listed "
+                   "(--limit N lists more)\n")
+
+
+def test_list_says_when_rows_were_left_out_and_only_then(
+        capsys: pytest.CaptureFixture[str], config: str, filled: SQLiteSpool) -> None:
+    code, out, err = run_cli(capsys, "list", "-c", config, "--dead", "--quarantined",
+                             "--limit", "1")
+    assert code == 0 and "evt_1" in out and "evt_2" not in out
+    assert "more dead events than shown; the first 1" in err
+    assert "more quarantined changes than shown; the first 1" in err
+    # Exactly the limit: nothing left out, nothing said.
+    code, out, err = run_cli(capsys, "list", "-c", config, "--dead", "--quarantined",
+                             "--limit", "2")
+    assert code == 0 and "evt_1" in out and "evt_2" in out and err == ""
 
 
 def test_replay_dead_and_quarantined(capsys: pytest.CaptureFixture[str], config: str,
