@@ -17,8 +17,13 @@ Behaviour:
 * A kept-alive connection the server closed while idle shows up as EOF (or a reset)
   before any response byte; that request is retried once on a fresh connection
   (delivery is at-least-once and the upstream deduplicates by event id).
-* Response bodies are read (so the connection can be reused) up to 1 MiB and dropped:
-  the worker never needs them, and they are never logged.
+* The answer is the final response's status.  Its body is read only so that the
+  connection can carry the next request, up to 1 MiB and within ``timeout_s``, and
+  dropped (never logged); past either, the connection is closed and the status stands.
+  A body the upstream cuts short is no full answer.
+* A connection is pooled only when the server sent nothing past its answer, and taken
+  from the pool only when it has sent nothing since (an unsolicited ``408``, a stray
+  second answer): otherwise those bytes would be read as the next request's answer.
 * h11 judges the framing (RFC 9112): 1xx responses before the final one are skipped (up
   to 8), an unasked ``101``, conflicting ``Content-Length`` values or a transfer coding
   other than ``chunked`` are malformed; a response with both ``Transfer-Encoding`` and
@@ -53,13 +58,15 @@ class _StaleConnection(Exception):
 
 
 class _Connection:
-    __slots__ = ("reader", "writer", "http", "reused")
+    __slots__ = ("reader", "writer", "http", "reused", "received_any", "ended")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
         self.http = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
         self.reused = False
+        self.received_any = False  # of the current response
+        self.ended = False  # the server closed its side
 
     def close(self) -> None:
         self.writer.close()
@@ -89,14 +96,17 @@ class HTTP1Pool:
 
     async def post(self, body: bytes, headers: Mapping[str, str]) -> UpstreamResponse:
         async with self._slots:
+            deadline = asyncio.get_running_loop().time() + self._timeout_s
             try:
-                async with asyncio.timeout(self._timeout_s):
+                async with asyncio.timeout_at(deadline):
                     try:
-                        return await self._exchange(self._take_idle(), body, headers)
+                        conn, response = await self._exchange(self._take_idle(), body, headers)
                     except _StaleConnection:
-                        return await self._exchange(None, body, headers)
+                        conn, response = await self._exchange(None, body, headers)
             except TimeoutError:
                 raise UpstreamUnavailable("upstream timed out") from None
+            await self._finish(conn, response, deadline)
+            return response
 
     async def aclose(self) -> None:
         self._closed = True
@@ -109,8 +119,11 @@ class HTTP1Pool:
     def _take_idle(self) -> _Connection | None:
         while self._idle:
             conn = self._idle.pop()
-            if not conn.reader.at_eof() and not conn.writer.is_closing():
+            if not (conn.reader.at_eof() or conn.writer.is_closing() or _unread(conn.reader)):
                 return conn
+            # Closed by the server, or it sent something while idle (an unsolicited
+            # ``408``, a stray second answer): that connection can no longer be trusted
+            # to pair its next answer with the next request.
             conn.close()
         return None
 
@@ -120,7 +133,7 @@ class HTTP1Pool:
                 self._host, self._port, ssl=self._tls() if self._tls else None,
                 limit=MAX_HEAD_BYTES)
         except (OSError, ssl.SSLError) as exc:
-            raise UpstreamUnavailable(f"upstream unreachable: {type(exc).__name__}") from None
+            raise UpstreamUnavailable(f"upstream unreachable: {_error_name(exc)}") from None
         return _Connection(reader, writer)
 
     def _request_bytes(self, http: h11.Connection, body: bytes,
@@ -132,22 +145,66 @@ class HTTP1Pool:
                 + http.send(h11.Data(data=body)) + http.send(h11.EndOfMessage()))
 
     async def _exchange(self, conn: _Connection | None, body: bytes,
-                        headers: Mapping[str, str]) -> UpstreamResponse:
+                        headers: Mapping[str, str]) -> tuple[_Connection, UpstreamResponse]:
+        """The request sent and the final response's head read; the connection is closed
+        unless this returns."""
         if conn is None:
             conn = await self._open()
+        try:
+            conn.received_any = conn.ended = False
+            try:
+                conn.writer.write(self._request_bytes(conn.http, body, headers))
+                await conn.writer.drain()
+            except (ConnectionError, OSError, ssl.SSLError) as exc:
+                raise _connection_failed(conn, exc, head=True) from None
+            informational = 0
+            while True:
+                event = await self._next_event(conn, head=True)
+                if isinstance(event, h11.Response):
+                    return conn, UpstreamResponse(event.status_code,
+                                                  _header_dict(event.headers))
+                if isinstance(event, h11.InformationalResponse):
+                    informational += 1  # "100 Continue", "103 Early Hints", sent unasked
+                    if informational > MAX_INFORMATIONAL:
+                        raise UpstreamUnavailable("upstream sent a malformed HTTP response")
+                else:  # ConnectionClosed before the response
+                    raise UpstreamUnavailable("upstream closed the connection mid-response")
+        except BaseException:
+            conn.close()
+            raise
+
+    async def _finish(self, conn: _Connection, response: UpstreamResponse,
+                      deadline: float) -> None:
+        """Read the response's body to its end, so that the connection can carry the next
+        request, and pool it.  The status is the answer: a body past ``MAX_BODY_BYTES``,
+        or still arriving at the deadline, is not read further and its connection is
+        closed, but the answer stands.  A body the upstream cuts short, or frames wrongly,
+        is no full answer (``UpstreamUnavailable``)."""
         reusable = False
         try:
-            conn.writer.write(self._request_bytes(conn.http, body, headers))
-            await conn.writer.drain()
-            response, reusable = await self._read_response(conn)
-            return response
-        except (ConnectionError, OSError, ssl.SSLError) as exc:
-            if conn.reused and isinstance(exc, ConnectionResetError):
-                raise _StaleConnection() from None
-            raise UpstreamUnavailable(f"upstream connection failed: {type(exc).__name__}"
-                                      ) from None
-        except h11.ProtocolError:
-            raise UpstreamUnavailable("upstream sent a malformed HTTP response") from None
+            async with asyncio.timeout_at(deadline):
+                body_bytes = 0
+                while True:
+                    event = await self._next_event(conn, head=False)
+                    if isinstance(event, h11.Data):
+                        body_bytes += len(event.data)
+                        if body_bytes > MAX_BODY_BYTES:
+                            break
+                    elif isinstance(event, h11.EndOfMessage):
+                        http = conn.http
+                        # Both framings at once is how responses are split (RFC 9112
+                        # §6.3): read as chunked, and the connection is not trusted with
+                        # another request; nor is one that sent more than its answer.
+                        split = ("transfer-encoding" in response.headers
+                                 and "content-length" in response.headers)
+                        reusable = (http.our_state is h11.DONE and http.their_state is h11.DONE
+                                    and not split and not http.trailing_data[0])
+                        break
+                    else:
+                        raise UpstreamUnavailable(
+                            "upstream closed the connection mid-response")
+        except TimeoutError:
+            pass  # the body is still arriving: the connection goes, the answer stands
         finally:
             if reusable and not self._closed:
                 conn.http.start_next_cycle()
@@ -156,47 +213,55 @@ class HTTP1Pool:
             else:
                 conn.close()
 
-    async def _read_response(self, conn: _Connection) -> tuple[UpstreamResponse, bool]:
+    async def _next_event(self, conn: _Connection, *, head: bool) -> object:
+        """h11's next event, reading as needed; every failure is ``UpstreamUnavailable``
+        (``_StaleConnection`` for a reused connection the server had closed, before any
+        byte of the response)."""
         http = conn.http
-        response: UpstreamResponse | None = None
-        informational = body_bytes = 0
-        received_any = ended = False
-        while True:
-            try:
-                event = http.next_event()
-            except h11.RemoteProtocolError:
-                if ended:  # h11 saw the stream end inside the response
-                    raise UpstreamUnavailable("upstream closed the connection mid-response"
-                                              ) from None
-                raise
-            if event is h11.NEED_DATA:
+        try:
+            while True:
+                try:
+                    event = http.next_event()
+                except h11.RemoteProtocolError:
+                    if conn.ended:  # h11 saw the stream end inside the response
+                        raise UpstreamUnavailable(
+                            "upstream closed the connection mid-response") from None
+                    raise
+                if event is not h11.NEED_DATA:
+                    return event
                 data = await conn.reader.read(_READ_BYTES)
                 if not data:
-                    if not received_any and conn.reused:
+                    if head and not conn.received_any and conn.reused:
                         raise _StaleConnection()
-                    ended = True
-                received_any = True
+                    conn.ended = True
+                conn.received_any = True
                 http.receive_data(data)  # b"" is the end of the stream
-            elif isinstance(event, h11.InformationalResponse):
-                informational += 1  # "100 Continue", "103 Early Hints", sent unasked
-                if informational > MAX_INFORMATIONAL:
-                    raise UpstreamUnavailable("upstream sent a malformed HTTP response")
-            elif isinstance(event, h11.Response):
-                response = UpstreamResponse(event.status_code, _header_dict(event.headers))
-            elif isinstance(event, h11.Data):
-                body_bytes += len(event.data)
-                if body_bytes > MAX_BODY_BYTES:
-                    raise UpstreamUnavailable("upstream response body too large")
-            elif isinstance(event, h11.EndOfMessage):
-                break
-            else:  # ConnectionClosed before the response
-                raise UpstreamUnavailable("upstream closed the connection mid-response")
-        assert response is not None
-        # Both framings at once is how responses are split (RFC 9112 §6.3): read as
-        # chunked, and the connection is not trusted with another request.
-        split = "transfer-encoding" in response.headers and "content-length" in response.headers
-        reusable = http.our_state is h11.DONE and http.their_state is h11.DONE and not split
-        return response, reusable
+        except (ConnectionError, OSError, ssl.SSLError) as exc:
+            raise _connection_failed(conn, exc, head=head) from None
+        except h11.ProtocolError:
+            raise UpstreamUnavailable("upstream sent a malformed HTTP response") from None
+
+
+def _connection_failed(conn: _Connection, exc: BaseException, *, head: bool) -> Exception:
+    """A reset on a reused connection before any byte of the answer is a connection the
+    server had closed while idle (retried once on a fresh one); anything else fails."""
+    if head and conn.reused and not conn.received_any and isinstance(exc, ConnectionResetError):
+        return _StaleConnection()
+    return UpstreamUnavailable(f"upstream connection failed: {type(exc).__name__}")
+
+
+def _unread(reader: asyncio.StreamReader) -> bool:
+    """Whether the server sent bytes that no request asked for yet.  The stream's
+    transport reads as data arrives, so they wait in its buffer, which StreamReader
+    does not expose (``_buffer``, the same in every CPython 3.x and under uvloop)."""
+    return bool(getattr(reader, "_buffer", b""))
+
+
+def _error_name(exc: BaseException) -> str:
+    """The exception's class, with OpenSSL's reason for a certificate it refused."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"{type(exc).__name__} ({exc.verify_message})"
+    return type(exc).__name__
 
 
 def _header_dict(fields: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:

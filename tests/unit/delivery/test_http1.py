@@ -264,14 +264,125 @@ def test_malformed_responses_are_refused_not_guessed(response: bytes) -> None:
     run(main())
 
 
-def test_a_response_body_past_the_cap_is_refused_not_buffered() -> None:
+def test_a_response_body_past_the_cap_is_not_read_but_its_status_stands() -> None:
+    # A 2xx is the answer, whatever its body: an upstream that echoes a large
+    # acknowledgement must not get each event max_attempts times and dead-letter it.
     async def main() -> None:
         box: list[Server] = []
         big = b"HTTP/1.1 200 OK\r\nContent-Length: 2000000\r\n\r\n" + b"x" * 2_000_000
         async with Server(keep_alive(big, box)) as s:
             box.append(s)
             pool = HTTP1Pool(s.url, timeout_s=5)
-            with pytest.raises(UpstreamUnavailable, match="too large"):
-                await pool.post(b"{}", {})
+            assert (await pool.post(b"{}", {})).status == 200
+            assert (await pool.post(b"{}", {})).status == 200
+            assert s.connections == 2  # the unread rest is not taken for the next answer
             await pool.aclose()
+    run(main())
+
+
+def test_a_body_still_arriving_at_the_timeout_leaves_the_status_standing() -> None:
+    async def main() -> None:
+        async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 202 Accepted\r\nContent-Length: 1000\r\n\r\n")
+            for _ in range(1000):
+                writer.write(b"x")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+        async with Server(trickle) as s:
+            pool = HTTP1Pool(s.url, timeout_s=0.5)
+            started = asyncio.get_running_loop().time()
+            assert (await pool.post(b"{}", {})).status == 202
+            assert asyncio.get_running_loop().time() - started < 2
+            await pool.aclose()
+    run(main())
+
+
+def test_a_stray_second_answer_is_never_taken_for_the_next_requests() -> None:
+    # An upstream that answers 500 and then writes a stray 200 (in one write, or a
+    # moment later): each request gets its own answer, the 500, and no event is counted
+    # delivered on the strength of a 200 that answered nothing.
+    async def main(pause_s: float) -> None:
+        async def double(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                await read_request(reader)
+                writer.write(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")
+                if pause_s:
+                    await writer.drain()
+                    await asyncio.sleep(pause_s)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+        async with Server(double) as s:
+            pool = HTTP1Pool(s.url, timeout_s=5)
+            for _ in range(3):
+                assert (await pool.post(b"{}", {})).status == 500
+                await asyncio.sleep(pause_s * 2)
+            assert s.connections == 3
+            await pool.aclose()
+    run(main(0.0))
+    run(main(0.1))
+
+
+def test_a_content_length_shorter_than_the_body_costs_no_failed_attempt() -> None:
+    # A common server bug: the length of a UTF-8 body counted in characters.
+    async def main() -> None:
+        box: list[Server] = []
+        body = "délivré ok".encode()  # 10 characters, 12 bytes
+        short = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n" + body
+        async with Server(keep_alive(short, box)) as s:
+            box.append(s)
+            pool = HTTP1Pool(s.url, timeout_s=5)
+            for _ in range(3):
+                assert (await pool.post(b"{}", {})).status == 200
+            assert s.connections == 3 and len(s.requests) == 3
+            await pool.aclose()
+    run(main())
+
+
+def test_an_unsolicited_answer_on_an_idle_connection_is_not_the_next_requests() -> None:
+    # Some servers send "408 Request Timeout" on a kept-alive connection left idle.
+    async def main() -> None:
+        async def idle_408(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            writer.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n"
+                         b"Connection: close\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(5)  # and does not close at once
+        async with Server(idle_408) as s:
+            pool = HTTP1Pool(s.url, timeout_s=5)
+            assert (await pool.post(b"{}", {})).status == 200
+            await asyncio.sleep(0.3)
+            assert (await pool.post(b"{}", {})).status == 200
+            assert s.connections == 2
+            await pool.aclose()
+    run(main())
+
+
+def test_a_refused_upstream_certificate_says_why() -> None:
+    import ssl
+
+    import trustme
+
+    async def main() -> None:
+        ca = trustme.CA()
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            # Trusting the system's roots only, not the CA that issued the upstream's cert.
+            pool = HTTP1Pool(f"https://127.0.0.1:{port}/events", timeout_s=5)
+            with pytest.raises(UpstreamUnavailable) as refused:
+                await pool.post(b"{}", {})
+            assert str(refused.value) == ("upstream unreachable: SSLCertVerificationError "
+                                          "(unable to get local issuer certificate)")
+        finally:
+            server.close()
     run(main())
