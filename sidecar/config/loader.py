@@ -46,6 +46,7 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path}: unreadable (not UTF-8)") from exc
     try:
+        _refuse_repeated_keys(yaml.compose(text, Loader=yaml.SafeLoader))
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -57,6 +58,33 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     base_dir = Path(os.path.abspath(path)).parent
     return parse_config(raw, base_dir=base_dir, env=os.environ if env is None else env,
                         path=path)
+
+
+def _refuse_repeated_keys(node: yaml.Node | None, where: str = "",
+                          walked: set[int] | None = None) -> None:
+    """A key given twice in one mapping is an error naming it: YAML forbids it, and
+    PyYAML would keep the last silently (a second ``tls:`` section, a second
+    ``app_secrets``).  Keys merged in with ``<<`` may be overridden, as YAML means.
+    Each node is walked once, however many aliases name it."""
+    walked = set() if walked is None else walked
+    if node is None or id(node) in walked:
+        return
+    walked.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_repeated_keys(item, f"{where}[{i}]", walked)
+    elif isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            name = f"{where}.{key.value}" if where else str(key.value)
+            line = key.start_mark.line + 1
+            if key.value in seen:
+                raise ConfigError(f"config key '{name}': given twice (lines {seen[key.value]}"
+                                  f" and {line})")
+            seen[key.value] = line
+            _refuse_repeated_keys(value, name, walked)
 
 
 def parse_config(raw: Any, *, base_dir: Path, env: Mapping[str, str],

@@ -110,6 +110,36 @@ def test_unreadable_and_invalid_files(tmp_path):
     assert "not valid YAML at line 2" in _error(tmp_path, "a: 1\n  b: [\n")
 
 
+@pytest.mark.parametrize("extra, key, lines", [
+    # A second section: PyYAML would keep only the last, silently.
+    ("tls:\n  client_auth: optional\n", "tls", "1 and 10"),
+    ("meta:\n  app_secrets: [other]\n", "meta", "5 and 10"),
+])
+def test_a_key_given_twice_is_an_error_naming_it(tmp_path, extra, key, lines):
+    assert _error(tmp_path, MINIMAL + extra) == f"config key '{key}': given twice (lines {lines})"
+
+
+def test_a_nested_key_given_twice_is_named_with_its_section(tmp_path):
+    text = MINIMAL.replace('  verify_token: "${VERIFY_TOKEN}"\n',
+                           '  verify_token: "${VERIFY_TOKEN}"\n  app_secrets: [second]\n')
+    assert _error(tmp_path, text) == "config key 'meta.app_secrets': given twice (lines 6 and 8)"
+
+
+def test_merge_keys_and_aliases_are_still_yaml(tmp_path):
+    # A key merged in with << may be overridden, and aliases are walked once each (a
+    # config of nested aliases does not make the check take exponential time).
+    text = MINIMAL + ("limits: &l {max_connections: 10}\n"
+                      "admin: {<<: {host: 127.0.0.1, port: 1}, port: 9091}\n"
+                      "x0: &a0 [1, 2]\n" + "".join(
+                          f"x{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}]\n"
+                          for i in range(1, 40)))
+    # (x0… are unknown keys, refused after the check: the walk itself finished.)
+    assert "'x0'" in _error(tmp_path, text)
+    config = load_config(_write(tmp_path, MINIMAL + "admin: {<<: {host: 127.0.0.1, port: 1},"
+                                " port: 9091}\n"), env=ENV)
+    assert config.admin.port == 9091
+
+
 def test_secret_file_forms(tmp_path):
     (tmp_path / "secret.txt").write_text("from-file\n")
     (tmp_path / "token.txt").write_text("tok-file")
