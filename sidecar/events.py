@@ -121,7 +121,12 @@ def timestamp_text(timestamp: JSONValue) -> str:
     return canonical_json(timestamp)
 
 
-def status_event_id(wamid: str, status: str, timestamp: JSONValue) -> str:
+def status_event_id(wamid: str, status: str, timestamp: JSONValue,
+                    participant: str | None = None) -> str:
+    """A group message has a status per participant (``delivered``, ``read``), at the same
+    second: the participant is part of those ids (and of no other status's)."""
+    if participant:
+        return _digest("status", wamid, status, timestamp_text(timestamp), participant)
     return _digest("status", wamid, status, timestamp_text(timestamp))
 
 

@@ -247,8 +247,9 @@ def _split_elements(waba_id: str, entry_time: int | None, field: str,
     for status in value.get("statuses", ()):
         data = {**status, "metadata": metadata}
         if isinstance(contacts, list):  # business-scoped ids: statuses carry contacts too
-            data["contact"] = contact_of(status, ("recipient_id", "recipient_user_id"))
-        add(status_event_id(status["id"], status["status"], status.get("timestamp")),
+            data["contact"] = contact_of(status, _STATUS_RECIPIENT_KEYS)
+        add(status_event_id(status["id"], status["status"], status.get("timestamp"),
+                            _participant(status)),
             "whatsapp.status", data)
     for call in value.get("calls", ()):
         call_id = call.get("id")
@@ -263,13 +264,38 @@ def _split_elements(waba_id: str, entry_time: int | None, field: str,
             {**echo, "metadata": metadata,
              "contact": contact_of(echo, ("to", "from", "to_user_id", "from_user_id"))})
     for error in value.get("errors", ()):
-        add(content_event_id(waba_id, field, entry_time, {"metadata": metadata, "error": error}),
-            "whatsapp.error", {**error, "metadata": metadata})
+        if isinstance(contacts, list):
+            # An error about a user's message (an unsupported type) comes with that user's
+            # contact: the upstream learns whose it is, and two users' errors of one kind
+            # are two events, not one id.
+            add(content_event_id(waba_id, field, entry_time,
+                                 {"metadata": metadata, "error": error, "contacts": contacts}),
+                "whatsapp.error",
+                {**error, "metadata": metadata, "contact": contact_of(error, ())})
+        else:
+            add(content_event_id(waba_id, field, entry_time,
+                                 {"metadata": metadata, "error": error}),
+                "whatsapp.error", {**error, "metadata": metadata})
     rest = {key: item for key, item in value.items() if key not in _CONSUMED}
     if rest:  # a key Meta added beside the arrays: forwarded, never stripped
         data = {**rest, "metadata": metadata}
         add(content_event_id(waba_id, field, entry_time, data), f"whatsapp.{field}", data)
     return events
+
+
+# A group message's status is about one participant (recipient_id is then the group).
+_STATUS_RECIPIENT_KEYS = ("recipient_participant_id", "recipient_participant_user_id",
+                          "recipient_id", "recipient_user_id")
+
+
+def _participant(status: dict[str, JSONValue]) -> str | None:
+    """The group participant a status is about, or None: the business-scoped id when
+    there is one (it is always sent, the phone number not always), else the number."""
+    for key in ("recipient_participant_user_id", "recipient_participant_id"):
+        participant = status.get(key)
+        if isinstance(participant, str) and participant:
+            return participant
+    return None
 
 
 def _contact_matcher(contacts: list[JSONValue]

@@ -112,6 +112,41 @@ def test_status_timestamp_as_integer_or_string_gives_one_id() -> None:
         status_event_id("wamid.A", "sent", "1700000000")
 
 
+def test_group_statuses_are_one_event_per_participant_with_its_contact() -> None:
+    # Two members read a group message in the same second: two statuses of one wamid,
+    # status and timestamp, both addressed to the group.  Each is its own event (one id
+    # per participant) and carries its member's contact, not the group's (none).
+    pablo, ana = _events("group_status_participants.json")
+    assert pablo.data["recipient_id"] == ana.data["recipient_id"]  # the group
+    assert pablo.id != ana.id
+    assert pablo.id == status_event_id(pablo.data["id"], "read", "1764321000",
+                                       "US.13491208655302741918")
+    assert pablo.data["contact"]["profile"]["name"] == "Pablo M."
+    assert ana.data["contact"]["profile"]["name"] == "Ana R."  # by user id only
+    # A status without a participant keeps the id it always had.
+    assert status_event_id("wamid.A", "read", "1") == status_event_id("wamid.A", "read", "1",
+                                                                       None)
+
+
+def test_an_error_beside_a_users_contact_carries_it_and_is_that_users() -> None:
+    (error,) = _events("errors_with_contact.json")
+    assert error.data["contact"]["wa_id"] == "16315551181"
+    # The same error about another user is another event, not a repeat of this one.
+    body = _body("errors_with_contact.json")
+    value = body["entry"][0]["changes"][0]["value"]
+    value["contacts"] = [{"profile": {"name": "Sheena"}, "wa_id": "16505551234"}]
+    (other,) = normalize(parse_envelopes(json.dumps(body).encode()),
+                         received_at=RECEIVED).events
+    assert other.id != error.id and other.data["contact"]["wa_id"] == "16505551234"
+    # Without contacts, an error's id and data are what they always were.
+    del value["contacts"]
+    (bare,) = normalize(parse_envelopes(json.dumps(body).encode()), received_at=RECEIVED).events
+    assert "contact" not in bare.data
+    assert bare.id == content_event_id("102290129340398", "messages", None,
+                                       {"metadata": value["metadata"],
+                                        "error": value["errors"][0]})
+
+
 def test_message_integer_timestamp_sets_occurred_at() -> None:
     (event,) = _events("message_integer_timestamp.json")
     assert event.occurred_at == "2026-04-01T01:13:20Z"
