@@ -24,6 +24,7 @@ __all__ = [
     "echo_event_id",
     "timestamp_text",
     "content_event_id",
+    "content_digest",
     "batch_id",
     "canonical_json",
     "format_time",
@@ -141,6 +142,11 @@ def echo_event_id(wamid: str) -> str:
     """An echo is the copy of a message the business sent: one event per wamid, never the
     same id as an inbound message's."""
     return _digest("message_echo", wamid)
+
+
+def content_digest(value: JSONValue) -> str:
+    """A short stand-in for a large value inside another id (``evt_`` and 32 hex digits)."""
+    return _digest("content", canonical_json(value))
 
 
 def content_event_id(waba_id: str, field: str, entry_time: int | None, value: JSONValue) -> str:

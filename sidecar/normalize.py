@@ -25,6 +25,7 @@ from sidecar.events import (
     JSONValue,
     QuarantinedChange,
     call_event_id,
+    content_digest,
     content_event_id,
     echo_event_id,
     format_time,
@@ -263,13 +264,16 @@ def _split_elements(waba_id: str, entry_time: int | None, field: str,
         add(echo_event_id(echo["id"]), "whatsapp.message_echo",
             {**echo, "metadata": metadata,
              "contact": contact_of(echo, ("to", "from", "to_user_id", "from_user_id"))})
-    for error in value.get("errors", ()):
-        if isinstance(contacts, list):
-            # An error about a user's message (an unsupported type) comes with that user's
-            # contact: the upstream learns whose it is, and two users' errors of one kind
-            # are two events, not one id.
+    errors = value.get("errors", ())
+    # An error about a user's message (an unsupported type) comes with that user's
+    # contact: the upstream learns whose it is, and two users' errors of one kind are two
+    # events, not one id.  The contacts enter each id as one digest, made once per change.
+    contacts_digest = content_digest(contacts) if errors and contacts else None
+    for error in errors:
+        if contacts_digest is not None:
             add(content_event_id(waba_id, field, entry_time,
-                                 {"metadata": metadata, "error": error, "contacts": contacts}),
+                                 {"metadata": metadata, "error": error,
+                                  "contacts": contacts_digest}),
                 "whatsapp.error",
                 {**error, "metadata": metadata, "contact": contact_of(error, ())})
         else:

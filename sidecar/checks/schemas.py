@@ -151,6 +151,8 @@ _MESSAGE = obj({"id": req(non_empty_string), "from": opt(string), "from_user_id"
                 "timestamp": opt(scalar), "errors": _ERRORS})
 _STATUS = obj({"id": req(non_empty_string), "status": req(string), "timestamp": opt(scalar),
                "recipient_id": opt(string), "recipient_user_id": opt(string),
+               "recipient_participant_id": opt(string),
+               "recipient_participant_user_id": opt(string),
                "errors": _ERRORS, "pricing": opt(nullable(an_object)),
                "conversation": opt(nullable(an_object))})
 _CALL = obj({"id": opt(string), "from": opt(string), "to": opt(string),

@@ -76,7 +76,14 @@ def _refuse_repeated_keys(node: yaml.Node | None, where: str = "",
     elif isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
         for key, value in node.value:
-            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            if isinstance(key, yaml.ScalarNode) and key.tag == "tag:yaml.org,2002:merge":
+                # What is merged in may override this mapping's keys, but not repeat its
+                # own: an inline ``<<: {timeout_s: 5, timeout_s: 60}`` is refused too.
+                merged = value.value if isinstance(value, yaml.SequenceNode) else [value]
+                for source in merged:
+                    _refuse_repeated_keys(source, where, walked)
+                continue
+            if not isinstance(key, yaml.ScalarNode):
                 continue
             name = f"{where}.{key.value}" if where else str(key.value)
             line = key.start_mark.line + 1

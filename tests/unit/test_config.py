@@ -125,6 +125,14 @@ def test_a_nested_key_given_twice_is_named_with_its_section(tmp_path):
     assert _error(tmp_path, text) == "config key 'meta.app_secrets': given twice (lines 6 and 8)"
 
 
+@pytest.mark.parametrize("merge", ["{timeout_s: 5, timeout_s: 60}",
+                                   "[{batch_max: 1}, {timeout_s: 5, timeout_s: 60}]"])
+def test_a_key_given_twice_inside_a_merge_is_an_error_too(tmp_path, merge):
+    text = MINIMAL.replace("  url: http://127.0.0.1:9000/events\n",
+                           f"  url: http://127.0.0.1:9000/events\n  <<: {merge}\n")
+    assert _error(tmp_path, text).startswith("config key 'upstream.timeout_s': given twice")
+
+
 def test_merge_keys_and_aliases_are_still_yaml(tmp_path):
     # A key merged in with << may be overridden, and aliases are walked once each (a
     # config of nested aliases does not make the check take exponential time).

@@ -128,6 +128,17 @@ def test_group_statuses_are_one_event_per_participant_with_its_contact() -> None
                                                                        None)
 
 
+def test_a_group_status_participant_that_is_not_a_string_is_quarantined() -> None:
+    # Else it could not enter the id, and one member's receipt would hide the other's.
+    body = _body("group_status_participants.json")
+    for status, participant in zip(body["entry"][0]["changes"][0]["value"]["statuses"],
+                                   (1001, 1002)):
+        status["recipient_participant_user_id"] = participant
+    result = normalize(parse_envelopes(json.dumps(body).encode()), received_at=RECEIVED)
+    assert result.events == [] and len(result.quarantined) == 1
+    assert "recipient_participant_user_id" in result.quarantined[0].reason
+
+
 def test_an_error_beside_a_users_contact_carries_it_and_is_that_users() -> None:
     (error,) = _events("errors_with_contact.json")
     assert error.data["contact"]["wa_id"] == "16315551181"
@@ -138,13 +149,19 @@ def test_an_error_beside_a_users_contact_carries_it_and_is_that_users() -> None:
     (other,) = normalize(parse_envelopes(json.dumps(body).encode()),
                          received_at=RECEIVED).events
     assert other.id != error.id and other.data["contact"]["wa_id"] == "16505551234"
-    # Without contacts, an error's id and data are what they always were.
-    del value["contacts"]
-    (bare,) = normalize(parse_envelopes(json.dumps(body).encode()), received_at=RECEIVED).events
-    assert "contact" not in bare.data
-    assert bare.id == content_event_id("102290129340398", "messages", None,
-                                       {"metadata": value["metadata"],
-                                        "error": value["errors"][0]})
+    # Without contacts (none, or an empty list), an error's id and data are what they
+    # always were.
+    for no_contacts in (None, []):
+        if no_contacts is None:
+            value.pop("contacts", None)
+        else:
+            value["contacts"] = no_contacts
+        (bare,) = normalize(parse_envelopes(json.dumps(body).encode()),
+                            received_at=RECEIVED).events
+        assert "contact" not in bare.data
+        assert bare.id == content_event_id("102290129340398", "messages", None,
+                                           {"metadata": value["metadata"],
+                                            "error": value["errors"][0]})
 
 
 def test_message_integer_timestamp_sets_occurred_at() -> None:
