@@ -182,27 +182,17 @@ class HTTP1Pool:
         is no full answer (``UpstreamUnavailable``)."""
         reusable = False
         try:
-            async with asyncio.timeout_at(deadline):
-                body_bytes = 0
-                while True:
-                    event = await self._next_event(conn, head=False)
-                    if isinstance(event, h11.Data):
-                        body_bytes += len(event.data)
-                        if body_bytes > MAX_BODY_BYTES:
-                            break
-                    elif isinstance(event, h11.EndOfMessage):
-                        http = conn.http
-                        # Both framings at once is how responses are split (RFC 9112
-                        # §6.3): read as chunked, and the connection is not trusted with
-                        # another request; nor is one that sent more than its answer.
-                        split = ("transfer-encoding" in response.headers
-                                 and "content-length" in response.headers)
-                        reusable = (http.our_state is h11.DONE and http.their_state is h11.DONE
-                                    and not split and not http.trailing_data[0])
-                        break
-                    else:
-                        raise UpstreamUnavailable(
-                            "upstream closed the connection mid-response")
+            body = _Body(conn, response)
+            # The usual answer is in the buffer already, head and body: read without a
+            # timer, which only the rest of a larger or slower body needs.
+            event = _buffered_event(conn)
+            while event is not h11.NEED_DATA and body.take(event):
+                event = _buffered_event(conn)
+            if body.reusable is None:
+                async with asyncio.timeout_at(deadline):
+                    while body.take(await self._next_event(conn, head=False)):
+                        pass
+            reusable = bool(body.reusable)
         except TimeoutError:
             pass  # the body is still arriving: the connection goes, the answer stands
         finally:
@@ -217,29 +207,66 @@ class HTTP1Pool:
         """h11's next event, reading as needed; every failure is ``UpstreamUnavailable``
         (``_StaleConnection`` for a reused connection the server had closed, before any
         byte of the response)."""
-        http = conn.http
-        try:
-            while True:
-                try:
-                    event = http.next_event()
-                except h11.RemoteProtocolError:
-                    if conn.ended:  # h11 saw the stream end inside the response
-                        raise UpstreamUnavailable(
-                            "upstream closed the connection mid-response") from None
-                    raise
-                if event is not h11.NEED_DATA:
-                    return event
+        while True:
+            event = _buffered_event(conn)
+            if event is not h11.NEED_DATA:
+                return event
+            try:
                 data = await conn.reader.read(_READ_BYTES)
-                if not data:
-                    if head and not conn.received_any and conn.reused:
-                        raise _StaleConnection()
-                    conn.ended = True
-                conn.received_any = True
-                http.receive_data(data)  # b"" is the end of the stream
-        except (ConnectionError, OSError, ssl.SSLError) as exc:
-            raise _connection_failed(conn, exc, head=head) from None
-        except h11.ProtocolError:
-            raise UpstreamUnavailable("upstream sent a malformed HTTP response") from None
+            except (ConnectionError, OSError, ssl.SSLError) as exc:
+                raise _connection_failed(conn, exc, head=head) from None
+            if not data:
+                if head and not conn.received_any and conn.reused:
+                    raise _StaleConnection()
+                conn.ended = True
+            conn.received_any = True
+            try:
+                conn.http.receive_data(data)  # b"" is the end of the stream
+            except h11.ProtocolError:
+                raise UpstreamUnavailable("upstream sent a malformed HTTP response") from None
+
+
+class _Body:
+    """A response's body, event by event: ``take`` says whether to go on; ``reusable``
+    is None until the body ends (True: the connection can carry another request) or is
+    given up (past ``MAX_BODY_BYTES``: False)."""
+
+    __slots__ = ("conn", "response", "size", "reusable")
+
+    def __init__(self, conn: _Connection, response: UpstreamResponse) -> None:
+        self.conn = conn
+        self.response = response
+        self.size = 0
+        self.reusable: bool | None = None
+
+    def take(self, event: object) -> bool:
+        if isinstance(event, h11.Data):
+            self.size += len(event.data)
+            if self.size > MAX_BODY_BYTES:
+                self.reusable = False
+                return False
+            return True
+        if isinstance(event, h11.EndOfMessage):
+            http = self.conn.http
+            # Both framings at once is how responses are split (RFC 9112 §6.3): read as
+            # chunked, and the connection is not trusted with another request; nor is one
+            # that sent more than its answer.
+            split = ("transfer-encoding" in self.response.headers
+                     and "content-length" in self.response.headers)
+            self.reusable = (http.our_state is h11.DONE and http.their_state is h11.DONE
+                             and not split and not http.trailing_data[0])
+            return False
+        raise UpstreamUnavailable("upstream closed the connection mid-response")
+
+
+def _buffered_event(conn: _Connection) -> object:
+    """h11's next event from what has been read (``h11.NEED_DATA`` when it needs more)."""
+    try:
+        return conn.http.next_event()
+    except h11.RemoteProtocolError:
+        if conn.ended:  # h11 saw the stream end inside the response
+            raise UpstreamUnavailable("upstream closed the connection mid-response") from None
+        raise UpstreamUnavailable("upstream sent a malformed HTTP response") from None
 
 
 def _connection_failed(conn: _Connection, exc: BaseException, *, head: bool) -> Exception:
