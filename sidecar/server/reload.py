@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from sidecar.app.public import RequestSettings
 from sidecar.checks.signature import SignatureVerifier
@@ -86,14 +87,20 @@ class LiveState:
                 "detail": "clients without a certificate are admitted (onboarding mode); "
                           "switch tls.client_auth to required once mTLS is enabled for the app"})
 
-    async def reloader(self, stop: asyncio.Event, now: asyncio.Event) -> None:
-        """Reload every ``tls.reload_interval_s``, and at once when ``now`` is set."""
+    async def reloader(self, stop: asyncio.Event, now: asyncio.Event,
+                       after_now: Callable[[], None] | None = None) -> None:
+        """Reload every ``tls.reload_interval_s``, and at once when ``now`` is set (then
+        ``after_now``).  Each wait takes the interval of the config in force, so a
+        reload that changes it (SIGHUP included) applies it from the next wait."""
         while not stop.is_set():
             await wait_for_event(now, self.config.tls.reload_interval_s)
             if stop.is_set():
                 return
+            asked = now.is_set()
             now.clear()
             await asyncio.to_thread(self.reload)
+            if asked and after_now is not None:
+                after_now()
 
 
 def _settings_from(config: Config) -> RequestSettings:

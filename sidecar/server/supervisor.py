@@ -296,23 +296,16 @@ class Supervisor:
         delivery_task = asyncio.create_task(delivery.serve(delivery_stop, self.admin_sock))
         watcher = asyncio.create_task(self._watch_children(stop))
         # The parent's own view (readiness, certificate gauges) reloads on the interval
-        # too; SIGHUP is handled below, once for itself and forwarded to the children.
+        # too, and at once on SIGHUP, which is then forwarded to the children: the parent
+        # first, so that a process spawned from here on gets the new config (one spawned
+        # during the reload is caught up when ready).  One loop for both, so a SIGHUP that
+        # changes the interval restarts the parent's wait with it.
         live = self.parts.live
-        interval_reload = asyncio.create_task(live.reloader(stop, asyncio.Event()))
+        interval_reload = asyncio.create_task(live.reloader(
+            stop, reload_now, after_now=lambda: self._forward(signal.SIGHUP)))
         freeze_startup_objects()
         try:
-            while not stop.is_set():
-                waiters = [asyncio.ensure_future(stop.wait()),
-                           asyncio.ensure_future(reload_now.wait())]
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                for w in waiters:
-                    w.cancel()
-                if reload_now.is_set() and not stop.is_set():
-                    reload_now.clear()
-                    # The parent first, so that a process spawned from here on gets the
-                    # new config; one spawned during the reload is caught up when ready.
-                    await asyncio.to_thread(live.reload)
-                    self._forward(signal.SIGHUP)
+            await stop.wait()
         finally:
             self._stopping = True
             watcher.cancel()

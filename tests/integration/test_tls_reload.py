@@ -295,6 +295,36 @@ def test_certificate_expiry_metric_follows_a_rotation(start_sidecar, pki, worker
     assert _wait_until(only_the_new_one)
 
 
+def test_a_sighup_that_shortens_the_interval_applies_it_to_the_parent_too(start_sidecar, pki):
+    """With ``--workers 2`` the parent serves /metrics and /readyz from its own view of
+    the certificates.  A SIGHUP that shortens ``tls.reload_interval_s`` must restart the
+    parent's wait too: else a rotation that follows (cert-manager replaces the files,
+    no signal) is served by every ingest process but reported by the parent only after
+    the old, long interval (and /readyz fails once the old certificate expires)."""
+    sidecar = start_sidecar(workers=2)
+    sidecar.config_path.write_text(sidecar.config_path.read_text().replace(
+        "reload_interval_s: 0.5", "reload_interval_s: 3600"))
+    sidecar.stop()
+    sidecar.start()
+    (old_subject,) = [subject for (role, subject) in _expiry_series(sidecar.metrics())
+                      if role == "server"]
+    sidecar.config_path.write_text(sidecar.config_path.read_text().replace(
+        "reload_interval_s: 3600", "reload_interval_s: 0.5"))
+    sidecar.send_signal(signal.SIGHUP)
+    assert _wait_until(lambda: 'sidecar_config_reloads_total{result="success"} 3.0'
+                       in sidecar.metrics())  # the parent and both ingest processes
+    new_server = trustme.CA().issue_cert(
+        "127.0.0.1", "localhost", not_after=datetime.now(timezone.utc) + timedelta(days=20))
+    _replace(pki.dir / "server.key", new_server.private_key_pem.bytes())
+    _replace(pki.dir / "server.pem", b"".join(p.bytes() for p in new_server.cert_chain_pems))
+
+    def parent_reports_the_new_one() -> bool:
+        server = [s for (role, s) in _expiry_series(sidecar.metrics()) if role == "server"]
+        return len(server) == 1 and server[0] != old_subject
+
+    assert _wait_until(parent_reports_the_new_one)
+
+
 def _kept_alive(client: httpx.Client, url: str, body: bytes) -> int:
     """A signed POST on ``client``'s open connection; its status."""
     from sidecar.checks.signature import sign
