@@ -11,7 +11,7 @@ from sidecar.config import load_config
 from sidecar.errors import ConfigError
 from sidecar.server.fds import check_fd_budget, nofile_hard_limit
 from sidecar.config.spool_url import redact_url
-from sidecar.tls.material import load_material
+from sidecar.tls.material import build_context, load_material
 from sidecar.tls.upstream_trust import UpstreamTrust
 
 __all__ = ["register", "run"]
@@ -33,6 +33,8 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     material = load_material(config.tls)
+    # And what OpenSSL makes of those bytes, as serve does at start.
+    build_context(material, require_client_cert=config.tls.client_auth == "required")
     if config.upstream.ca_file is not None:
         UpstreamTrust(config.upstream.ca_file)  # raises, naming upstream.ca_file
     check_fd_budget(config, limit=nofile_hard_limit())  # what serve raises the limit to

@@ -83,6 +83,13 @@ def read_pem_certs(path: Path, what: str) -> tuple[bytes, list[x509.Certificate]
         certs = x509.load_pem_x509_certificates(data)
     except ValueError as exc:
         raise TLSMaterialError(f"{what} {path}: no valid PEM certificate") from exc
+    # The parser skips a block it cannot read (a file caught half-written, a truncated
+    # bundle), where OpenSSL refuses the whole file: every certificate block must count.
+    blocks = sum(1 for line in data.splitlines()
+                 if line.startswith(b"-----BEGIN ") and line.rstrip().endswith(b"CERTIFICATE-----"))
+    if blocks > len(certs):
+        raise TLSMaterialError(f"{what} {path}: {blocks - len(certs)} of its {blocks} "
+                               "certificate blocks are incomplete or unreadable")
     return data, certs
 
 
@@ -209,13 +216,15 @@ def build_context(material: TLSMaterial, *, require_client_cert: bool,
     # with an empty session cache, at every swap.)
     ctx.num_tickets = 0
     ctx.set_alpn_protocols(["http/1.1"])
-    _load_chain_from_bytes(ctx, material.cert_pem, material.key_pem)
+    _load_chain_from_bytes(ctx, material.cert_pem, material.key_pem,
+                           material.server_chain[0].file if material.server_chain else "")
     ctx.load_verify_locations(cadata=material.ca_pem.decode("ascii"))
     ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
     return ctx
 
 
-def _load_chain_from_bytes(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+def _load_chain_from_bytes(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes,
+                           cert_file: str) -> None:
     # ssl can only load a chain from files: write the validated bytes to private
     # temporary files (0600 in a 0700 directory) and remove them at once.
     with tempfile.TemporaryDirectory(prefix="sidecar-tls-") as tmp:
@@ -228,7 +237,8 @@ def _load_chain_from_bytes(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes)
         try:
             ctx.load_cert_chain(cert_path, key_path)
         except ssl.SSLError as exc:
-            raise TLSMaterialError(f"server certificate/key rejected by OpenSSL: {exc.reason}") from exc
+            raise TLSMaterialError(f"tls.cert_file {cert_file}: refused by OpenSSL with "
+                                   f"tls.key_file ({exc.reason})") from exc
 
 
 def _read(path: Path, what: str) -> bytes:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ssl
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import trustme
 
 from sidecar.config import TLSConfig
+from sidecar.errors import TLSMaterialError
 from sidecar.tls.holder import TLSHolder
 from sidecar.tls.material import SERVER_CIPHERS, build_context, load_material
 
@@ -85,6 +87,31 @@ def test_ca_bundle_with_non_ascii_comments_loads(tls_config: TLSConfig) -> None:
     material = load_material(tls_config)
     build_context(material, require_client_cert=True)
     assert len(material.client_cas) == 1
+
+
+@pytest.mark.parametrize("which", ["cert_file", "client_ca_files"])
+def test_a_file_caught_half_written_is_refused_naming_it(tls_config: TLSConfig,
+                                                        which: str) -> None:
+    # A complete certificate, then the first half of the next block (a renewal being
+    # written, a truncated bundle): the parser skipped the half block and the check
+    # passed, while OpenSSL refuses the file at start (serve exited, config check had
+    # said OK) and a CA would have been dropped without a word.
+    path = tls_config.cert_file if which == "cert_file" else tls_config.client_ca_files[0]
+    other = trustme.CA().cert_pem.bytes()
+    path.write_bytes(path.read_bytes() + other[:len(other) // 2])
+    with pytest.raises(TLSMaterialError) as refused:
+        load_material(tls_config)
+    assert str(refused.value) == (f"tls.{which} {path}: 1 of its 2 certificate blocks are "
+                                  "incomplete or unreadable")
+
+
+def test_what_openssl_refuses_is_named_with_the_files_key(tls_config: TLSConfig) -> None:
+    material = load_material(tls_config)
+    broken = replace(material, cert_pem=material.cert_pem.replace(b"-----END", b"-----XND"))
+    with pytest.raises(TLSMaterialError) as refused:
+        build_context(broken, require_client_cert=True)
+    assert str(refused.value).startswith(
+        f"tls.cert_file {tls_config.cert_file}: refused by OpenSSL with tls.key_file (")
 
 
 def test_connection_count_survives_collector_reentrance(tls_config: TLSConfig) -> None:
