@@ -93,9 +93,16 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
-def setup_logging(level: str = "info", fmt: str = "json") -> None:
+def setup_logging(level: str = "info", fmt: str = "json", *, proc: str | None = None) -> None:
+    """``proc`` names the process in every line it logs (``serve --workers N``: the ingest
+    processes log the same events as the parent, and an operator must tell them apart)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else _TextFormatter())
+    if proc is not None:
+        def tag(record: logging.LogRecord) -> bool:
+            record.proc = proc
+            return True
+        handler.addFilter(tag)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

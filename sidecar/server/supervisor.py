@@ -136,7 +136,8 @@ def _ingest_process_main(config: Config, wake_sock: socket.socket, loop_name: st
     a restart (a replacement must not pick up a spool path or port the parent is not
     using), the last good reload for ``tls`` and ``meta``; its own reloads then re-read
     the TLS and secret settings from the file like every process's do."""
-    setup_logging(config.logging.level, config.logging.format)
+    setup_logging(config.logging.level, config.logging.format,
+                  proc=multiprocessing.current_process().name.removeprefix("sidecar-"))
     memory.tune_malloc()
     try:
         sock = public_socket(config, reuse_port=True)

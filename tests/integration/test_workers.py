@@ -101,6 +101,24 @@ def test_sighup_reaches_every_ingest_process(sidecar, pki):
             c.get(sidecar.url, params=PARAMS)
 
 
+def test_each_process_names_itself_in_its_log_lines(sidecar):
+    # Every process reloads and logs the same events: which one failed must be plain.
+    wait_until(lambda: len(_children(sidecar.proc.pid)) == 2)
+    good = sidecar.config_path.read_text()
+    sidecar.config_path.write_text(good + "meta:\n  verify_token: again\n")  # a key twice
+    sidecar.send_signal(signal.SIGHUP)
+
+    def failed() -> list[dict[str, object]]:
+        lines = [json.loads(line) for line in sidecar.log().splitlines()
+                 if line.startswith("{")]
+        return [line for line in lines if line["event"] == "config.reload_failed"]
+
+    wait_until(lambda: len(failed()) >= 3)
+    assert sorted(str(line.get("proc")) for line in failed()) == [
+        "None", "ingest-0", "ingest-1"]  # the parent's lines carry no proc
+    sidecar.config_path.write_text(good)
+
+
 def test_a_dead_ingest_process_is_replaced(sidecar, sink):
     wait_until(lambda: len(_children(sidecar.proc.pid)) == 2)
     victim = _children(sidecar.proc.pid)[0]
