@@ -119,12 +119,10 @@ def test_config_check_shows_the_url_redacted(tmp_path: Path, config: Path,
 
     assert load_config(config).delivery.spool_url is not None
     # The TLS files of this minimal config do not exist: check the spool line only.
-    monkey_material = config_cmd.load_material
-    try:
-        config_cmd.load_material = _fake_material  # type: ignore[assignment]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(config_cmd, "load_material", _fake_material)
+        patch.setattr(config_cmd, "build_context", lambda *_, **__: None)
         assert main(["config", "check", "-c", str(config)]) == 0
-    finally:
-        config_cmd.load_material = monkey_material  # type: ignore[assignment]
     out = capsys.readouterr().out
     assert "spool    postgresql://postgres:***@127.0.0.1" in out
     assert postgres.password not in out
