@@ -22,6 +22,7 @@ from typing import Any
 from sidecar.cli._args import non_negative_int, positive_float
 from sidecar.config import load_config
 from sidecar.errors import UsageError
+from sidecar.logs import printable
 from sidecar.secret import Secret
 from sidecar.tools.devcerts import write_dev_certs
 from sidecar.tools.inspect import EXPIRING, INVALID, OK, CheckItem, CheckReport, check_tls
@@ -143,9 +144,9 @@ def _print_check(report: CheckReport) -> None:
         _print_item(item)
     for name in report.client_names:
         tail = f"  warning: {name.warning}" if name.warning else ""
-        print(f"{'client_name':<12} {'INFO':<9} {name.name}{tail}")
+        _say(f"{'client_name':<12} {'INFO':<9} {name.name}{tail}")
     counts = report.counts
-    print(f"summary: {report.status.upper()} — {len(report.items)} items: {counts[OK]} ok, "
+    _say(f"summary: {report.status.upper()} — {len(report.items)} items: {counts[OK]} ok, "
           f"{counts[EXPIRING]} expiring, {counts[INVALID]} invalid (warn-days "
           f"{report.warn_days})")
 
@@ -154,26 +155,26 @@ def _print_item(item: CheckItem) -> None:
     where = item.file
     if "position" in item.extra:
         where += f" [{item.extra['position']}]"
-    print(f"{item.kind:<12} {item.status.upper():<9} {where}")
+    _say(f"{item.kind:<12} {item.status.upper():<9} {where}")
     facts = item.facts
     if facts is not None:
         ca = "  (CA)" if facts.is_ca else ""
-        print(f"    subject    {facts.subject}{ca}")
+        _say(f"    subject    {facts.subject}{ca}")
         if facts.sans:
-            print(f"    sans       {', '.join(facts.sans)}")
-        print(f"    issuer     {facts.issuer}")
-        print(f"    serial     {facts.serial}")
-        print(f"    valid      {facts.not_before:%Y-%m-%d %H:%M}Z → "
+            _say(f"    sans       {', '.join(facts.sans)}")
+        _say(f"    issuer     {facts.issuer}")
+        _say(f"    serial     {facts.serial}")
+        _say(f"    valid      {facts.not_before:%Y-%m-%d %H:%M}Z → "
               f"{facts.not_after:%Y-%m-%d %H:%M}Z ({item.days_left:.1f} days left)")
-        print(f"    sha256     {facts.sha256}")
+        _say(f"    sha256     {facts.sha256}")
     if item.extra.get("pinned") is not None:
-        print(f"    pinned     {'yes' if item.extra['pinned'] else 'NO'}")
+        _say(f"    pinned     {'yes' if item.extra['pinned'] else 'NO'}")
     for note in item.notes:
-        print(f"    note       {note}")
+        _say(f"    note       {note}")
     for warning in item.warnings:
-        print(f"    warning    {warning}")
+        _say(f"    warning    {warning}")
     for problem in item.problems:
-        print(f"    problem    {problem}")
+        _say(f"    problem    {problem}")
 
 
 # --------------------------------------------------------------------------- certs probe
@@ -207,7 +208,13 @@ def _print_probe(report: ProbeReport) -> None:
         rows.append(("verification", "ok" if report.verification_ok else "FAILED"))
     for label, value in rows:
         if value not in (None, ""):
-            print(f"{label:<13} {value}")
+            _say(f"{label:<13} {value}")
     word = "OK" if report.ok else ("REFUSED" if report.accepted is False else "FAILED")
-    print(f"result: {word} — {report.reason}")
+    _say(f"result: {word} — {report.reason}")
     sys.stdout.flush()
+
+
+def _say(line: str) -> None:
+    # Subjects, SANs and reasons come from certificates made elsewhere (a downloaded CA
+    # bundle, a remote server's chain): shown escaped where they do not print.
+    print(printable(line))

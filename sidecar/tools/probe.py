@@ -31,6 +31,8 @@ from cryptography import x509
 from sidecar.errors import TLSMaterialError, UsageError
 from sidecar.logs import redact_query
 from sidecar.secret import Secret
+from sidecar.tls.client_pair import load_client_pair
+from sidecar.tls.client_pair import reason_of as _reason_of
 from sidecar.tls.material import cert_facts, read_pem_certs
 
 __all__ = ["DEFAULT_TIMEOUT_S", "ProbeReport", "Target", "parse_target", "probe"]
@@ -129,11 +131,7 @@ def _client_context(cert: Path | None, key: Path | None, ca: Path | None) -> ssl
                                f"({_reason_of(exc)})") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if cert is not None and key is not None:
-        try:
-            context.load_cert_chain(str(cert), str(key))
-        except (OSError, ssl.SSLError) as exc:
-            raise TLSMaterialError(f"--cert {cert} / --key {key}: cannot load the client "
-                                   f"pair ({_reason_of(exc)})") from None
+        load_client_pair(context, cert, key)
     return context
 
 
@@ -276,13 +274,3 @@ def _judge(answer: _HTTPAnswer, with_token: bool, challenge: str, report: ProbeR
 
 def _is_alert(exc: ssl.SSLError) -> bool:
     return "ALERT" in (exc.reason or "").upper() or "alert" in str(exc)
-
-
-def _reason_of(exc: BaseException) -> str:
-    """A short, secret-free reason: the OpenSSL reason, or errno text, or the class name."""
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return str(exc.reason)
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    text = str(exc)
-    return text if text and len(text) < 200 else type(exc).__name__

@@ -13,6 +13,7 @@ from sidecar.checks.signature import sign
 from sidecar.config import Config
 from sidecar.errors import UsageError
 from sidecar.events import JSONValue
+from sidecar.tls.client_pair import load_client_pair
 from sidecar.secret import Secret
 
 __all__ = ["ClientTLS", "default_client_tls", "listener_url", "send_delivery", "SendResult"]
@@ -28,11 +29,7 @@ class ClientTLS:
         ctx = ssl.create_default_context(cafile=str(self.ca) if self.ca else None)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         if self.cert is not None:
-            try:
-                ctx.load_cert_chain(str(self.cert), str(self.key) if self.key else None)
-            except (OSError, ssl.SSLError) as exc:
-                raise UsageError(f"cannot load client certificate {self.cert}: "
-                                 f"{getattr(exc, 'strerror', None) or exc}") from exc
+            load_client_pair(ctx, self.cert, self.key)
         return ctx
 
 

@@ -253,3 +253,15 @@ def test_check_reports_implausible_allowed_names(write_config: WriteConfig,
     assert names[META_CLIENT_NAME] is None
     assert "wildcard" in names["*.fb.com"]
     assert "not a plausible DNS name" in names["client webhooks"]
+
+
+def test_check_shows_what_does_not_print_escaped(capsys: pytest.CaptureFixture[str],
+                                                 write_config: WriteConfig,
+                                                 tmp_path: Path) -> None:
+    # A CA bundle comes from elsewhere: a subject carrying a terminal escape must not
+    # drive the operator's terminal.
+    config = write_config(ca_files=("ca.pem", "odd-ca.pem"))
+    (tmp_path / "odd-ca.pem").write_bytes(CertAuthority("Evil\x1b[31mRED\x1b[0m CA").cert_pem)
+    _, out = check(capsys, config)
+    assert "\x1b" not in out
+    assert "CN=Evil\\x1b[31mRED\\x1b[0m CA" in out

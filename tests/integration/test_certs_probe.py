@@ -238,3 +238,20 @@ def test_non_https_url_exits_2(url: str, pki: Pki, capsys: pytest.CaptureFixture
 def test_cert_without_key_exits_2(pki: Pki, capsys: pytest.CaptureFixture[str]) -> None:
     code, out = probe(capsys, "https://127.0.0.1:1/x", "--cert", str(pki.client_cert))
     assert code == 2 and "--cert and --key" in out
+
+
+def test_an_encrypted_client_key_is_one_line_not_a_passphrase_prompt(
+        server: Server, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # OpenSSL's own prompt waits on the terminal for ever, past --timeout-s.
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(server.pki.client_key.read_bytes(), password=None)
+    encrypted = tmp_path / "client.enc.key"
+    encrypted.write_bytes(key.private_bytes(  # type: ignore[union-attr]
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret")))
+    code, out = probe(capsys, server.url, "--cert", str(server.pki.client_cert),
+                      "--key", str(encrypted), "--ca", str(server.pki.ca))
+    assert code == 2
+    assert out.strip() == (f"sidecar: error: --key {encrypted}: the private key is "
+                           "encrypted; give an unencrypted one (no passphrase is asked for)")
