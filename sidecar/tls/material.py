@@ -150,8 +150,15 @@ def validity_problems(facts: CertFacts, now: datetime) -> list[str]:
     return []
 
 
-def key_problems(key: object, leaf: x509.Certificate, cert_file: Path) -> list[str]:
-    return [] if key_matches(key, leaf) else [f"does not match the certificate in {cert_file}"]
+def key_problems(key: object, chain: Sequence[x509.Certificate], cert_file: Path) -> list[str]:
+    """The key must match the chain's first certificate, the leaf."""
+    if key_matches(key, chain[0]):
+        return []
+    for index, cert in enumerate(chain[1:], start=1):
+        if key_matches(key, cert):
+            return [f"matches certificate [{index}] in {cert_file}, not the first: the chain "
+                    "is in the wrong order (the leaf comes first)"]
+    return [f"does not match the certificate in {cert_file}"]
 
 
 def client_ca_problems(facts: CertFacts, pins: Sequence[str], now: datetime) -> list[str]:
@@ -176,7 +183,7 @@ def load_material(tls: TLSConfig, *, now: datetime | None = None) -> TLSMaterial
     now = now or datetime.now(timezone.utc)
     cert_pem, chain = read_pem_certs(tls.cert_file, "tls.cert_file")
     key_pem, key = read_private_key(tls.key_file)
-    _refuse("tls.key_file", tls.key_file, key_problems(key, chain[0], tls.cert_file))
+    _refuse("tls.key_file", tls.key_file, key_problems(key, chain, tls.cert_file))
     server_chain = tuple(cert_facts(c, tls.cert_file) for c in chain)
     # Only the leaf's validity: chains often carry an expired cross-signed root that
     # clients skip (``certs check`` still reports it).

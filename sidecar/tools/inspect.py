@@ -134,7 +134,7 @@ def check_tls(config: Config, *, warn_days: int, now: datetime | None = None) ->
     now = now or datetime.now(timezone.utc)
     tls = config.tls
     server_items, chain = _check_server_chain(tls.cert_file, now, warn_days)
-    key_item = _check_server_key(tls.key_file, chain[0] if chain else None, tls.cert_file)
+    key_item = _check_server_key(tls.key_file, chain, tls.cert_file)
     ca_items: list[CheckItem] = []
     for path in tls.client_ca_files:
         ca_items += _check_client_ca_file(path, tls.client_ca_sha256, now, warn_days)
@@ -153,8 +153,16 @@ def _check_server_chain(path: Path, now: datetime, warn_days: int
     items = []
     for index, cert in enumerate(chain):
         facts = cert_facts(cert, path)
-        item = _cert_item("server_cert", facts, path, now, warn_days,
-                          problems=validity_problems(facts, now))
+        problems = validity_problems(facts, now)
+        if index > 0 and problems:
+            # As serve judges it (only the leaf's validity counts): an expired
+            # cross-signed root at the end of a chain is skipped by clients that trust a
+            # root further down.  Worth a look, not a refusal.
+            item = _cert_item("server_cert", facts, path, now, warn_days, problems=[])
+            item.warnings = [f"{problems[0]}; clients must reach a valid root without it "
+                             "(serve accepts it: only the leaf's validity counts)"]
+        else:
+            item = _cert_item("server_cert", facts, path, now, warn_days, problems=problems)
         item.extra["position"] = index
         if index + 1 < len(chain):
             _check_signature(item, cert, chain[index + 1])
@@ -166,18 +174,18 @@ def _check_server_chain(path: Path, now: datetime, warn_days: int
     return items, chain
 
 
-def _check_server_key(path: Path, leaf: x509.Certificate | None, cert_path: Path) -> CheckItem:
+def _check_server_key(path: Path, chain: list[x509.Certificate], cert_path: Path) -> CheckItem:
     item = CheckItem("server_key", str(path))
     try:
         _, key = read_private_key(path)
     except TLSMaterialError as exc:
         item.problems.append(str(exc))
         return item
-    if leaf is None:
+    if not chain:
         item.notes.append("readable; not matched (the server certificate is unusable)")
         item.extra["matches_leaf"] = None
         return item
-    item.problems += key_problems(key, leaf, cert_path)
+    item.problems += key_problems(key, chain, cert_path)
     item.extra["matches_leaf"] = not item.problems
     if not item.problems:
         item.notes.append("readable; matches the leaf certificate")
@@ -236,7 +244,12 @@ def _check_signature(item: CheckItem, cert: x509.Certificate, issuer: x509.Certi
 
 def _chain_note(chain: list[x509.Certificate]) -> str:
     if len(chain) == 1:
-        return "chain: leaf only"
+        leaf = chain[0]
+        if leaf.issuer == leaf.subject:
+            return "chain: leaf only (self-signed)"
+        return (f"chain: leaf only; clients must have its issuer "
+                f"'{leaf.issuer.rfc4514_string()}' (if that is an intermediate, add it to "
+                "this file after the leaf)")
     last = chain[-1]
     anchor = "ends at a self-signed root" if last.issuer == last.subject else \
         f"ends at '{last.subject.rfc4514_string()}'"

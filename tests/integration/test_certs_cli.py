@@ -265,3 +265,46 @@ def test_check_shows_what_does_not_print_escaped(capsys: pytest.CaptureFixture[s
     _, out = check(capsys, config)
     assert "\x1b" not in out
     assert "CN=Evil\\x1b[31mRED\\x1b[0m CA" in out
+
+
+def test_check_an_expired_root_at_the_chains_end_is_a_warning_as_serve_judges_it(
+        write_config: WriteConfig, ca: CertAuthority,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # The same CA, as an expired self-signed copy sent after the leaf (an expired
+    # cross-signed root, as chains often carry): serve accepts it, so certs check must not
+    # call the deployment invalid (exit 2) - a warning, exit 1.
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    original = x509.load_pem_x509_certificate(ca.cert_pem)
+    now = datetime.now(timezone.utc)
+    expired = (x509.CertificateBuilder().subject_name(original.subject)
+               .issuer_name(original.subject).public_key(original.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - timedelta(days=400)).not_valid_after(now - timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+               .sign(key, hashes.SHA256()))  # type: ignore[arg-type]
+    leaf = ca.issue("localhost", dns_names=("localhost",), server=True)
+    config = write_config(server=leaf.cert_pem + expired.public_bytes(serialization.Encoding.PEM),
+                          key=leaf.key_pem)
+    code, out = check(capsys, config)
+    assert code == 1, out
+    assert "only the leaf's validity counts" in out
+    assert main(["config", "check", "-c", str(config)]) == 0  # and serve agrees
+
+
+def test_check_a_chain_in_the_wrong_order_says_so(write_config: WriteConfig, ca: CertAuthority,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    leaf = ca.issue("localhost", server=True)
+    config = write_config(server=ca.cert_pem + leaf.cert_pem, key=leaf.key_pem)
+    code, out = check(capsys, config)
+    assert code == 2
+    assert "matches certificate [1]" in out and "the chain is in the wrong order" in out
+
+
+def test_check_a_leaf_alone_names_the_issuer_clients_need(write_config: WriteConfig,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    code, out = check(capsys, write_config())
+    assert code == 0
+    assert "chain: leaf only; clients must have its issuer 'CN=" in out
