@@ -270,16 +270,12 @@ def _split_elements(waba_id: str, entry_time: int | None, field: str,
     # events, not one id.  The contacts enter each id as one digest, made once per change.
     contacts_digest = content_digest(contacts) if errors and contacts else None
     for error in errors:
+        derived_from: dict[str, JSONValue] = {"metadata": metadata, "error": error}
+        data = {**error, "metadata": metadata}
         if contacts_digest is not None:
-            add(content_event_id(waba_id, field, entry_time,
-                                 {"metadata": metadata, "error": error,
-                                  "contacts": contacts_digest}),
-                "whatsapp.error",
-                {**error, "metadata": metadata, "contact": contact_of(error, ())})
-        else:
-            add(content_event_id(waba_id, field, entry_time,
-                                 {"metadata": metadata, "error": error}),
-                "whatsapp.error", {**error, "metadata": metadata})
+            derived_from["contacts"] = contacts_digest
+            data["contact"] = contact_of(error, ())
+        add(content_event_id(waba_id, field, entry_time, derived_from), "whatsapp.error", data)
     rest = {key: item for key, item in value.items() if key not in _CONSUMED}
     if rest:  # a key Meta added beside the arrays: forwarded, never stripped
         data = {**rest, "metadata": metadata}

@@ -46,8 +46,7 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path}: unreadable (not UTF-8)") from exc
     try:
-        _refuse_repeated_keys(yaml.compose(text, Loader=yaml.SafeLoader))
-        raw = yaml.safe_load(text)
+        raw = _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -58,6 +57,18 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     base_dir = Path(os.path.abspath(path)).parent
     return parse_config(raw, base_dir=base_dir, env=os.environ if env is None else env,
                         path=path)
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load``, parsed once: the node tree is checked for repeated keys, then
+    built into values."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        _refuse_repeated_keys(node)
+        return loader.construct_document(node) if node is not None else None
+    finally:
+        loader.dispose()
 
 
 def _refuse_repeated_keys(node: yaml.Node | None, where: str = "",

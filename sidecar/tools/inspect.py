@@ -153,16 +153,15 @@ def _check_server_chain(path: Path, now: datetime, warn_days: int
     items = []
     for index, cert in enumerate(chain):
         facts = cert_facts(cert, path)
-        problems = validity_problems(facts, now)
-        if index > 0 and problems:
+        item = _cert_item("server_cert", facts, path, now, warn_days,
+                          problems=validity_problems(facts, now))
+        if index > 0 and item.problems:
             # As serve judges it (only the leaf's validity counts): an expired
             # cross-signed root at the end of a chain is skipped by clients that trust a
             # root further down.  Worth a look, not a refusal.
-            item = _cert_item("server_cert", facts, path, now, warn_days, problems=[])
-            item.warnings = [f"{problems[0]}; clients must reach a valid root without it "
-                             "(serve accepts it: only the leaf's validity counts)"]
-        else:
-            item = _cert_item("server_cert", facts, path, now, warn_days, problems=problems)
+            item.warnings = [f"{item.problems[0]}; clients must reach a valid root without "
+                             "it (serve accepts it: only the leaf's validity counts)"]
+            item.problems = []
         item.extra["position"] = index
         if index + 1 < len(chain):
             _check_signature(item, cert, chain[index + 1])

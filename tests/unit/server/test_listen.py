@@ -113,14 +113,19 @@ def test_connection_that_sends_nothing_is_closed_at_the_header_deadline():
     _run(test)
 
 
+async def _answered_then_closed_at_the_keepalive_timeout(reader: asyncio.StreamReader,
+                                                         writer: asyncio.StreamWriter) -> None:
+    writer.write(GET)
+    await reader.readuntil(b"hello")
+    data, elapsed = await _read_all(reader, 5)
+    assert data == b""
+    assert LIMITS.keepalive_timeout_s - 0.1 < elapsed < LIMITS.keepalive_timeout_s + 0.5
+
+
 def test_idle_keepalive_lasts_keepalive_timeout_not_header_timeout():
     async def test(port: int, stop: asyncio.Event) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(GET)
-        await reader.readuntil(b"hello")
-        data, elapsed = await _read_all(reader, 5)
-        assert data == b""
-        assert LIMITS.keepalive_timeout_s - 0.1 < elapsed < LIMITS.keepalive_timeout_s + 0.5
+        await _answered_then_closed_at_the_keepalive_timeout(reader, writer)
 
     _run(test)
 
@@ -132,11 +137,7 @@ def test_each_request_starts_the_idle_keepalive_wait_again():
             writer.write(GET)
             await reader.readuntil(b"hello")
             await asyncio.sleep(LIMITS.keepalive_timeout_s * 0.6)
-        writer.write(GET)
-        await reader.readuntil(b"hello")
-        data, elapsed = await _read_all(reader, 5)
-        assert data == b""
-        assert LIMITS.keepalive_timeout_s - 0.1 < elapsed < LIMITS.keepalive_timeout_s + 0.5
+        await _answered_then_closed_at_the_keepalive_timeout(reader, writer)
 
     _run(test)
 
